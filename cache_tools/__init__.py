@@ -1,0 +1,1 @@
+"""Read-mostly tools over FAME caches: info, verify, show, diff, ls, gc."""

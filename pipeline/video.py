@@ -1,0 +1,156 @@
+"""Decoding with PyAV and whole-frame resizing with OpenCV.
+
+Every failure becomes a `VideoError` whose message names the file and says what is wrong, so a job can record it
+and go on. Local paths go straight to FFmpeg; fsspec URLs (s3://, memory://, ...) are opened as file objects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import av
+import cv2
+import fsspec
+import numpy as np
+
+
+class VideoError(Exception):
+    """A video that cannot be used, with the file and the reason."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    n_frames: int
+    fps: float
+    height: int
+    width: int
+
+
+def is_url(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+@contextlib.contextmanager
+def open_container(path: str) -> Iterator[av.container.InputContainer]:
+    """Open a video container, turning every way it can fail into a specific VideoError."""
+    local = path.removeprefix("file://")
+    if is_url(path):
+        fs, inner = fsspec.core.url_to_fs(path)
+        if not fs.exists(inner):
+            raise VideoError(path, "file not found")
+        size = fs.size(inner)
+        handle = fs.open(inner, "rb")
+    else:
+        if not os.path.exists(local):
+            raise VideoError(path, "file not found")
+        if os.path.isdir(local):
+            raise VideoError(path, "is a directory, not a video file")
+        size = os.path.getsize(local)
+        handle = None
+    if size == 0:
+        raise VideoError(path, "file is empty (0 bytes)")
+    try:
+        try:
+            container = av.open(handle if handle is not None else local, mode="r", metadata_errors="ignore")
+        except av.error.InvalidDataError as exc:
+            raise VideoError(path, f"not a video container FFmpeg can read ({exc.strerror or exc})") from exc
+        except (av.error.FFmpegError, OSError) as exc:
+            raise VideoError(path, f"cannot open: {exc}") from exc
+        try:
+            if not container.streams.video:
+                raise VideoError(path, "has no video stream")
+            yield container
+        finally:
+            container.close()
+    finally:
+        if handle is not None:
+            handle.close()
+
+
+def _stream_info(path: str, container: av.container.InputContainer) -> VideoInfo:
+    stream = container.streams.video[0]
+    ctx = stream.codec_context
+    if ctx is None or ctx.name is None:
+        raise VideoError(path, "video stream has an unsupported codec")
+    fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
+    n_frames = int(stream.frames or 0)
+    if n_frames <= 0 and stream.duration and stream.time_base:
+        n_frames = round(float(stream.duration * stream.time_base) * fps)
+    if n_frames <= 0 and container.duration:
+        n_frames = round(container.duration / av.time_base * fps)
+    return VideoInfo(n_frames=n_frames, fps=fps, height=int(ctx.height or 0), width=int(ctx.width or 0))
+
+
+def probe(path: str) -> VideoInfo:
+    """Container metadata only (no decoding): frame count estimate, fps and resolution."""
+    with open_container(path) as container:
+        return _stream_info(path, container)
+
+
+def resize_frame(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a whole HxWx3 frame to `size` (h, w): no crop, area filter when shrinking."""
+    h, w = size
+    if frame.shape[:2] == (h, w):
+        return frame
+    shrinking = frame.shape[0] > h or frame.shape[1] > w
+    return cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+def decode(
+    path: str,
+    size: tuple[int, int] | None = None,
+    keep: Iterable[int] | None = None,
+    max_pixels: int | None = None,
+    max_frames: int | None = None,
+) -> tuple[np.ndarray, VideoInfo]:
+    """Decode a video once and return (frames, info).
+
+    frames is (n, h, w, 3) uint8 RGB holding, in frame order, every frame whose index is in `keep` (all when None),
+    each resized whole to `size` (h, w) when given. info.n_frames is the number of frames actually decoded, which
+    for a healthy file is the whole video. A file that stops decoding early (truncated, corrupt) is an error: a
+    cache must not silently hold clips of a broken video.
+    """
+    wanted = None if keep is None else {int(i) for i in keep}
+    frames: list[np.ndarray] = []
+    with open_container(path) as container:
+        meta = _stream_info(path, container)
+        if max_pixels and meta.height * meta.width > max_pixels:
+            raise VideoError(path, f"resolution {meta.width}x{meta.height} is over --max-pixels {max_pixels}")
+        if max_frames and meta.n_frames > max_frames:
+            raise VideoError(path, f"has {meta.n_frames} frames, over --max-frames {max_frames}")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        count = 0
+        try:
+            for frame in container.decode(stream):
+                if max_frames and count >= max_frames:
+                    raise VideoError(path, f"has more than --max-frames {max_frames} frames")
+                if wanted is None or count in wanted:
+                    rgb = frame.to_ndarray(format="rgb24")
+                    frames.append(resize_frame(rgb, size) if size else rgb)
+                count += 1
+        except av.error.FFmpegError as exc:
+            raise VideoError(path, f"decoding failed after {count} frames (truncated or corrupt?): {exc}") from exc
+    if count == 0:
+        raise VideoError(path, "video stream has no decodable frames (truncated or corrupt?)")
+    expected = meta.n_frames
+    if expected > 0 and count < expected - max(2, expected // 20):
+        raise VideoError(path, f"only {count} of {expected} frames decode (truncated file?)")
+    info = VideoInfo(n_frames=count, fps=meta.fps, height=meta.height, width=meta.width)
+    if not frames:
+        raise VideoError(path, f"none of the requested frames exist (video has {count} frames)")
+    return np.stack(frames), info
+
+
+def decode_all(path: str, size: tuple[int, int] | None = None, **kwargs) -> np.ndarray:
+    """All frames of a video, resized to `size` when given."""
+    frames, _ = decode(path, size, keep=None, **kwargs)
+    return frames

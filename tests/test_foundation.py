@@ -1,0 +1,103 @@
+"""Parameters, sources, clip planning, decoding and the store's commit protocol."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.params import BuildParams, parse_clips_per_video, parse_size
+from pipeline.plan import clip_count, clip_frames
+from pipeline.sources import SourceError, list_source
+from pipeline.store import DONE, Cache, CacheError
+from pipeline.synthetic import Scene, render, write_video
+from pipeline.video import VideoError, decode, probe
+
+
+def test_parse_size_names_bad_value():
+    assert parse_size("128x171") == (128, 171)
+    with pytest.raises(ValueError, match="'12x'"):
+        parse_size("12x")
+    assert parse_clips_per_video("all") is None
+    assert parse_clips_per_video("3") == 3
+
+
+def test_params_hash_tracks_output_fields_only():
+    base = BuildParams()
+    assert base.params_hash() == BuildParams(max_pixels=10).params_hash()
+    assert base.params_hash() != BuildParams(method="fame").params_hash()
+    assert base.differences(BuildParams(clip_len=8)) == {"clip_len": (16, 8)}
+    assert BuildParams.from_dict(base.to_dict()) == base
+
+
+def test_clip_plan_even_loop_and_all():
+    p = BuildParams(clip_len=4, stride=2, clips_per_video=3)  # span 7
+    frames = clip_frames(20, p)
+    assert frames.shape == (3, 4)
+    assert frames[0, 0] == 0 and frames[-1, -1] == 19
+    assert clip_count(5, p) == 1
+    assert clip_frames(5, p).tolist() == [[0, 2, 4, 1]]  # looped
+    assert clip_count(1, p) == 0
+    every = BuildParams(clip_len=4, stride=2, clips_per_video=None)
+    assert clip_frames(21, every)[:, 0].tolist() == [0, 7, 14]
+
+
+def test_decode_lossless_exact_and_selected(tmp_path):
+    frames, _ = render(Scene(n_frames=8))
+    path = tmp_path / "a b é.mp4"
+    write_video(path, frames, lossless=True)
+    out, info = decode(str(path))
+    assert info.n_frames == 8
+    np.testing.assert_array_equal(out, frames)
+    some, _ = decode(str(path), size=(32, 40), keep=[1, 3])
+    assert some.shape == (2, 32, 40, 3)
+    assert probe(str(path)).width == 176
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(None, "file not found"), (b"", "empty"), (b"hello, I am text\n" * 20, "not a video")],
+)
+def test_decode_errors_name_the_file(tmp_path, content, message):
+    path = tmp_path / "bad.mp4"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(VideoError, match=message) as info:
+        decode(str(path))
+    assert "bad.mp4" in str(info.value)
+
+
+def test_sources_folder_list_and_escape(tmp_path):
+    for rel in ["walk/a.mp4", "run/b b.avi", "run/notes.txt"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    src = list_source(str(tmp_path))
+    assert [(e.path, e.label) for e in src.entries] == [("run/b b.avi", "run"), ("walk/a.mp4", "walk")]
+    split = tmp_path / "trainlist01.txt"
+    split.write_text("walk/a.mp4 1\nrun/b b.avi 2\n")
+    assert {e.label for e in list_source(str(split)).entries} == {"walk", "run"}
+    bad = tmp_path / "bad.csv"
+    bad.write_text("../outside.mp4,x\n")
+    with pytest.raises(SourceError, match="escapes"):
+        list_source(str(bad))
+
+
+def test_store_commit_protocol(tmp_path):
+    p = BuildParams(size=(16, 20), clip_len=4, clips_per_video=2)
+    counts = [2, 0, 2]
+    table = {"path": np.array(["a", "b", "c"], dtype=object), "label": np.array(["x"] * 3, dtype=object)}
+    frames = [np.zeros((c, 4), np.int32) for c in counts]
+    url = str(tmp_path / "c.zarr")
+    cache = Cache.create(url, p, "/src", table, counts, frames, videos_per_group=2, clips_per_shard=4)
+    groups = cache.groups()
+    assert [(g.videos, g.clips) for g in groups] == [(range(0, 2), range(0, 4)), (range(2, 3), range(4, 8))]
+    assert cache.readable_clips().size == 0
+    g = groups[1]
+    n = len(g.clips)
+    masks = np.full((n, 4, 16, 20), 200, np.uint8)
+    plates = np.zeros((n, 16, 20, 3), np.uint8)
+    cache.write_group(g, masks, plates, np.zeros((n, 4), np.int32), {"status": [DONE], "error": [""]})
+    reopened = Cache.open(url)
+    assert reopened.readable_clips().tolist() == [4, 5]
+    assert reopened.check_clip(4)
+    with pytest.raises(CacheError, match="no cache"):
+        Cache.open(str(tmp_path / "missing.zarr"))

@@ -1,0 +1,1 @@
+"""MoCo contrastive pretraining on FAME views, the micro-bias module, and evaluation."""
