@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import av
@@ -154,3 +154,31 @@ def decode_all(path: str, size: tuple[int, int] | None = None, **kwargs) -> np.n
     """All frames of a video, resized to `size` when given."""
     frames, _ = decode(path, size, keep=None, **kwargs)
     return frames
+
+
+def decode_clip(path: str, frame_indices: Sequence[int], size: tuple[int, int] | None = None) -> np.ndarray:
+    """The frames of one clip, (T, h, w, 3) uint8, in the order given (repeats allowed, as in looped clips).
+
+    Decoding stops after the last frame the clip needs: a loader reads one clip, not the whole video.
+    """
+    order = np.asarray(frame_indices, dtype=np.int64)
+    wanted = np.unique(order)
+    last = int(wanted[-1])
+    found: dict[int, np.ndarray] = {}
+    with open_container(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        keep = frozenset(int(i) for i in wanted)
+        try:
+            for count, frame in enumerate(container.decode(stream)):
+                if count in keep:
+                    rgb = frame.to_ndarray(format="rgb24")
+                    found[count] = resize_frame(rgb, size) if size else rgb
+                if count >= last:
+                    break
+        except av.error.FFmpegError as exc:
+            raise VideoError(path, f"decoding failed before frame {last}: {exc}") from exc
+    missing = [int(i) for i in wanted if int(i) not in found]
+    if missing:
+        raise VideoError(path, f"frames {missing[:5]} do not exist (the video is shorter than the cache recorded)")
+    return np.stack([found[int(i)] for i in order])

@@ -1,0 +1,133 @@
+"""What the loader may read: videos, labels and clips, from a cache (checked) or straight from videos (no cache).
+
+The checks live here so a bad cache is refused before any worker starts: changed or vanished source videos, a clip
+length or frame size other than asked, failed videos (skipped with a warning), nothing left to read.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.loader.params import LoaderParams
+from pipeline.params import BuildParams
+from pipeline.plan import clip_frames
+from pipeline.sources import is_url, join, list_source
+from pipeline.store import DONE, FAILED, Cache
+from pipeline.video import VideoError, probe
+
+
+class LoaderError(ValueError):
+    """A cache or video set the loader cannot use, with what is wrong."""
+
+
+@dataclass(frozen=True)
+class Catalog:
+    root: str  # where the videos are
+    paths: np.ndarray  # (V,) relative video paths
+    labels: np.ndarray  # (V,) int64 class index
+    classes: tuple[str, ...]
+    clip_video: np.ndarray  # (N,) int32
+    clip_frames: np.ndarray  # (N, T) int32
+    readable: np.ndarray  # clip indices the loader may use
+    size: tuple[int, int]
+    clip_len: int
+    cache_url: str | None  # None: no cache, masks are computed per sample
+
+    def video_path(self, video: int) -> str:
+        return join(self.root, str(self.paths[video]))
+
+
+def _label_index(names: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
+    classes = tuple(sorted({str(n) for n in names}))
+    lookup = {c: i for i, c in enumerate(classes)}
+    return np.array([lookup[str(n)] for n in names], dtype=np.int64), classes
+
+
+def _check_sources(
+    url: str, root: str, paths: np.ndarray, sizes: np.ndarray, mtimes: np.ndarray, done: np.ndarray
+) -> None:
+    """Refuse a cache whose source videos vanished or changed since the build (size, then mtime)."""
+    if is_url(root):
+        return  # remote stores: checked by `fame-cache verify`, too slow to stat here per video
+    problems = []
+    for v in np.flatnonzero(done):
+        full = join(root, str(paths[v]))
+        try:
+            stat = os.stat(full)
+        except FileNotFoundError:
+            problems.append(f"{paths[v]}: vanished")
+            continue
+        if sizes[v] and stat.st_size != int(sizes[v]):
+            problems.append(f"{paths[v]}: size changed ({int(sizes[v])} -> {stat.st_size} bytes)")
+        elif mtimes[v] and abs(stat.st_mtime - float(mtimes[v])) > 1e-3:
+            problems.append(f"{paths[v]}: modified since the cache was built")
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise LoaderError(
+            f"{url}: {len(problems)} source video(s) under {root} differ from the build: {shown}. "
+            "Rebuild with `fame-pipeline build --resume` after `fame-cache verify --fix`, or point --videos at the originals."
+        )
+
+
+def from_cache(url: str, params: LoaderParams, videos_root: str | None = None) -> Catalog:
+    cache = Cache.open(url)
+    if params.clip_len is not None and params.clip_len != cache.clip_len:
+        raise LoaderError(f"{url}: cache clip length is {cache.clip_len}, the loader was asked for {params.clip_len}")
+    if params.size is not None and tuple(params.size) != cache.size:
+        raise LoaderError(f"{url}: cache frame size is {cache.size}, the loader was asked for {tuple(params.size)}")
+    table = cache.video_table()
+    status = table["status"]
+    failed = np.flatnonzero(status == FAILED)
+    if failed.size:
+        names = ", ".join(f"{table['path'][v]} ({table['error'][v]})" for v in failed[:5])
+        warnings.warn(f"{url}: skipping {failed.size} failed video(s): {names}", stacklevel=3)
+    root = videos_root or cache.source_root
+    _check_sources(url, root, table["path"], table["bytes"], table["mtime"], status == DONE)
+    clip_video, frames = cache.clip_table()
+    readable = cache.readable_clips()
+    if readable.size == 0:
+        raise LoaderError(f"{url}: no readable clips (no video is done; is the build finished?)")
+    labels, classes = _label_index(table["label"])
+    if np.unique(clip_video[readable]).size < 2:
+        raise LoaderError(f"{url}: FAME needs clips from at least 2 videos (a partner for every clip)")
+    return Catalog(root, table["path"], labels, classes, clip_video, frames, readable, cache.size, cache.clip_len, url)
+
+
+def from_videos(src: str, build: BuildParams) -> Catalog:
+    """A catalog planned straight from videos (probe + clip plan), for the no-cache mode."""
+    source = list_source(src)
+    counts, frames, keep = [], [], []
+    for v, entry in enumerate(source.entries):
+        try:
+            info = probe(source.full_path(entry.path))
+        except VideoError as exc:
+            warnings.warn(f"skipping {exc}", stacklevel=3)
+            continue
+        if info.n_frames < 2:
+            continue
+        f = clip_frames(info.n_frames, build)
+        keep.append(v)
+        counts.append(len(f))
+        frames.append(f)
+    if len(keep) < 2:
+        raise LoaderError(f"{src}: FAME needs at least 2 readable videos, found {len(keep)}")
+    paths = np.array([source.entries[v].path for v in keep], dtype=object)
+    labels, classes = _label_index(np.array([source.entries[v].label for v in keep], dtype=object))
+    clip_video = np.repeat(np.arange(len(keep), dtype=np.int32), counts)
+    all_frames = np.concatenate(frames).astype(np.int32)
+    return Catalog(
+        source.root,
+        paths,
+        labels,
+        classes,
+        clip_video,
+        all_frames,
+        np.arange(len(clip_video)),
+        build.size,
+        build.clip_len,
+        None,
+    )

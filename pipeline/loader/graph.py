@@ -1,0 +1,121 @@
+"""The DALI graph: crop, compose, augment, normalise. One definition serves the CPU and the GPU path.
+
+Only the first step differs by device: on CPU the clips arrive decoded from the external source; on GPU they arrive
+encoded and DALI's NVDEC decoder turns them into frames on the device. Everything after is the same operators on
+DataNodes, which DALI places on the device their inputs live on.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import nvidia.dali.fn as fn
+import nvidia.dali.types as types
+from nvidia.dali import pipeline_def
+
+from pipeline.loader.params import LoaderParams
+from pipeline.loader.source import CPU_OUTPUTS, GPU_OUTPUTS, PARAM_OUTPUTS, SampleSource
+
+MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
+STD = [0.229 * 255, 0.224 * 255, 0.225 * 255]
+OUTPUT_NAMES = ("query", "key", "meta")
+VIDEO_LAYOUTS = {name: "FHWC" for name in ("clip_a", "mask", "background", "clip_b", "partner", "plate")}
+
+
+def crop_flip(frames, roi, flip, crop: int):
+    """Random resized crop given as a relative window, then horizontal flip; the same for every frame."""
+    out = fn.resize(frames, roi_start=roi[0:2], roi_end=roi[2:4], roi_relative=True, size=[crop, crop])
+    return fn.flip(out, horizontal=flip)
+
+
+def over_time(background, clip):
+    """A (1, H, W, C) plate repeated over the clip's frames (a no-op for (T, H, W, C) frames)."""
+    repeated = fn.cast(clip, dtype=types.FLOAT) * 0.0 + fn.cast(background, dtype=types.FLOAT)
+    return fn.cast(repeated, dtype=types.UINT8)
+
+
+def compose(clip, mask, background, threshold, fame, soft: bool):
+    """query = m * clip + (1 - m) * background; m is 1 everywhere when this sample is not merged."""
+    mask_f = fn.cast(mask, dtype=types.FLOAT)
+    m = mask_f * (1.0 / 255.0) if soft else fn.cast(mask_f >= threshold, dtype=types.FLOAT)
+    m = 1.0 - fame * (1.0 - m)
+    merged = m * fn.cast(clip, dtype=types.FLOAT) + (1.0 - m) * fn.cast(background, dtype=types.FLOAT)
+    return fn.cast(merged + 0.5, dtype=types.UINT8)
+
+
+def augment(frames, colour):
+    """MoCo v2 colour jitter, grayscale (saturation 0) and blur, with parameters drawn per clip by the source."""
+    out = fn.brightness_contrast(frames, brightness=colour[0], contrast=colour[1], contrast_center=128.0)
+    out = fn.hsv(out, saturation=colour[2], hue=colour[3])
+    return fn.gaussian_blur(out, sigma=colour[4])
+
+
+def normalise(frames):
+    """(T, H, W, C) uint8 -> (C, T, H, W) float, ImageNet mean and std."""
+    return fn.crop_mirror_normalize(frames, dtype=types.FLOAT, output_layout="CFHW", mean=MEAN, std=STD)
+
+
+def _decode_gpu(encoded, frames, size):
+    video = fn.decoders.video(encoded, device="mixed", frames=frames)
+    return fn.resize(video, size=list(size))
+
+
+def build_pipeline(source: SampleSource, batch_size: int, device_id: int | None, debug_outputs: bool = False):
+    """A DALI pipeline around `source`. device_id None runs DALI's CPU backend."""
+    params: LoaderParams = source.params
+    gpu = source.gpu
+    names = (GPU_OUTPUTS if gpu else CPU_OUTPUTS) + (("partner",) if params.return_partner and not gpu else ())
+    names = names + PARAM_OUTPUTS
+    soft = params.mask_mode == "soft"
+    size = source.catalog.size
+
+    @pipeline_def(
+        batch_size=batch_size,
+        num_threads=params.num_threads,
+        device_id=device_id,
+        prefetch_queue_depth=params.prefetch,
+        py_num_workers=max(1, params.num_workers),
+        py_start_method="spawn",
+        exec_dynamic=True,
+    )
+    def fame_pipeline():
+        parallel = {"parallel": True, "prefetch_queue_depth": params.prefetch} if params.num_workers > 0 else {}
+        outs = fn.external_source(
+            source=source,
+            num_outputs=len(names),
+            batch=False,
+            layout=[VIDEO_LAYOUTS.get(name, "") for name in names],
+            **parallel,
+        )
+        data = dict(zip(names, outs, strict=True))
+        rois, flips, colour = data["rois"], data["flips"], data["colour"]
+        if gpu:
+            clip_a = _decode_gpu(data["enc_a"], data["frames_a"], size)
+            clip_b = _decode_gpu(data["enc_b"], data["frames_b"], size)
+            partner = _decode_gpu(data["enc_p"], data["frames_p"], size)
+            mask = data["mask"].gpu()
+            background = data["plate"].gpu() if params.background == "plate" else partner
+        else:
+            clip_a, mask, background, clip_b = data["clip_a"], data["mask"], data["background"], data["clip_b"]
+            partner = data.get("partner")
+        background = over_time(background, clip_a)
+        crop = params.crop
+        a = crop_flip(clip_a, rois[0], flips[0], crop)
+        m = crop_flip(mask, rois[0], flips[0], crop)
+        bg = crop_flip(background, rois[0], flips[0], crop)
+        merged = compose(a, m, bg, data["threshold"], data["fame"], soft)
+        key = crop_flip(clip_b, rois[1], flips[1], crop)
+        outputs = [normalise(augment(merged, colour[0])), normalise(augment(key, colour[1])), data["meta"]]
+        if params.return_partner:
+            view = crop_flip(partner, rois[2], flips[2], crop)
+            outputs.append(normalise(augment(view, colour[2])))
+        if debug_outputs:
+            outputs += [a, m, bg, merged, key]
+        return tuple(outputs)
+
+    pipe = fame_pipeline()
+    with warnings.catch_warnings():
+        # Soft masks need no threshold and the GPU path no partner plate: DALI warns of unused source outputs.
+        warnings.filterwarnings("ignore", message=".*is not used.*")
+        pipe.build()
+    return pipe

@@ -1,0 +1,170 @@
+"""FameLoader: batches of FAME-merged query views and plain key views, as torch tensors, from a DALI pipeline."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.loader import catalog as catalogs
+from pipeline.loader.graph import build_pipeline
+from pipeline.loader.params import LoaderParams
+from pipeline.loader.source import SampleSource
+from pipeline.params import BuildParams
+
+META_FIELDS = ("video", "label", "clip_a", "clip_b", "partner_video", "partner_clip")
+
+
+class FameLoader:
+    """Iterate one epoch at a time; `set_epoch` (or the next `iter`) moves on, `state_dict` saves the position.
+
+    Each rank of a DDP job makes its own loader with `shard_id=rank, num_shards=world_size`: the ranks share one
+    shuffle per epoch and take disjoint parts of it.
+    """
+
+    def __init__(
+        self,
+        cache: str | None,
+        batch_size: int,
+        *,
+        videos: str | None = None,
+        params: LoaderParams | None = None,
+        device: str = "cpu",
+        shard_id: int = 0,
+        num_shards: int = 1,
+        seed: int = 0,
+        build_params: BuildParams | None = None,
+    ) -> None:
+        self.params = params or LoaderParams()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= shard_id < num_shards:
+            raise ValueError(f"shard_id must be in [0, {num_shards}), got {shard_id}")
+        if device not in ("cpu", "gpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
+        self.gpu = device in ("gpu", "cuda")
+        if cache is not None:
+            self.catalog = catalogs.from_cache(cache, self.params, videos)
+        elif videos is not None:
+            self.catalog = catalogs.from_videos(videos, build_params or BuildParams(method="fame"))
+            self.params = LoaderParams.from_dict({**self.params.to_dict(), "use_cache": False})
+        else:
+            raise ValueError("give a cache, or videos= for the no-cache mode")
+        if self.gpu and not self.params.use_cache:
+            raise ValueError("the no-cache mode computes masks on the CPU; use device='cpu'")
+        self.batch_size = batch_size
+        self.shard_id, self.num_shards, self.seed = shard_id, num_shards, seed
+        self.epoch = 0
+        self.position = 0  # samples of the current epoch already handed out
+        self._pipe = None
+        self._pipe_key: tuple[int, int] | None = None
+        self._batches_seen_by_pipe = 0
+        probe = self._source(0, 0)
+        self._samples_per_epoch = probe.samples_per_epoch
+        if self._samples_per_epoch == 0:
+            raise catalogs.LoaderError(
+                f"{cache or videos}: {len(probe.index)} usable videos are too few for batch size {batch_size} "
+                f"on {num_shards} shard(s) (empty selection)"
+            )
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.catalog.classes)
+
+    def __len__(self) -> int:
+        return self._samples_per_epoch // self.batch_size
+
+    def _source(self, epoch: int, skip: int) -> SampleSource:
+        return SampleSource(
+            catalog=self.catalog,
+            params=self.params,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            shard_id=self.shard_id,
+            num_shards=self.num_shards,
+            first_epoch=epoch,
+            skip_samples=skip,
+            gpu=self.gpu,
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start `epoch` from its beginning at the next iteration."""
+        if epoch != self.epoch:
+            self.epoch, self.position = epoch, 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self._close()
+
+    def _close(self) -> None:
+        self._pipe = None
+        self._pipe_key = None
+
+    def _pipeline(self):
+        """Reuse the running pipeline when it is where we are; rebuild it after a jump (resume, set_epoch)."""
+        expected = (self.epoch, self.position)
+        if self._pipe is None or self._pipe_key != expected:
+            self._close()
+            device_id = torch.cuda.current_device() if self.gpu else None
+            pipe = build_pipeline(self._source(self.epoch, self.position), self.batch_size, device_id)
+            self._pipe = pipe
+            self._pipe_key = expected
+        return self._pipe
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        if self.position >= self._samples_per_epoch:
+            self.epoch, self.position = self.epoch + 1, 0
+        pipe = self._pipeline()
+        while True:
+            try:
+                outputs = pipe.run()
+            except StopIteration:
+                pipe.reset()
+                self.epoch, self.position = self.epoch + 1, 0
+                self._pipe_key = (self.epoch, 0)
+                return
+            batch = self._to_torch(outputs)
+            self.position += self.batch_size
+            self._pipe_key = (self.epoch, self.position)
+            yield batch
+
+    def debug_batch(self, epoch: int = 0) -> dict[str, np.ndarray]:
+        """The first batch of `epoch` with its intermediate steps, as uint8 (B, T, H, W, C) arrays: the cropped clip
+        `clip`, `mask`, `background`, the merged view `merged` and the key clip `key` (before colour augmentation).
+        Made in-process on the CPU, for pictures and tests; it leaves the training iteration where it was."""
+        source = self._source(epoch, 0)
+        source.gpu = False
+        params = LoaderParams.from_dict({**self.params.to_dict(), "num_workers": 0})
+        source.params = params
+        pipe = build_pipeline(source, self.batch_size, None, debug_outputs=True)
+        outputs = pipe.run()
+        n_main = 3 + int(params.return_partner)
+        names = ("clip", "mask", "background", "merged", "key")
+        batch = {name: _as_array(out) for name, out in zip(names, outputs[n_main:], strict=True)}
+        meta = _as_array(outputs[2])
+        batch.update({field: meta[:, i] for i, field in enumerate(META_FIELDS)})
+        return batch
+
+    def _to_torch(self, outputs) -> dict[str, torch.Tensor]:
+        names = ["query", "key", "meta"] + (["partner"] if self.params.return_partner else [])
+        batch: dict[str, torch.Tensor] = {}
+        for name, out in zip(names, outputs, strict=False):
+            array = _as_array(out)
+            tensor = torch.from_numpy(array) if not self.gpu else torch.as_tensor(array, device="cuda")
+            if name == "meta":
+                for i, field in enumerate(META_FIELDS):
+                    batch[field] = tensor[:, i].to(torch.int64)
+            else:
+                batch[name] = tensor
+        return batch
+
+
+def _as_array(out) -> np.ndarray:
+    if hasattr(out, "as_cpu"):
+        out = out.as_cpu()
+    return np.array(out.as_tensor())

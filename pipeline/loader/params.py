@@ -1,0 +1,60 @@
+"""Loader options: the one place their defaults live (the trainer's config and the command line fill them)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+BACKGROUNDS = ("plate", "frames")
+MASK_MODES = ("soft", "threshold", "area")
+
+
+@dataclass(frozen=True)
+class LoaderParams:
+    crop: int = 112  # output H = W of both views
+    crop_scale: tuple[float, float] = (0.2, 1.0)  # area fraction of the random resized crop (MoCo v2)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    fame_p: float = 0.5  # probability that the query view is a FAME view; 1.0 merges every query
+    background: str = "plate"  # partner plate, or the partner's raw frames (the paper's mode)
+    mask_mode: str = "threshold"  # soft alpha, fixed threshold, or the paper's top-beta area binarisation
+    threshold: int = 128  # on the 0..255 mask scale, for mask_mode="threshold"
+    beta: float = 0.5  # foreground area fraction, for mask_mode="area"
+    use_cache: bool = True  # False: compute `fame` masks per sample from the decoded clip, like the original code
+    augment: bool = True  # MoCo v2 colour jitter, grayscale, blur (flip always follows the crop)
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
+    jitter_p: float = 0.8
+    grayscale_p: float = 0.2
+    blur_p: float = 0.5
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    return_partner: bool = False  # also output an augmented view of the partner clip (semi-negatives)
+    num_workers: int = 2  # parallel external-source processes (decoding)
+    num_threads: int = 2  # DALI operator threads
+    prefetch: int = 2  # batches prepared ahead
+    clip_len: int | None = None  # expected cache clip length (refused when different); None: whatever it is
+    size: tuple[int, int] | None = None  # expected cache frame size
+
+    def __post_init__(self) -> None:
+        if self.crop < 8:
+            raise ValueError(f"crop must be >= 8, got {self.crop}")
+        if not 0.0 <= self.fame_p <= 1.0:
+            raise ValueError(f"fame_p must be in [0, 1], got {self.fame_p}")
+        if self.background not in BACKGROUNDS:
+            raise ValueError(f"background must be one of {', '.join(BACKGROUNDS)}, got {self.background!r}")
+        if self.mask_mode not in MASK_MODES:
+            raise ValueError(f"mask_mode must be one of {', '.join(MASK_MODES)}, got {self.mask_mode!r}")
+        if not 0.0 < self.beta < 1.0:
+            raise ValueError(f"beta must be in (0, 1), got {self.beta}")
+        if not 0 <= self.threshold <= 255:
+            raise ValueError(f"threshold must be in [0, 255], got {self.threshold}")
+        if self.num_workers < 0 or self.prefetch < 1:
+            raise ValueError("num_workers must be >= 0 and prefetch >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LoaderParams:
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
+        return cls(**kwargs)

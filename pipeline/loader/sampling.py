@@ -1,0 +1,152 @@
+"""Every random choice of the loader, drawn in one place from (seed, epoch, index).
+
+Drawing crops, flips and colour parameters here, rather than inside DALI's random operators, is what makes the
+loader deterministic, resumable mid-epoch, and identical on the CPU and GPU paths: both receive the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.loader.params import LoaderParams
+
+NO_BLUR = 0.01
+
+
+@dataclass(frozen=True)
+class ClipIndex:
+    """The readable clips of a cache, grouped by video."""
+
+    videos: np.ndarray  # (V,) cache video index of each eligible video
+    labels: np.ndarray  # (V,) int64 class index
+    clip_start: np.ndarray  # (V + 1,) offsets into `clips`
+    clips: np.ndarray  # cache clip indices, grouped by video
+
+    @classmethod
+    def from_table(cls, clip_video: np.ndarray, readable: np.ndarray, labels: np.ndarray) -> ClipIndex:
+        """Group the readable clip indices by their video; `labels` maps cache video index -> class index."""
+        readable = np.sort(readable)
+        owners = clip_video[readable]
+        order = np.argsort(owners, kind="stable")
+        readable, owners = readable[order], owners[order]
+        videos, first = np.unique(owners, return_index=True)
+        starts = np.append(first, len(readable)).astype(np.int64)
+        return cls(
+            videos=videos.astype(np.int64),
+            labels=labels[videos].astype(np.int64),
+            clip_start=starts,
+            clips=readable.astype(np.int64),
+        )
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def clips_of(self, i: int) -> np.ndarray:
+        return self.clips[self.clip_start[i] : self.clip_start[i + 1]]
+
+
+def shard_order(n_videos: int, seed: int, epoch: int, shard_id: int, num_shards: int) -> np.ndarray:
+    """This shard's eligible-video positions for an epoch: one shuffle shared by all ranks, dealt round-robin."""
+    perm = np.random.default_rng([seed, epoch, 0x5EED]).permutation(n_videos)
+    return perm[shard_id::num_shards]
+
+
+def batches_per_epoch(n_videos: int, batch_size: int, num_shards: int) -> int:
+    """Full batches per rank; every rank runs the same count (DDP needs it), the remainder is dropped."""
+    return (n_videos // num_shards) // batch_size
+
+
+def _crop_window(rng: np.random.Generator, params: LoaderParams, h: int, w: int) -> np.ndarray:
+    """A random resized crop (torchvision's rule), as relative [y0, x0, y1, x1]."""
+    area = h * w
+    log_ratio = (math.log(params.crop_ratio[0]), math.log(params.crop_ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*params.crop_scale)
+        ratio = math.exp(rng.uniform(*log_ratio))
+        cw = round(math.sqrt(target * ratio))
+        ch = round(math.sqrt(target / ratio))
+        if 0 < cw <= w and 0 < ch <= h:
+            y0 = int(rng.integers(0, h - ch + 1))
+            x0 = int(rng.integers(0, w - cw + 1))
+            return np.array([y0 / h, x0 / w, (y0 + ch) / h, (x0 + cw) / w], np.float32)
+    side = min(h, w)
+    y0, x0 = (h - side) // 2, (w - side) // 2
+    return np.array([y0 / h, x0 / w, (y0 + side) / h, (x0 + side) / w], np.float32)
+
+
+def _colour(rng: np.random.Generator, params: LoaderParams) -> np.ndarray:
+    """[brightness, contrast, saturation, hue_degrees, blur_sigma] for one view; identity when not augmenting
+    (a blur of sigma NO_BLUR has a 3-tap kernel of weights ~[0, 1, 0])."""
+    out = np.array([1.0, 1.0, 1.0, 0.0, NO_BLUR], np.float32)
+    if not params.augment:
+        return out
+    b, c, s, hue = params.jitter
+    if rng.random() < params.jitter_p:
+        out[0] = rng.uniform(1 - b, 1 + b)
+        out[1] = rng.uniform(1 - c, 1 + c)
+        out[2] = rng.uniform(1 - s, 1 + s)
+        out[3] = rng.uniform(-hue, hue) * 360.0
+    if rng.random() < params.grayscale_p:
+        out[2] = 0.0
+    if rng.random() < params.blur_p:
+        out[4] = rng.uniform(*params.blur_sigma)
+    return out
+
+
+@dataclass(frozen=True)
+class SamplePlan:
+    video: int  # cache video index
+    label: int
+    clip_a: int  # cache clip indices
+    clip_b: int
+    partner_video: int
+    partner_clip: int
+    fame: bool
+    crop_a: np.ndarray  # relative [y0, x0, y1, x1]
+    crop_b: np.ndarray
+    crop_p: np.ndarray
+    flip: np.ndarray  # (3,) int32: query, key, partner
+    colour: np.ndarray  # (3, 5) float32: query, key, partner
+
+
+def plan_sample(
+    index: ClipIndex, params: LoaderParams, size: tuple[int, int], seed: int, epoch: int, video_pos: int
+) -> SamplePlan:
+    """The sample of eligible video `video_pos` in `epoch`: each video is drawn once per epoch, so
+    (seed, epoch, video) names the sample whichever rank or worker makes it."""
+    rng = np.random.default_rng([seed, epoch, video_pos, 0xFA3E])
+    n = len(index)
+    pos = int(video_pos)
+    clips = index.clips_of(pos)
+    if len(clips) > 1:
+        a, b = rng.choice(len(clips), size=2, replace=False)
+    else:
+        a = b = 0
+    other = int(rng.integers(0, n - 1))
+    other += other >= pos  # never the same video
+    partner_clips = index.clips_of(other)
+    h, w = size
+    return SamplePlan(
+        video=int(index.videos[pos]),
+        label=int(index.labels[pos]),
+        clip_a=int(clips[a]),
+        clip_b=int(clips[b]),
+        partner_video=int(index.videos[other]),
+        partner_clip=int(partner_clips[rng.integers(0, len(partner_clips))]),
+        fame=bool(rng.random() < params.fame_p),
+        crop_a=_crop_window(rng, params, h, w),
+        crop_b=_crop_window(rng, params, h, w),
+        crop_p=_crop_window(rng, params, h, w),
+        flip=(rng.random(3) < 0.5).astype(np.int32),
+        colour=np.stack([_colour(rng, params) for _ in range(3)]),
+    )
+
+
+def area_threshold(mask: np.ndarray, beta: float) -> float:
+    """The mask value above which the top `beta` fraction of the clip's pixels lie (the paper's area rule)."""
+    flat = mask.reshape(-1)
+    k = min(len(flat) - 1, max(0, int(round((1.0 - beta) * len(flat)))))
+    return float(np.partition(flat, k)[k])

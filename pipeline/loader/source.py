@@ -1,0 +1,140 @@
+"""The per-sample callable behind DALI's parallel external source.
+
+It runs in DALI's worker processes, so it is picklable and opens the cache lazily in each worker. On the CPU path it
+decodes clips with PyAV (DALI's CPU decoder cannot read H.264); on the GPU path it hands over the encoded file and
+the frame numbers, and DALI's NVDEC decoder does the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+import numpy as np
+
+from pipeline.loader.catalog import Catalog
+from pipeline.loader.params import LoaderParams
+from pipeline.loader.sampling import ClipIndex, area_threshold, batches_per_epoch, plan_sample, shard_order
+from pipeline.video import decode_clip
+
+# Output order of the callable; the pipeline definition reads the same list.
+CPU_OUTPUTS = ("clip_a", "mask", "background", "clip_b")
+GPU_OUTPUTS = ("enc_a", "frames_a", "mask", "plate", "enc_b", "frames_b", "enc_p", "frames_p")
+PARAM_OUTPUTS = ("rois", "flips", "colour", "threshold", "fame", "meta")
+
+
+@dataclass
+class SampleSource:
+    catalog: Catalog
+    params: LoaderParams
+    batch_size: int
+    seed: int
+    shard_id: int
+    num_shards: int
+    first_epoch: int
+    skip_samples: int  # samples of the first epoch already consumed (resume)
+    gpu: bool = False
+    _cache: Any = field(default=None, repr=False)
+    _index: ClipIndex | None = field(default=None, repr=False)
+    _orders: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+
+    @property
+    def index(self) -> ClipIndex:
+        if self._index is None:
+            self._index = ClipIndex.from_table(self.catalog.clip_video, self.catalog.readable, self.catalog.labels)
+        return self._index
+
+    @property
+    def samples_per_epoch(self) -> int:
+        return batches_per_epoch(len(self.index), self.batch_size, self.num_shards) * self.batch_size
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if epoch not in self._orders:
+            self._orders = {epoch: shard_order(len(self.index), self.seed, epoch, self.shard_id, self.num_shards)}
+        return self._orders[epoch]
+
+    def _store(self):
+        if self._cache is None:
+            import zarr
+
+            self._cache = zarr.open_group(self.catalog.cache_url, mode="r")
+        return self._cache
+
+    def _decode(self, clip: int) -> np.ndarray:
+        video = int(self.catalog.clip_video[clip])
+        return decode_clip(self.catalog.video_path(video), self.catalog.clip_frames[clip], self.catalog.size)
+
+    def _encoded(self, clip: int) -> tuple[np.ndarray, np.ndarray]:
+        video = int(self.catalog.clip_video[clip])
+        with fsspec.open(self.catalog.video_path(video), "rb") as handle:
+            data = np.frombuffer(handle.read(), dtype=np.uint8)
+        return data, self.catalog.clip_frames[clip].astype(np.int32)
+
+    def __call__(self, info) -> tuple[np.ndarray, ...]:
+        """One sample; raises StopIteration at the end of this shard's epoch (DALI's end-of-epoch signal)."""
+        epoch = self.first_epoch + info.epoch_idx
+        position = info.idx_in_epoch + (self.skip_samples if info.epoch_idx == 0 else 0)
+        if position >= self.samples_per_epoch:
+            raise StopIteration
+        video_pos = int(self._order(epoch)[position])
+        plan = plan_sample(self.index, self.params, self.catalog.size, self.seed, epoch, video_pos)
+        use_cache = self.catalog.cache_url is not None and self.params.use_cache
+        if use_cache:
+            store = self._store()
+            mask = store["masks"][plan.clip_a]
+        else:
+            mask = None
+        if self.gpu:
+            data = self._gpu_outputs(plan, mask, use_cache)
+        else:
+            data = self._cpu_outputs(plan, mask, use_cache)
+        mask = data[(GPU_OUTPUTS if self.gpu else CPU_OUTPUTS).index("mask")]
+        if self.params.mask_mode == "area":
+            threshold = area_threshold(mask, self.params.beta)
+        else:
+            threshold = float(self.params.threshold)
+        rois = np.stack([plan.crop_a, plan.crop_b, plan.crop_p]).astype(np.float32)
+        meta = np.array(
+            [plan.video, plan.label, plan.clip_a, plan.clip_b, plan.partner_video, plan.partner_clip], np.int64
+        )
+        return (
+            *data,
+            rois,
+            plan.flip,
+            plan.colour,
+            np.array(threshold, np.float32),
+            np.array(plan.fame, np.float32),
+            meta,
+        )
+
+    def _cpu_outputs(self, plan, mask, use_cache: bool) -> tuple[np.ndarray, ...]:
+        clip_a = self._decode(plan.clip_a)
+        clip_b = clip_a if plan.clip_b == plan.clip_a else self._decode(plan.clip_b)
+        partner = None
+        if not use_cache or self.params.background == "frames" or self.params.return_partner:
+            partner = self._decode(plan.partner_clip)
+        if use_cache:
+            if self.params.background == "plate":
+                plate = self._store()["plates"][plan.partner_clip]
+                background = plate[None]
+            else:
+                background = partner
+        else:
+            from pipeline.masks import get_method
+
+            mask = get_method("fame")(clip_a)  # the original code's way: masks from the decoded clip, every time
+            background = partner
+        out = (clip_a, mask[..., None], background, clip_b)
+        if self.params.return_partner:
+            out = (*out, partner)
+        return out
+
+    def _gpu_outputs(self, plan, mask, use_cache: bool) -> tuple[np.ndarray, ...]:
+        if not use_cache:
+            raise ValueError("the GPU path reads masks from a cache; use device='cpu' for use_cache=False")
+        enc_a, frames_a = self._encoded(plan.clip_a)
+        enc_b, frames_b = self._encoded(plan.clip_b)
+        enc_p, frames_p = self._encoded(plan.partner_clip)
+        plate = self._store()["plates"][plan.partner_clip]
+        return (enc_a, frames_a, mask[..., None], plate[None], enc_b, frames_b, enc_p, frames_p)
