@@ -1,0 +1,93 @@
+"""Test data shared by several test files: tiny caches with exactly known masks."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from pipeline.params import BuildParams
+from pipeline.plan import clip_frames
+from pipeline.store import DONE, FAILED, Cache
+from pipeline.synthetic import Scene, render, write_video
+
+SIZE = (32, 40)
+T = 4
+N_FRAMES = 12
+
+
+def square_video(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A bright square moving over a dark, flat background: frames and the exact truth."""
+    rng = np.random.default_rng(seed)
+    frames = np.full((N_FRAMES, *SIZE, 3), 30, np.uint8)
+    frames[..., 2] = 40 + 10 * (seed % 4)  # a per-video background tint
+    truth = np.zeros((N_FRAMES, *SIZE), bool)
+    y, x = int(rng.integers(4, 14)), int(rng.integers(2, 10))
+    for t in range(N_FRAMES):
+        truth[t, y : y + 12, x + t : x + t + 12] = True
+    frames[truth] = 230
+    return frames, truth
+
+
+def textured_video(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A textured object over a textured background, both unique to the seed: easy to tell videos apart."""
+    scene = Scene(
+        size=SIZE,
+        n_frames=N_FRAMES,
+        object_radius=(8.0, 7.0),
+        object_velocity=(0.0, 1.5),
+        background_seed=100 + seed,
+        object_seed=200 + seed,
+        background_hue=(seed * 47) % 180,
+        object_hue=(seed * 47 + 90) % 180,
+    )
+    return render(scene)
+
+
+def make_cache(
+    root, n_videos: int = 6, fail: tuple[int, ...] = (), textured: bool = False, lossless: bool = True
+) -> str:
+    """A cache whose masks are the truth and whose plates are each video's first frame with the square removed.
+
+    lossless=False writes yuv420p H.264, which NVDEC can decode (it cannot decode lossless RGB H.264)."""
+    params = BuildParams(size=SIZE, clip_len=T, stride=2, clips_per_video=2)
+    paths, labels, counts, frames_list, videos = [], [], [], [], []
+    for v in range(n_videos):
+        frames, truth = textured_video(v) if textured else square_video(v)
+        rel = f"class_{v % 3}/video {v}.mp4"
+        write_video(os.path.join(root, rel), frames, lossless=lossless)
+        cf = clip_frames(N_FRAMES, params)
+        paths.append(rel)
+        labels.append(f"class_{v % 3}")
+        counts.append(len(cf))
+        frames_list.append(cf)
+        videos.append((frames, truth))
+    stats = [os.stat(os.path.join(root, p)) for p in paths]
+    table = {
+        "path": np.array(paths, dtype=object),
+        "label": np.array(labels, dtype=object),
+        "bytes": np.array([s.st_size for s in stats], np.int64),
+        "mtime": np.array([s.st_mtime for s in stats]),
+    }
+    url = os.path.join(root, "cache.zarr")
+    cache = Cache.create(url, params, str(root), table, counts, frames_list, videos_per_group=2, clips_per_shard=4)
+    clip_video, clip_table = cache.clip_table()
+    for group in cache.groups():
+        n = len(group.clips)
+        masks = np.zeros((n, T, *SIZE), np.uint8)
+        plates = np.zeros((n, *SIZE, 3), np.uint8)
+        for k, clip in enumerate(group.clips):
+            v = clip_video[clip]
+            if v < 0:
+                continue
+            frames, truth = videos[v]
+            masks[k] = truth[clip_table[clip]] * 255
+            plate = frames[0].copy()
+            plate[truth[0]] = frames[0][~truth[0]][0]
+            plates[k] = plate
+        status = [FAILED if v in fail else DONE for v in group.videos]
+        errors = ["broken on purpose" if v in fail else "" for v in group.videos]
+        cache.write_group(
+            group, masks, plates, clip_table[group.clips.start : group.clips.stop], {"status": status, "error": errors}
+        )
+    return url
