@@ -1,0 +1,185 @@
+"""Evaluation of a frozen backbone on a labelled video set: linear probe, kNN, retrieval, optional fine-tuning.
+
+Features: several evenly spaced clips per video, each resized whole, centre-cropped and normalised, through the
+backbone; the clip features of a video are averaged. Test videos are classified (probe, kNN) and retrieve training
+videos (R@k: one of the k nearest training videos has the query's class).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from pipeline.params import BuildParams
+from pipeline.plan import clip_frames
+from pipeline.sources import Source, list_source
+from pipeline.video import VideoError, decode
+
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1, 1)
+STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1, 1)
+PROTOCOLS = ("linear", "knn", "retrieval")
+RECALL_AT = (1, 5, 10, 20)
+
+
+class EvalError(ValueError):
+    """An evaluation that cannot run, with the reason."""
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    clip_len: int = 16
+    stride: int = 2
+    clips_per_video: int = 4
+    size: tuple[int, int] = (128, 171)
+    crop: int = 112
+    knn_k: int = 20
+    batch_size: int = 8
+
+
+def video_clips(path: str, settings: EvalSettings) -> torch.Tensor:
+    """(K, 3, T, crop, crop) normalised clips of one video, decoded once."""
+    plan = BuildParams(
+        size=settings.size, clip_len=settings.clip_len, stride=settings.stride, clips_per_video=settings.clips_per_video
+    )
+    frames, info = decode(path, size=settings.size)
+    clips = frames[clip_frames(info.n_frames, plan)]  # (K, T, H, W, 3)
+    h, w = settings.size
+    top, left = (h - settings.crop) // 2, (w - settings.crop) // 2
+    clips = clips[:, :, top : top + settings.crop, left : left + settings.crop]
+    x = torch.from_numpy(np.ascontiguousarray(clips)).permute(0, 4, 1, 2, 3).float() / 255.0
+    return (x - MEAN) / STD
+
+
+@torch.no_grad()
+def extract(
+    backbone: torch.nn.Module, source: Source, settings: EvalSettings, device: torch.device, desc: str = "features"
+) -> tuple[torch.Tensor, np.ndarray, list[str]]:
+    """(N, D) L2-normalised video features, their labels, and the videos skipped (with reasons)."""
+    feats, labels, skipped = [], [], []
+    for entry in tqdm(source.entries, desc=desc, unit="video", leave=False):
+        try:
+            clips = video_clips(source.full_path(entry.path), settings)
+        except VideoError as exc:
+            skipped.append(str(exc))
+            continue
+        out = torch.cat([backbone(b.to(device)) for b in clips.split(settings.batch_size)])
+        feats.append(F.normalize(out.mean(0), dim=0).cpu())
+        labels.append(entry.label)
+    if not feats:
+        raise EvalError(f"{source.root}: no video could be read ({len(skipped)} skipped)")
+    return torch.stack(feats), np.array(labels, dtype=object), skipped
+
+
+def _encode_labels(train: np.ndarray, test: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    classes = sorted(set(train.tolist()))
+    lookup = {c: i for i, c in enumerate(classes)}
+    unknown = sorted(set(test.tolist()) - set(classes))
+    if unknown:
+        raise EvalError(f"test classes not in the training set: {unknown[:5]}")
+    return (torch.tensor([lookup[c] for c in train]), torch.tensor([lookup[c] for c in test]), classes)
+
+
+def linear_probe(train_x, train_y, test_x, test_y, epochs: int = 300, lr: float = 0.1) -> float:
+    """Top-1 of a softmax classifier trained on frozen features (full-batch L-BFGS-free Adam, weight decay)."""
+    torch.manual_seed(0)
+    head = torch.nn.Linear(train_x.shape[1], int(train_y.max()) + 1)
+    optimizer = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=1e-4)
+    for _ in range(epochs):
+        optimizer.zero_grad()
+        F.cross_entropy(head(train_x), train_y).backward()
+        optimizer.step()
+    return float((head(test_x).argmax(1) == test_y).float().mean())
+
+
+def knn(train_x, train_y, test_x, test_y, k: int = 20, temperature: float = 0.07) -> float:
+    """Top-1 of a similarity-weighted vote over the k nearest training videos (cosine)."""
+    sims = test_x @ train_x.T
+    k = min(k, train_x.shape[0])
+    top, idx = sims.topk(k, dim=1)
+    votes = torch.zeros(test_x.shape[0], int(train_y.max()) + 1)
+    votes.scatter_add_(1, train_y[idx], (top / temperature).exp())
+    return float((votes.argmax(1) == test_y).float().mean())
+
+
+def retrieval(train_x, train_y, test_x, test_y) -> dict[str, float]:
+    """R@k: the fraction of test videos with a same-class training video among their k nearest."""
+    order = (test_x @ train_x.T).argsort(dim=1, descending=True)
+    hits = train_y[order] == test_y[:, None]
+    return {f"retrieval_r{k}": float(hits[:, :k].any(1).float().mean()) for k in RECALL_AT}
+
+
+def finetune(
+    backbone, train: Source, test: Source, settings: EvalSettings, device, epochs: int = 5, lr: float = 0.01
+) -> float:
+    """Top-1 after training the whole network (backbone + linear head) on the training videos' clips."""
+    train_clips = [(video_clips(train.full_path(e.path), settings), e.label) for e in train.entries]
+    classes = sorted({label for _, label in train_clips})
+    lookup = {c: i for i, c in enumerate(classes)}
+    x = torch.cat([c for c, _ in train_clips])
+    y = torch.cat([torch.full((len(c),), lookup[label]) for c, label in train_clips])
+    model = torch.nn.Sequential(backbone, torch.nn.Linear(backbone.out_dim, len(classes))).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
+    model.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(x)).split(settings.batch_size):
+            optimizer.zero_grad()
+            F.cross_entropy(model(x[idx].to(device)), y[idx].to(device)).backward()
+            optimizer.step()
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for entry in test.entries:
+            clips = video_clips(test.full_path(entry.path), settings).to(device)
+            correct += int(model(clips).mean(0).argmax()) == lookup.get(entry.label, -1)
+    return correct / len(test.entries)
+
+
+def evaluate(
+    backbone,
+    train_src: str,
+    test_src: str,
+    protocols=PROTOCOLS,
+    settings: EvalSettings | None = None,
+    device: str | torch.device = "cpu",
+    do_finetune: bool = False,
+) -> dict[str, float]:
+    """Run the protocols; returns the metrics dict (fractions in [0, 1]) with the JSON contract's keys."""
+    settings = settings or EvalSettings()
+    unknown = set(protocols) - set(PROTOCOLS)
+    if unknown:
+        raise EvalError(f"unknown protocol(s) {sorted(unknown)}; choose from {', '.join(PROTOCOLS)}")
+    device = torch.device(device)
+    train, test = list_source(train_src), list_source(test_src)
+    for name, source in (("train", train), ("test", test)):
+        if not source.entries:
+            raise EvalError(f"{name} set {source.root} holds no videos (empty dataset)")
+    backbone = backbone.to(device).eval()
+    train_x, train_lab, _ = extract(backbone, train, settings, device, "train features")
+    test_x, test_lab, _ = extract(backbone, test, settings, device, "test features")
+    train_y, test_y, _ = _encode_labels(train_lab, test_lab)
+    metrics: dict[str, float] = {}
+    if "linear" in protocols:
+        metrics["linear_top1"] = linear_probe(train_x, train_y, test_x, test_y)
+    if "knn" in protocols:
+        metrics["knn_top1"] = knn(train_x, train_y, test_x, test_y, settings.knn_k)
+    if "retrieval" in protocols:
+        metrics.update(retrieval(train_x, train_y, test_x, test_y))
+    if do_finetune:
+        metrics["finetune_top1"] = finetune(backbone, train, test, settings, device)
+    return metrics
+
+
+def format_table(metrics: dict[str, float]) -> str:
+    width = max(len(k) for k in metrics)
+    return "\n".join(f"{k:<{width}}  {100 * v:6.2f}%" for k, v in metrics.items())
+
+
+def write_json(metrics: dict[str, float], path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(metrics, indent=2))
