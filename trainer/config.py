@@ -36,7 +36,7 @@ class TrainConfig:
     semi_negatives: bool = False  # the partner (background) video as an extra, hard negative
     micro: bool = False  # the micro-bias term of the dual loss
     micro_weight: float = 0.5
-    micro_block: int = 3  # index into backbone.forward_blocks (0 = stem)
+    micro_block: int = 1  # index into backbone.forward_blocks (0 = stem, 1 = first stage: full temporal resolution)
     seed: int = 0
     workers: int = 2
     checkpoint_every: int = 200  # steps

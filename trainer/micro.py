@@ -18,9 +18,14 @@ import torch.nn.functional as F
 
 def salient_map(features: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """(B, C, T, H, W) -> (B, H, W) in [0, 1]: accumulated |f[t+1] - f[t]| over time, mean over channels,
-    min-max normalised per clip. A single-frame map is all zero (no motion to see)."""
+    min-max normalised per clip. A single-frame map is all zero (no motion to see).
+
+    With more than 4 time steps the first and last are left out: the zero padding of temporal convolutions makes
+    them differ from their neighbours everywhere, static background included."""
     if features.shape[2] < 2:
         return features.new_zeros(features.shape[0], *features.shape[3:])
+    if features.shape[2] > 4:
+        features = features[:, :, 1:-1]
     change = (features[:, :, 1:] - features[:, :, :-1]).abs().mean(1).sum(1)
     low = change.flatten(1).min(1).values[:, None, None]
     high = change.flatten(1).max(1).values[:, None, None]
