@@ -18,9 +18,10 @@ def background_plate(clip: np.ndarray, masks: np.ndarray, threshold: int = FOREG
     samples = background.sum(axis=0)
     # Median over the background samples: sort each pixel's values with foreground pushed past the end.
     values = np.where(background[..., None], clip, np.uint16(256)).astype(np.uint16)
-    values.sort(axis=0)
+    values = np.ascontiguousarray(np.moveaxis(values, 0, -1))  # (H, W, 3, T): sort along contiguous memory
+    values.sort(axis=-1)
     middle = np.clip((samples - 1) // 2, 0, None)
-    plate = np.take_along_axis(values, middle[None, :, :, None].repeat(3, axis=3), axis=0)[0]
+    plate = np.take_along_axis(values, middle[:, :, None, None].repeat(3, axis=2), axis=-1)[..., 0]
     plate = np.minimum(plate, 255).astype(np.uint8)
     holes = samples == 0
     if holes.all():

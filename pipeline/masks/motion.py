@@ -22,20 +22,25 @@ MIN_TRACKS = 8
 NOISE_K = 4.0  # residuals this many robust sigmas above the median count as motion
 FLOOR = 6.0  # grey levels: below this nothing is motion, however clean the video
 LEVELS = 17  # quantisation step on the 0..255 scale
+TRACK_SIDE = 64  # camera motion is tracked on frames this small (short side): the global motion needs no detail
 
 
-def _similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """2x3 transform mapping src onto dst (grey uint8 frames), identity when tracking fails."""
-    corners = cv2.goodFeaturesToTrack(src, maxCorners=200, qualityLevel=0.01, minDistance=5, blockSize=5)
+def _similarity(src: np.ndarray, dst: np.ndarray, scale: float) -> np.ndarray:
+    """2x3 transform mapping src onto dst (grey uint8 frames tracked at `scale` of full size), identity when
+    tracking fails. The translation is returned in full-size pixels."""
+    corners = cv2.goodFeaturesToTrack(src, maxCorners=80, qualityLevel=0.01, minDistance=4, blockSize=5)
     identity = np.float32([[1, 0, 0], [0, 1, 0]])
     if corners is None or len(corners) < MIN_TRACKS:
         return identity
-    moved, status, _ = cv2.calcOpticalFlowPyrLK(src, dst, corners, None, winSize=(15, 15), maxLevel=2)
+    moved, status, _ = cv2.calcOpticalFlowPyrLK(src, dst, corners, None, winSize=(11, 11), maxLevel=2)
     ok = status.ravel() == 1
     if ok.sum() < MIN_TRACKS:
         return identity
-    matrix, _ = cv2.estimateAffinePartial2D(corners[ok], moved[ok], method=cv2.RANSAC, ransacReprojThreshold=2.0)
-    return identity if matrix is None else matrix.astype(np.float32)
+    matrix, _ = cv2.estimateAffinePartial2D(corners[ok], moved[ok], method=cv2.RANSAC, ransacReprojThreshold=1.0)
+    if matrix is None:
+        return identity
+    matrix[:, 2] /= scale
+    return matrix.astype(np.float32)
 
 
 def _residual(frame: np.ndarray, other: np.ndarray, onto_frame: np.ndarray) -> np.ndarray:
@@ -49,9 +54,10 @@ def _residual(frame: np.ndarray, other: np.ndarray, onto_frame: np.ndarray) -> n
 
 def motion_evidence(grey: np.ndarray) -> np.ndarray:
     """(T, H, W) float32 residual motion per frame after compensating the camera."""
-    t = len(grey)
-    grey_u8 = grey.astype(np.uint8)
-    forward = [_similarity(grey_u8[i], grey_u8[i + 1]) for i in range(t - 1)]  # maps frame i onto frame i + 1
+    t, h, w = grey.shape
+    scale = min(1.0, TRACK_SIDE / min(h, w))
+    small = [cv2.resize(g, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA).astype(np.uint8) for g in grey]
+    forward = [_similarity(small[i], small[i + 1], scale) for i in range(t - 1)]  # maps frame i onto frame i + 1
     evidence = np.empty_like(grey)
     for i in range(t):
         residuals = []
@@ -81,8 +87,9 @@ def motion_masks(clip: np.ndarray) -> np.ndarray:
     grey = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in clip]).astype(np.float32)
     k = max(3, (min(h, w) // 24) | 1)
     evidence = np.stack([cv2.GaussianBlur(e, (k, k), 0) for e in motion_evidence(grey)])
-    median = float(np.median(evidence))
-    spread = 1.4826 * float(np.median(np.abs(evidence - median)))
+    sample = evidence[:, ::3, ::3]  # robust statistics need no full sort of every pixel
+    median = float(np.median(sample))
+    spread = 1.4826 * float(np.median(np.abs(sample - median)))
     threshold = max(median + NOISE_K * spread, FLOOR)
     soft = np.clip((evidence - 0.5 * threshold) / threshold, 0.0, 1.0)
     if soft.max() < 0.5:
