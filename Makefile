@@ -2,9 +2,12 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEMO := out/demo
+REAL_VIDEOS := ../shared/data/real_videos
 
-.PHONY: setup test lint demo bench clean
+.PHONY: setup test lint format demo bench bench-preprocess bench-loader bench-bias bench-wait clean
 
 setup: $(STAMP)
 
@@ -19,8 +22,45 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+	$(BIN)/ruff check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+
+# The README's first example: generated + real videos -> cache -> pretrain -> evaluate, on the CPU.
+demo: $(STAMP)
+	rm -rf $(DEMO) && mkdir -p $(DEMO)
+	$(BIN)/fame-pipeline synth $(DEMO)/videos --classes 3 --videos-per-class 4 --frames 40 --seed 0
+	$(BIN)/fame-pipeline synth $(DEMO)/test --classes 3 --videos-per-class 2 --frames 40 --seed 1
+	if [ -d $(REAL_VIDEOS) ]; then mkdir -p $(DEMO)/videos/real && cp $(REAL_VIDEOS)/*.mp4 $(DEMO)/videos/real/; fi
+	$(BIN)/fame-pipeline build $(DEMO)/videos --out $(DEMO)/cache.zarr --size 64x86 --clip-len 8 --stride 2 \
+		--clips-per-video 2 --workers 2 --report $(DEMO)/build.json
+	$(BIN)/fame-cache info $(DEMO)/cache.zarr
+	$(BIN)/fame-cache show $(DEMO)/cache.zarr --clip 0 --out $(DEMO)/clip.png
+	$(BIN)/fame-pipeline preview $(DEMO)/cache.zarr --out $(DEMO)/batch.png
+	$(BIN)/fame-train pretrain --cache $(DEMO)/cache.zarr --out $(DEMO)/run --backbone small --epochs 4 \
+		--batch-size 4 --crop 56 --queue-size 64 --workers 2 --warmup-epochs 1
+	rm -rf $(DEMO)/videos/real
+	$(BIN)/fame-train eval $(DEMO)/run/checkpoint.pt --train $(DEMO)/videos --test $(DEMO)/test \
+		--clip-len 8 --clips-per-video 2 --size 64x86 --json $(DEMO)/metrics.json
+	$(BIN)/fame-train heatmap $(DEMO)/run/checkpoint.pt $(DEMO)/test/class_0/video_0.mp4 --clip-len 8 \
+		--out $(DEMO)/heatmap.png
+	@echo "demo outputs in $(DEMO)/: cache.zarr, build.json, clip.png, batch.png, run/checkpoint.pt," \
+		"run/log.jsonl, run/curves.png, metrics.json, heatmap.png"
+
+bench: bench-preprocess bench-loader bench-wait bench-bias
+
+bench-preprocess: $(STAMP)
+	$(PY) benchmarks/preprocess.py --json benchmarks/results/preprocess.json
+
+bench-loader: $(STAMP)
+	$(PY) benchmarks/loader.py --json benchmarks/results/loader.json
+
+bench-wait: $(STAMP)
+	$(PY) benchmarks/train_wait.py --json benchmarks/results/train_wait.json
+
+bench-bias: $(STAMP)
+	$(PY) benchmarks/bias.py --json benchmarks/results/bias.json
 
 clean:
 	rm -rf out runs .pytest_cache

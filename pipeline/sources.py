@@ -164,3 +164,24 @@ def list_source(src: str, root: str | None = None) -> Source:
         entries = _list_folder(base)
     unique = {e.path: e for e in entries}
     return Source(root=base, entries=tuple(unique[p] for p in sorted(unique)))
+
+
+def stat_source(path: str) -> tuple[int, float]:
+    """(bytes, mtime) of a source file, recorded at build time so readers can refuse changed sources.
+
+    Local files use os.stat (the numbers the loader compares); stores without a modification time give 0.0.
+    Raises FileNotFoundError when the file is missing.
+    """
+    if not is_url(path) or path.startswith("file://"):
+        st = os.stat(path.removeprefix("file://"))
+        return int(st.st_size), float(st.st_mtime)
+    fs, inner = fsspec.core.url_to_fs(path)
+    info = fs.info(inner)
+    stamp = next((info[k] for k in ("mtime", "LastModified", "last_modified", "updated", "created") if k in info), 0.0)
+    if hasattr(stamp, "timestamp"):
+        stamp = stamp.timestamp()
+    try:
+        mtime = float(stamp)
+    except (TypeError, ValueError):
+        mtime = 0.0
+    return int(info.get("size") or 0), mtime

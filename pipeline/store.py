@@ -19,7 +19,7 @@ Layout (a public contract, documented in the README):
     clips/frames     (N,T) int32   source frame numbers
     clips/checksum   (N,)  uint32  CRC32 of the clip's mask bytes followed by its plate bytes
     masks            (N,T,h,w) uint8  soft foreground probability x 255
-    plates           (N,h,w,3) uint8  RGB background plate
+    plates           (N,h,w,3) uint8  RGB background plate (JPEG quality 90 per chunk, codec "fame.jpeg")
 
 Videos are cut into groups of `videos_per_group`; each group's clips start on a shard boundary and fill whole shards
 (padding slots at the end), so one writer owns every shard it touches, in every array. A group is committed by
@@ -38,9 +38,11 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
+from pipeline.codecs import JpegCodec
 from pipeline.params import FORMAT_VERSION, BuildParams
 
 TOOL_VERSION = "0.1.0"
+PLATE_QUALITY = 90  # plates are JPEG (see pipeline.codecs); masks are lossless
 PENDING, DONE, FAILED = "pending", "done", "failed"
 VIDEO_FIELDS: dict[str, Any] = {
     "path": str,
@@ -183,7 +185,7 @@ class Cache:
         clips.create_array("video", shape=(n_clips,), chunks=(clips_per_shard,), dtype=np.int32)[:] = clip_video
         clips.create_array("frames", shape=(n_clips, t), chunks=(clips_per_shard, t), dtype=np.int32)[:] = frames
         clips.create_array("checksum", shape=(n_clips,), chunks=(clips_per_shard,), dtype=np.uint32, fill_value=0)
-        blosc = BloscCodec(cname="zstd", clevel=5, shuffle=BloscShuffle.bitshuffle)
+        blosc = BloscCodec(cname="zstd", clevel=7, shuffle=BloscShuffle.noshuffle)
         group.create_array(
             "masks",
             shape=(n_clips, t, h, w),
@@ -199,7 +201,8 @@ class Cache:
             chunks=(1, h, w, 3),
             shards=(clips_per_shard, h, w, 3),
             dtype=np.uint8,
-            compressors=BloscCodec(cname="zstd", clevel=5, shuffle=BloscShuffle.shuffle),
+            serializer=JpegCodec(quality=PLATE_QUALITY),
+            compressors=None,
             fill_value=0,
         )
         return cls(group, url)
@@ -298,9 +301,10 @@ class Cache:
         holds full columns for the group's videos and must include 'status' and 'error'.
         """
         sl = slice(group.clips.start, group.clips.stop)
-        checksums = np.array([clip_checksum(m, p) for m, p in zip(masks, plates, strict=True)], dtype=np.uint32)
         self.root["masks"][sl] = masks
         self.root["plates"][sl] = plates
+        stored = self.root["plates"][sl]  # plates are lossy: the checksum covers what a reader gets back
+        checksums = np.array([clip_checksum(m, p) for m, p in zip(masks, stored, strict=True)], dtype=np.uint32)
         self.root["clips/frames"][sl] = frames
         self.root["clips/checksum"][sl] = checksums
         vs = slice(group.videos.start, group.videos.stop)

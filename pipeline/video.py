@@ -110,13 +110,15 @@ def decode(
     keep: Iterable[int] | None = None,
     max_pixels: int | None = None,
     max_frames: int | None = None,
+    threads: int = 0,
 ) -> tuple[np.ndarray, VideoInfo]:
     """Decode a video once and return (frames, info).
 
     frames is (n, h, w, 3) uint8 RGB holding, in frame order, every frame whose index is in `keep` (all when None),
     each resized whole to `size` (h, w) when given. info.n_frames is the number of frames actually decoded, which
     for a healthy file is the whole video. A file that stops decoding early (truncated, corrupt) is an error: a
-    cache must not silently hold clips of a broken video.
+    cache must not silently hold clips of a broken video. `threads` caps FFmpeg's decoding threads (0: one per
+    core), so that parallel workers do not oversubscribe the cores.
     """
     wanted = None if keep is None else {int(i) for i in keep}
     frames: list[np.ndarray] = []
@@ -128,6 +130,7 @@ def decode(
             raise VideoError(path, f"has {meta.n_frames} frames, over --max-frames {max_frames}")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = threads
         count = 0
         try:
             for frame in container.decode(stream):

@@ -69,7 +69,8 @@ def _check_sources(
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
         raise LoaderError(
             f"{url}: {len(problems)} source video(s) under {root} differ from the build: {shown}. "
-            "Rebuild with `fame-pipeline build --resume` after `fame-cache verify --fix`, or point --videos at the originals."
+            "Rebuild with `fame-pipeline build --resume` after `fame-cache verify --fix`, "
+            "or point --videos at the originals."
         )
 
 

@@ -92,7 +92,8 @@ def build_pipeline(source: SampleSource, batch_size: int, device_id: int | None,
         if gpu:
             clip_a = _decode_gpu(data["enc_a"], data["frames_a"], size)
             clip_b = _decode_gpu(data["enc_b"], data["frames_b"], size)
-            partner = _decode_gpu(data["enc_p"], data["frames_p"], size)
+            needs_partner = params.background == "frames" or params.return_partner
+            partner = _decode_gpu(data["enc_p"], data["frames_p"], size) if needs_partner else None
             mask = data["mask"].gpu()
             background = data["plate"].gpu() if params.background == "plate" else partner
         else:
@@ -103,7 +104,10 @@ def build_pipeline(source: SampleSource, batch_size: int, device_id: int | None,
         a = crop_flip(clip_a, rois[0], flips[0], crop)
         m = crop_flip(mask, rois[0], flips[0], crop)
         bg = crop_flip(background, rois[0], flips[0], crop)
-        merged = compose(a, m, bg, data["threshold"], data["fame"], soft)
+        threshold, fame = data["threshold"], data["fame"]
+        if gpu:  # per-sample scalars join GPU arithmetic as GPU tensors
+            threshold, fame = threshold.gpu(), fame.gpu()
+        merged = compose(a, m, bg, threshold, fame, soft)
         key = crop_flip(clip_b, rois[1], flips[1], crop)
         outputs = [normalise(augment(merged, colour[0])), normalise(augment(key, colour[1])), data["meta"]]
         if params.return_partner:
@@ -116,6 +120,6 @@ def build_pipeline(source: SampleSource, batch_size: int, device_id: int | None,
     pipe = fame_pipeline()
     with warnings.catch_warnings():
         # Soft masks need no threshold and the GPU path no partner plate: DALI warns of unused source outputs.
-        warnings.filterwarnings("ignore", message=".*is not used.*")
+        warnings.filterwarnings("ignore", message=".*(is|are) not used.*")
         pipe.build()
     return pipe

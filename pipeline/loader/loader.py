@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from nvidia.dali.plugin.pytorch.torch_utils import to_torch_tensor
 
 from pipeline.loader import catalog as catalogs
 from pipeline.loader.graph import build_pipeline
@@ -68,6 +69,12 @@ class FameLoader:
                 f"{cache or videos}: {len(probe.index)} usable videos are too few for batch size {batch_size} "
                 f"on {num_shards} shard(s) (empty selection)"
             )
+
+    @classmethod
+    def from_videos(cls, videos: str, batch_size: int, **kwargs: Any) -> FameLoader:
+        """The no-cache mode: clips planned from `videos` with `build_params` (default: BuildParams(method="fame")),
+        `fame` masks computed per sample from the decoded clip, background the partner's raw frames."""
+        return cls(None, batch_size, videos=videos, **kwargs)
 
     @property
     def classes(self) -> list[str]:
@@ -154,8 +161,8 @@ class FameLoader:
         names = ["query", "key", "meta"] + (["partner"] if self.params.return_partner else [])
         batch: dict[str, torch.Tensor] = {}
         for name, out in zip(names, outputs, strict=False):
-            array = _as_array(out)
-            tensor = torch.from_numpy(array) if not self.gpu else torch.as_tensor(array, device="cuda")
+            # A copy on the device the output lives on (GPU outputs stay on the GPU, on torch's current stream).
+            tensor = to_torch_tensor(out.as_tensor(), copy=True)
             if name == "meta":
                 for i, field in enumerate(META_FIELDS):
                     batch[field] = tensor[:, i].to(torch.int64)

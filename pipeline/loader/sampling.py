@@ -146,7 +146,15 @@ def plan_sample(
 
 
 def area_threshold(mask: np.ndarray, beta: float) -> float:
-    """The mask value above which the top `beta` fraction of the clip's pixels lie (the paper's area rule)."""
+    """The mask value above which the top `beta` fraction of the clip's pixels lie (the paper's area rule).
+
+    Masks are uint8, so many pixels can share the cut value (a flat background is all 0): of `>= t` and `> t`
+    (that is `>= t + 1`), the one whose kept fraction is nearer beta wins (never an empty one), so ties never turn
+    the whole clip into foreground."""
     flat = mask.reshape(-1)
-    k = min(len(flat) - 1, max(0, int(round((1.0 - beta) * len(flat)))))
-    return float(np.partition(flat, k)[k])
+    k = min(len(flat) - 1, max(0, round((1.0 - beta) * len(flat))))
+    t = float(np.partition(flat, k)[k])
+    at_or_above = np.count_nonzero(flat >= t) / len(flat)
+    above = np.count_nonzero(flat > t) / len(flat)
+    keep_ties = above == 0.0 or abs(at_or_above - beta) <= abs(above - beta)  # never an empty foreground
+    return t if keep_ties else t + 1.0

@@ -54,11 +54,13 @@ class SampleSource:
             self._orders = {epoch: shard_order(len(self.index), self.seed, epoch, self.shard_id, self.num_shards)}
         return self._orders[epoch]
 
-    def _store(self):
+    def _store(self) -> dict[str, Any]:
+        """The cache's `masks` and `plates` arrays, opened once per worker (not once per sample)."""
         if self._cache is None:
             import zarr
 
-            self._cache = zarr.open_group(self.catalog.cache_url, mode="r")
+            group = zarr.open_group(self.catalog.cache_url, mode="r")
+            self._cache = {name: group[name] for name in ("masks", "plates")}
         return self._cache
 
     def _decode(self, clip: int) -> np.ndarray:
@@ -80,15 +82,10 @@ class SampleSource:
         video_pos = int(self._order(epoch)[position])
         plan = plan_sample(self.index, self.params, self.catalog.size, self.seed, epoch, video_pos)
         use_cache = self.catalog.cache_url is not None and self.params.use_cache
-        if use_cache:
-            store = self._store()
-            mask = store["masks"][plan.clip_a]
-        else:
-            mask = None
-        if self.gpu:
-            data = self._gpu_outputs(plan, mask, use_cache)
-        else:
-            data = self._cpu_outputs(plan, mask, use_cache)
+        # A plain (not merged) query needs no mask and no background: nothing is read or computed for it.
+        mask = self._store()["masks"][plan.clip_a] if plan.fame and use_cache else None
+        outputs = self._gpu_outputs if self.gpu else self._cpu_outputs
+        data = outputs(plan, mask, use_cache)
         mask = data[(GPU_OUTPUTS if self.gpu else CPU_OUTPUTS).index("mask")]
         if self.params.mask_mode == "area":
             threshold = area_threshold(mask, self.params.beta)
@@ -108,13 +105,22 @@ class SampleSource:
             meta,
         )
 
+    def _blank(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mask and background of a sample that is not merged: never looked at (its m is 1), only shaped."""
+        h, w = self.catalog.size
+        return np.zeros((self.catalog.clip_len, h, w), np.uint8), np.zeros((h, w, 3), np.uint8)
+
     def _cpu_outputs(self, plan, mask, use_cache: bool) -> tuple[np.ndarray, ...]:
         clip_a = self._decode(plan.clip_a)
         clip_b = clip_a if plan.clip_b == plan.clip_a else self._decode(plan.clip_b)
         partner = None
-        if not use_cache or self.params.background == "frames" or self.params.return_partner:
+        wants_frames = not use_cache or self.params.background == "frames"
+        if (plan.fame and wants_frames) or self.params.return_partner:
             partner = self._decode(plan.partner_clip)
-        if use_cache:
+        if not plan.fame:
+            mask, plate = self._blank()
+            background = plate[None]
+        elif use_cache:
             if self.params.background == "plate":
                 plate = self._store()["plates"][plan.partner_clip]
                 background = plate[None]
@@ -135,6 +141,12 @@ class SampleSource:
             raise ValueError("the GPU path reads masks from a cache; use device='cpu' for use_cache=False")
         enc_a, frames_a = self._encoded(plan.clip_a)
         enc_b, frames_b = self._encoded(plan.clip_b)
-        enc_p, frames_p = self._encoded(plan.partner_clip)
-        plate = self._store()["plates"][plan.partner_clip]
+        if self.params.background == "frames" or self.params.return_partner:
+            enc_p, frames_p = self._encoded(plan.partner_clip)
+        else:  # the graph does not decode the partner: hand over a placeholder, not the file
+            enc_p, frames_p = np.zeros(1, np.uint8), frames_a
+        if plan.fame:
+            plate = self._store()["plates"][plan.partner_clip]
+        else:
+            mask, plate = self._blank()
         return (enc_a, frames_a, mask[..., None], plate[None], enc_b, frames_b, enc_p, frames_p)

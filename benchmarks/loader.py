@@ -1,0 +1,176 @@
+"""Loader benchmark: what FAME from a cache costs over plain clips, and what it saves over masks computed per batch.
+
+    python benchmarks/loader.py --json benchmarks/results/loader.json
+
+Videos: the real sample videos (../shared/data/real_videos from the repository root) plus generated ones, built once
+into a temporary cache with `build_cache`. Every loader below reads the same videos with the same seed, batch size,
+crop, workers and MoCo v2 augmentations; only the FAME step differs:
+
+- plain: no FAME (fame_p=0): decode clip a and clip b, crop, augment. Nothing is read from the cache.
+- cached_fame: FAME on every query, mask of clip a and plate of the partner read from the cache (the default loader).
+- cached_fame_frames: the same with the partner's raw frames as background (a third decode per sample).
+- original_fame: no cache: the `fame` mask computed from each decoded clip a, the partner's raw frames as background,
+  the paper's top-beta area binarisation, as the original code does per batch.
+
+clips/s counts training samples (one query/key pair each) per second: a fresh loader per arm and round, a warm-up
+batch (worker start-up is not timed), then --batches timed batches; the median over --repeats rounds, the arms taking
+turns within a round. The outputs are checked before anything is timed: same
+plan and key view with and without FAME, a query that FAME changed, partners from other videos.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+
+from pipeline.build import build_cache  # noqa: E402
+from pipeline.loader import FameLoader, LoaderParams  # noqa: E402
+from pipeline.params import BuildParams  # noqa: E402
+from pipeline.synthetic import write_dataset  # noqa: E402
+
+REAL = REPO.parent / "shared" / "data" / "real_videos"
+TARGETS = {"cached_over_plain": (">=", 0.9), "cached_over_original": (">=", 2.0)}
+
+
+def make_source(root: Path, n_generated: int, frames: int, real: bool) -> Path:
+    """A folder of the real videos (linked) and generated ones, one class per folder."""
+    src = root / "videos"
+    if real and REAL.is_dir():
+        (src / "real").mkdir(parents=True)
+        for video in sorted(REAL.glob("*.mp4")):
+            os.symlink(video, src / "real" / video.name)
+    if n_generated:
+        write_dataset(src / "generated", n_classes=4, videos_per_class=-(-n_generated // 4), n_frames=frames, seed=0)
+    return src
+
+
+def clips_per_s(loader: FameLoader, batches: int) -> float:
+    """Samples per second over `batches` batches, after one warm-up batch (worker start-up); epochs roll over."""
+
+    def stream():
+        while True:
+            yield from loader
+
+    it = stream()
+    next(it)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    return batches * loader.batch_size / (time.perf_counter() - start)
+
+
+def check(plain: dict, cached: dict, original: dict) -> None:
+    """Same seed, same plan: FAME changed the query and nothing else; every partner is another video."""
+    for name in ("video", "clip_a", "clip_b", "partner_clip"):
+        if not np.array_equal(plain[name].numpy(), cached[name].numpy()):
+            raise SystemExit(f"plain and cached FAME loaders drew different {name} for the same seed")
+    if not np.array_equal(plain["key"].numpy(), cached["key"].numpy()):
+        raise SystemExit("the key view changed with FAME on; it must not")
+    if np.array_equal(plain["query"].numpy(), cached["query"].numpy()):
+        raise SystemExit("FAME did not change the query view")
+    for batch in (cached, original):
+        if (batch["video"] == batch["partner_video"]).any() or not np.isfinite(batch["query"].numpy()).all():
+            raise SystemExit("a partner from the same video, or non-finite values")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds over the arms (median reported)")
+    parser.add_argument("--batches", type=int, default=6, help="timed batches per arm and round")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=2, help="parallel decoding workers per loader")
+    parser.add_argument("--generated", type=int, default=16, help="generated videos added to the real ones")
+    parser.add_argument("--frames", type=int, default=48, help="frames per generated video")
+    parser.add_argument("--no-real", action="store_true", help="generated videos only")
+    parser.add_argument("--clip-len", type=int, default=BuildParams.clip_len)
+    parser.add_argument("--crop", type=int, default=LoaderParams.crop)
+    args = parser.parse_args()
+    build = BuildParams(clip_len=args.clip_len, clips_per_video=2)
+    base = {"crop": args.crop, "num_workers": args.workers, "num_threads": max(1, args.workers)}
+    arms = {
+        "plain": LoaderParams(**base, fame_p=0.0),
+        "cached_fame": LoaderParams(**base, fame_p=1.0),
+        "cached_fame_frames": LoaderParams(**base, fame_p=1.0, background="frames", mask_mode="area"),
+        "original_fame": LoaderParams(**base, fame_p=1.0, background="frames", mask_mode="area", use_cache=False),
+    }
+
+    with tempfile.TemporaryDirectory(prefix="fame-loader-bench-") as tmp:
+        tmp = Path(tmp)
+        src = make_source(tmp, args.generated, args.frames, real=not args.no_real)
+        out = tmp / "cache.zarr"
+        t0 = time.perf_counter()
+        report = build_cache(str(src), str(out), build, progress=False)
+        build_s = time.perf_counter() - t0
+        if report.n_failed:
+            raise SystemExit(f"benchmark cache build failed for {report.failures}")
+
+        def make(name: str) -> FameLoader:
+            params = arms[name]
+            if not params.use_cache:
+                return FameLoader.from_videos(str(src), args.batch_size, params=params, seed=0, build_params=build)
+            return FameLoader(str(out), args.batch_size, params=params, seed=0)
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            check(*(next(iter(make(n))) for n in ("plain", "cached_fame", "original_fame")))
+            rates = {name: [] for name in arms}
+            for _ in range(args.repeats):  # rounds over the arms, so load from elsewhere hits them alike
+                for name in arms:
+                    loader = make(name)
+                    rates[name].append(clips_per_s(loader, args.batches))
+                    del loader
+        n_videos, n_clips = report.n_videos, report.n_clips
+
+    med = {name: statistics.median(r) for name, r in rates.items()}
+    results = {
+        "plain_clips_per_s": round(med["plain"], 2),
+        "cached_fame_clips_per_s": round(med["cached_fame"], 2),
+        "cached_fame_frames_clips_per_s": round(med["cached_fame_frames"], 2),
+        "original_fame_clips_per_s": round(med["original_fame"], 2),
+        "cached_over_plain": round(med["cached_fame"] / med["plain"], 3),
+        "cached_over_original": round(med["cached_fame"] / med["original_fame"], 3),
+        "cached_frames_over_original": round(med["cached_fame_frames"] / med["original_fame"], 3),
+        "device": "cpu",
+        "cpu_count": os.cpu_count(),
+        "runs_clips_per_s": {name: [round(x, 2) for x in r] for name, r in rates.items()},
+        "n_videos": n_videos,
+        "n_clips": n_clips,
+        "build_s": round(build_s, 2),
+        "batch_size": args.batch_size,
+        "timed_batches": args.batches,
+        "repeats": args.repeats,
+        "build_params": build.to_dict(),
+        "loader_params": {name: p.to_dict() for name, p in arms.items()},
+        "targets": {k: f"{op} {v}" for k, (op, v) in TARGETS.items()},
+    }
+    rows = [("videos / clips in the cache", f"{n_videos} / {n_clips}", "")]
+    rows += [(f"{name} (clips/s, median)", f"{med[name]:.2f}", "") for name in arms]
+    for key, (op, target) in TARGETS.items():
+        value = results[key]
+        ok = value <= target if op == "<=" else value >= target
+        rows.append((key, f"{value}", f"target {op} {target}: {'met' if ok else 'NOT met'}"))
+    width = max(len(r[0]) for r in rows)
+    print(f"loader benchmark (CPU, {os.cpu_count()} cores, {args.workers} workers, {args.repeats} repeats, medians)")
+    for name, value, note in rows:
+        print(f"  {name:<{width}}  {value:>10}  {note}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,198 @@
+"""Preprocessing benchmark: what a build costs over decoding alone, how it scales to 2 workers, how big the cache is.
+
+    python benchmarks/preprocess.py --json benchmarks/results/preprocess.json
+
+Videos: the real sample videos (../shared/data/real_videos from the repository root) plus generated ones, all built
+with the default BuildParams. Every timing is a median over --repeats runs of the same clips. The result is checked
+before anything is timed (every video done, checksums right, masks neither empty nor full).
+
+- build_over_decode: full in-process build (plan + compute + write) / decoding and resizing the same frames only.
+- speedup_2_workers: compute phase with 1 worker (in-process) / with 2 Ray workers. Ray is started once beforehand
+  and warmed up, so its start-up (seconds) is not in the ratio; it is reported separately as ray_start_s.
+- cache_over_source: bytes of the cache on disk / bytes of the source videos.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+
+from pipeline.build import build_cache  # noqa: E402
+from pipeline.params import BuildParams  # noqa: E402
+from pipeline.store import DONE, Cache  # noqa: E402
+from pipeline.synthetic import write_dataset  # noqa: E402
+from pipeline.video import decode  # noqa: E402
+
+REAL = REPO.parent / "shared" / "data" / "real_videos"
+TARGETS = {"build_over_decode": ("<=", 1.3), "speedup_2_workers": (">=", 1.7), "cache_over_source": ("<=", 0.25)}
+
+
+def make_source(root: Path, n_generated: int, frames: int) -> Path:
+    """A folder of the real videos (linked) and generated ones, one class per folder."""
+    src = root / "videos"
+    if REAL.is_dir():
+        (src / "real").mkdir(parents=True)
+        for video in sorted(REAL.glob("*.mp4")):
+            os.symlink(video, src / "real" / video.name)
+    if n_generated:
+        write_dataset(src / "generated", n_classes=4, videos_per_class=-(-n_generated // 4), n_frames=frames, seed=0)
+    return src
+
+
+def du(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def source_bytes(src: Path) -> int:
+    return sum(os.path.getsize(f) for f in src.rglob("*.mp4"))
+
+
+def check(cache_url: str) -> dict:
+    """The build is right before it is timed: all done, checksums match, masks neither empty nor full."""
+    cache = Cache.open(cache_url)
+    status = cache.videos("status")
+    if not (status == DONE).all():
+        bad = dict(zip(cache.videos("path")[status != DONE], cache.videos("error")[status != DONE], strict=True))
+        raise SystemExit(f"benchmark build failed for {bad}")
+    clips = cache.readable_clips()
+    fg = []
+    for c in clips:
+        if not cache.check_clip(int(c)):
+            raise SystemExit(f"clip {c}: checksum mismatch")
+        fg.append(float((cache.mask(int(c)) >= 128).mean()))
+    fg = np.array(fg)
+    if (fg <= 0.0).any() or (fg >= 1.0).any():
+        raise SystemExit(f"empty or full masks in {int(((fg <= 0) | (fg >= 1)).sum())} clips")
+    return {"n_clips": len(clips), "foreground_mean": round(float(fg.mean()), 3)}
+
+
+def decode_only(cache_url: str, src: Path, params: BuildParams) -> float:
+    """Seconds to decode and resize exactly the frames the build keeps, video by video, in this process."""
+    cache = Cache.open(cache_url)
+    clip_video, clip_frames = cache.clip_table()
+    start = time.perf_counter()
+    for v, rel in enumerate(cache.videos("path")):
+        keep = np.unique(clip_frames[clip_video == v])
+        decode(str(src / str(rel)), params.size, keep=keep, max_pixels=params.max_pixels)
+    return time.perf_counter() - start
+
+
+def timed_build(src: Path, out: Path, params: BuildParams, workers: int):
+    if out.exists():
+        shutil.rmtree(out)
+    start = time.perf_counter()
+    report = build_cache(str(src), str(out), params, workers=workers, progress=False)
+    return time.perf_counter() - start, report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--generated", type=int, default=16, help="generated videos added to the real ones")
+    parser.add_argument("--frames", type=int, default=64, help="frames per generated video")
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    params = BuildParams()
+
+    with tempfile.TemporaryDirectory(prefix="fame-bench-") as tmp:
+        tmp = Path(tmp)
+        src = make_source(tmp, args.generated, args.frames)
+        out = tmp / "cache.zarr"
+
+        _, first = timed_build(src, out, params, workers=1)  # also warms the page cache and imports
+        info = check(str(out))
+        cache_bytes, src_bytes = du(out), source_bytes(src)
+
+        decode_s = [decode_only(str(out), src, params) for _ in range(args.repeats)]
+        build_s, compute_1 = [], []
+        for _ in range(args.repeats):
+            seconds, report = timed_build(src, out, params, workers=1)
+            build_s.append(seconds)
+            compute_1.append(report.compute_seconds)
+
+        import ray
+
+        t0 = time.perf_counter()
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        ray_start = time.perf_counter() - t0
+        try:
+            timed_build(src, tmp / "warm.zarr", params, workers=2)  # workers import their modules once
+            compute_2, ray_total = [], []
+            for _ in range(args.repeats):
+                seconds, report = timed_build(src, tmp / "two.zarr", params, workers=2)
+                if report.mode != "ray" or report.n_done != first.n_videos:
+                    raise SystemExit(f"2-worker build did not run on Ray or failed: {report.summary()}")
+                compute_2.append(report.compute_seconds)
+                ray_total.append(seconds)
+        finally:
+            ray.shutdown()
+        same = all(
+            np.array_equal(Cache.open(str(out)).root[k][...], Cache.open(str(tmp / "two.zarr")).root[k][...])
+            for k in ("masks", "plates", "clips/checksum")
+        )
+        if not same:
+            raise SystemExit("the 2-worker cache differs from the 1-worker cache")
+
+    med = statistics.median
+    results = {
+        "build_over_decode": round(med(build_s) / med(decode_s), 3),
+        "speedup_2_workers": round(med(compute_1) / med(compute_2), 3),
+        "cache_over_source": round(cache_bytes / src_bytes, 4),
+        "timings_s": {
+            "decode_only": [round(x, 3) for x in decode_s],
+            "build_1_worker": [round(x, 3) for x in build_s],
+            "compute_1_worker": [round(x, 3) for x in compute_1],
+            "compute_2_ray_workers": [round(x, 3) for x in compute_2],
+            "build_2_ray_workers_ray_running": [round(x, 3) for x in ray_total],
+            "ray_start": round(ray_start, 3),
+        },
+        "clips_per_s_1_worker": round(info["n_clips"] / med(compute_1), 2),
+        "clips_per_s_2_workers": round(info["n_clips"] / med(compute_2), 2),
+        "n_videos": first.n_videos,
+        "n_clips": info["n_clips"],
+        "foreground_mean": info["foreground_mean"],
+        "cache_bytes": cache_bytes,
+        "source_bytes": src_bytes,
+        "repeats": args.repeats,
+        "params": params.to_dict(),
+        "cpu_count": os.cpu_count(),
+        "targets": {k: f"{op} {v}" for k, (op, v) in TARGETS.items()},
+        "note": "speedup measured on the compute phase with Ray already started and warmed up",
+    }
+    rows = [
+        ("videos / clips", f"{first.n_videos} / {info['n_clips']}", ""),
+        ("decode only (median s)", f"{med(decode_s):.2f}", ""),
+        ("build, 1 worker (median s)", f"{med(build_s):.2f}", ""),
+        ("compute, 1 worker / 2 Ray workers (s)", f"{med(compute_1):.2f} / {med(compute_2):.2f}", ""),
+        ("Ray start-up (s, not in the ratio)", f"{ray_start:.2f}", ""),
+    ]
+    for key, (op, target) in TARGETS.items():
+        value = results[key]
+        ok = value <= target if op == "<=" else value >= target
+        rows.append((key, f"{value}", f"target {op} {target}: {'met' if ok else 'NOT met'}"))
+    width = max(len(r[0]) for r in rows)
+    print(f"preprocess benchmark ({os.cpu_count()} CPUs, {args.repeats} repeats, medians)")
+    for name, value, note in rows:
+        print(f"  {name:<{width}}  {value:>14}  {note}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

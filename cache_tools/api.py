@@ -1,0 +1,61 @@
+"""The read-only view of a cache that the commands, the loader and users' own code share."""
+
+from __future__ import annotations
+
+import os
+
+import fsspec
+import numpy as np
+
+from pipeline.sources import is_url, join
+from pipeline.store import DONE, Cache, CacheError
+
+
+def normalise_url(path: str) -> str:
+    """Local paths become absolute (caches are compared and listed by path); URLs stay as given."""
+    return path.rstrip("/") if is_url(path) else os.path.abspath(path)
+
+
+def open_cache(path: str) -> Cache:
+    """Open a cache (local path or fsspec URL such as s3://bucket/c.zarr) read-only; CacheError says why not."""
+    return Cache.open(normalise_url(path), mode="r")
+
+
+def video_index(cache: Cache, path: str) -> int:
+    """Row of a video in the table, by its path relative to the source root (or its full path)."""
+    paths = [str(p) for p in cache.videos("path")]
+    rel = path
+    root = cache.source_root.rstrip("/")
+    if path.startswith(root + "/") or path.startswith(root + os.sep):
+        rel = path[len(root) + 1 :].replace(os.sep, "/")
+    if rel in paths:
+        return paths.index(rel)
+    raise CacheError(f"{cache.url}: no video {path!r} in the cache (it has {len(paths)}, e.g. {paths[:3]})")
+
+
+def video_clips(cache: Cache, video: int) -> np.ndarray:
+    """Clip indices of one video (its planned slots; readable only if the video is done)."""
+    first = int(cache.root["videos/first_clip"][video])
+    count = int(cache.root["videos/n_clips"][video])
+    return np.arange(first, first + count)
+
+
+def is_readable(cache: Cache, clip: int) -> bool:
+    if not 0 <= clip < cache.n_slots:
+        return False
+    video = int(cache.root["clips/video"][clip])
+    return video >= 0 and str(cache.root["videos/status"][video]) == DONE
+
+
+def source_path(cache: Cache, video: int) -> str:
+    """Where the video's source file is now: the cache's source root joined with its relative path."""
+    return join(cache.source_root, str(cache.root["videos/path"][video]))
+
+
+def disk_bytes(url: str) -> int:
+    """Bytes the cache takes in its store (every file or object under it)."""
+    fs, inner = fsspec.core.url_to_fs(url)
+    try:
+        return int(fs.du(inner, total=True))
+    except FileNotFoundError:
+        return 0

@@ -1,0 +1,196 @@
+"""`fame-cache` (also `python -m cache_tools`): inspect, verify, show, diff, list and clean FAME caches.
+
+Exit codes: 0 fine; 1 `verify` found problems (also after `--fix` marked them) or `diff` found no clip in common;
+2 usage error; 3 a cache could not be opened or the work failed (the message says which file and why).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
+
+
+def _print_json(data: object) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def _info(args: argparse.Namespace) -> int:
+    from cache_tools.api import open_cache
+    from cache_tools.info import cache_info, format_info
+
+    info = cache_info(open_cache(args.cache))
+    _print_json(info) if args.json else print(format_info(info))
+    return EXIT_OK
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from cache_tools.api import open_cache
+    from cache_tools.verify import fix_cache, verify_cache
+
+    cache = open_cache(args.cache)
+    problems = verify_cache(cache, sources=not args.no_sources, progress=not args.quiet and not args.json)
+    fixed = fix_cache(cache.url, problems) if args.fix and problems else []
+    if args.json:
+        _print_json({"url": cache.url, "ok": not problems, "problems": [p.to_dict() for p in problems], "fixed": fixed})
+    else:
+        for p in problems:
+            print(p)
+        checked = len(cache.readable_clips())
+        if not problems:
+            print(f"ok: {checked} clips and their sources check out ({cache.url})")
+        else:
+            print(f"{len(problems)} problem(s) in {cache.url}", file=sys.stderr)
+        if fixed:
+            print(
+                f"marked {len(fixed)} video(s) pending; recompute them with "
+                f"`fame-pipeline build SRC --out {cache.url} --resume`",
+                file=sys.stderr,
+            )
+        unfixable = [p for p in problems if p.video is None]
+        if args.fix and unfixable:
+            print("structural problems cannot be fixed in place: rebuild the cache", file=sys.stderr)
+    return EXIT_PROBLEMS if problems else EXIT_OK
+
+
+def _show(args: argparse.Namespace) -> int:
+    from cache_tools.api import open_cache
+    from cache_tools.show import load_view, pick_clip, render_animation, render_png
+
+    if args.video is not None and args.clip is not None:
+        raise ValueError("give --video or --clip, not both")
+    cache = open_cache(args.cache)
+    view = load_view(cache, pick_clip(cache, args.clip, args.video))
+    render_png(cache, view, args.out, max_frames=args.max_frames)
+    written = [args.out]
+    stem = args.out[:-4] if args.out.lower().endswith(".png") else args.out
+    if args.gif:
+        render_animation(view, stem + ".gif", fps=args.fps)
+        written.append(stem + ".gif")
+    if args.mp4:
+        render_animation(view, stem + ".mp4", fps=args.fps)
+        written.append(stem + ".mp4")
+    if not view.source_ok:
+        print(f"warning: source video of clip {view.clip} could not be read; frames shown grey", file=sys.stderr)
+    print("\n".join(written))
+    return EXIT_OK
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from cache_tools.api import open_cache
+    from cache_tools.diff import diff_caches, format_diff
+
+    d = diff_caches(open_cache(args.a), open_cache(args.b), worst=args.worst, progress=not args.json)
+    _print_json(d) if args.json else print(format_diff(d))
+    return EXIT_OK if d["mean_iou"] is not None else EXIT_PROBLEMS
+
+
+def _ls(args: argparse.Namespace) -> int:
+    from cache_tools.find import list_caches
+
+    entries = list_caches(args.root)
+    if args.json:
+        _print_json([e.to_dict() for e in entries])
+        return EXIT_OK
+    if not entries:
+        print(f"no caches under {args.root}")
+    for e in entries:
+        p = e.params
+        print(
+            f"{e.params_hash}  {e.method:<6}  {p['size'][0]}x{p['size'][1]}  T={p['clip_len']}  stride={p['stride']}  "
+            f"clips/video={p['clips_per_video'] or 'all'}  {e.n_done}/{e.n_videos} videos  {e.n_clips} clips  {e.url}"
+        )
+    return EXIT_OK
+
+
+def _gc(args: argparse.Namespace) -> int:
+    from cache_tools.api import normalise_url, open_cache
+    from cache_tools.gc import gc_cache
+    from cache_tools.info import human_bytes
+
+    open_cache(args.cache)  # a clear error before any work
+    report = gc_cache(normalise_url(args.cache), dry_run=args.dry_run, progress=not args.quiet and not args.json)
+    if args.json:
+        _print_json(report.to_dict())
+        return EXIT_OK
+    for path, why in report.dropped:
+        print(f"drop {path}: {why}")
+    if args.dry_run:
+        print(f"dry run: would keep {report.kept} video(s), drop {len(report.dropped)}; nothing written")
+    else:
+        print(
+            f"kept {report.kept} video(s), dropped {len(report.dropped)}; "
+            f"{human_bytes(report.bytes_before)} -> {human_bytes(report.bytes_after)}, "
+            f"freed {human_bytes(report.bytes_freed)}"
+        )
+    return EXIT_OK
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fame-cache", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("info", help="parameters, counts, failures and sizes of a cache")
+    p.add_argument("cache", help="cache path or fsspec URL (s3://bucket/c.zarr)")
+    p.add_argument("--json", action="store_true", help="print the info as JSON (keys in the README)")
+    p.set_defaults(func=_info)
+
+    p = sub.add_parser("verify", help="re-check every clip's checksum and the source videos")
+    p.add_argument("cache")
+    p.add_argument("--fix", action="store_true", help="mark bad videos pending so `build --resume` recomputes them")
+    p.add_argument("--no-sources", action="store_true", help="skip the source files' size/mtime check")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_verify)
+
+    p = sub.add_parser("show", help="a picture of one clip: frames, mask overlay, plate, merged example")
+    p.add_argument("cache")
+    p.add_argument("--video", help="show the first clip of this video (path relative to the source root)")
+    p.add_argument("--clip", type=int, help="show this clip index")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--gif", action="store_true", help="also write an animated GIF next to it")
+    p.add_argument("--mp4", action="store_true", help="also write an MP4 next to it")
+    p.add_argument("--max-frames", type=int, default=8, help="frames shown in the PNG (%(default)s)")
+    p.add_argument("--fps", type=float, default=4.0, help="animation speed (%(default)s)")
+    p.set_defaults(func=_show)
+
+    p = sub.add_parser("diff", help="parameter differences and mask agreement of two caches of the same videos")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--worst", type=int, default=5, help="worst videos listed (%(default)s)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_diff)
+
+    p = sub.add_parser("ls", help="the caches under a folder or bucket prefix")
+    p.add_argument("root")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_ls)
+
+    p = sub.add_parser("gc", help="drop failed, partial, corrupt and vanished videos; compact the shards")
+    p.add_argument("cache")
+    p.add_argument("--dry-run", action="store_true", help="say what would be dropped; write nothing")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_gc)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from pipeline.store import CacheError
+
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ValueError as exc:
+        parser.error(str(exc))  # exits 2
+    except (CacheError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""`fame-cache diff`: how two caches of the same videos differ, in parameters and in their masks.
+
+Clips are matched by (video path, source frame numbers), so caches built with other sizes or methods still compare
+where they cover the same frames. Agreement is the IoU of the binary masks (>= 128); masks of another size are
+resized (nearest) to the first cache's size.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from pipeline.store import Cache
+
+THRESHOLD = 128
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray, threshold: int = THRESHOLD) -> float:
+    """IoU of two soft masks (any shape, same size) binarised at threshold; two empty masks agree fully."""
+    fa, fb = a >= threshold, b >= threshold
+    union = np.logical_or(fa, fb).sum()
+    return 1.0 if union == 0 else float(np.logical_and(fa, fb).sum() / union)
+
+
+def _resize_masks(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if masks.shape[-2:] == size:
+        return masks
+    return np.stack([cv2.resize(m, (size[1], size[0]), interpolation=cv2.INTER_NEAREST) for m in masks])
+
+
+def _clip_keys(cache: Cache) -> dict[tuple[str, tuple[int, ...]], int]:
+    """(video path, frame numbers) -> clip index, over readable clips."""
+    clip_video, frames = cache.clip_table()
+    paths = cache.videos("path")
+    return {(str(paths[clip_video[c]]), tuple(frames[c].tolist())): int(c) for c in cache.readable_clips()}
+
+
+def diff_caches(a: Cache, b: Cache, worst: int = 5, progress: bool = False) -> dict[str, Any]:
+    """Parameter differences and mask agreement (mean IoU over matched clips, per-video means, worst videos)."""
+    params = {k: list(v) for k, v in a.params.differences(b.params).items()}
+    keys_a, keys_b = _clip_keys(a), _clip_keys(b)
+    common = sorted(set(keys_a) & set(keys_b))
+    per_video: dict[str, list[float]] = {}
+    for key in tqdm(common, desc="diff", unit="clip", disable=not progress, leave=False):
+        ma = a.mask(keys_a[key])
+        mb = _resize_masks(b.mask(keys_b[key]), a.size)
+        per_video.setdefault(key[0], []).append(mask_iou(ma, mb))
+    video_means = {v: float(np.mean(ious)) for v, ious in per_video.items()}
+    all_ious = [x for ious in per_video.values() for x in ious]
+    ranked = sorted(video_means.items(), key=lambda kv: kv[1])
+    return {
+        "a": a.url,
+        "b": b.url,
+        "params_hash": [a.params_hash, b.params_hash],
+        "params": params,
+        "clips": {"a": len(keys_a), "b": len(keys_b), "matched": len(common)},
+        "videos_matched": len(per_video),
+        "threshold": THRESHOLD,
+        "mean_iou": float(np.mean(all_ious)) if all_ious else None,
+        "min_iou": float(np.min(all_ious)) if all_ious else None,
+        "per_video": video_means,
+        "worst": [{"path": v, "mean_iou": iou, "clips": len(per_video[v])} for v, iou in ranked[:worst]],
+    }
+
+
+def format_diff(d: dict[str, Any]) -> str:
+    lines = [f"A  {d['a']}  ({d['params_hash'][0]})", f"B  {d['b']}  ({d['params_hash'][1]})"]
+    if d["params"]:
+        lines.append("parameters that differ:")
+        lines += [f"  {k}: {a!r} vs {b!r}" for k, (a, b) in d["params"].items()]
+    else:
+        lines.append("parameters: the same")
+    c = d["clips"]
+    lines.append(f"clips       {c['matched']} matched by video and frames ({c['a']} in A, {c['b']} in B)")
+    if d["mean_iou"] is None:
+        lines.append("masks       no clips in common: nothing to compare")
+        return "\n".join(lines)
+    lines.append(
+        f"mask IoU    mean {d['mean_iou']:.3f}, min {d['min_iou']:.3f} (masks >= {d['threshold']}, "
+        f"{d['videos_matched']} videos)"
+    )
+    lines.append("worst videos:")
+    lines += [f"  {w['mean_iou']:.3f}  {w['path']} ({w['clips']} clips)" for w in d["worst"]]
+    return "\n".join(lines)

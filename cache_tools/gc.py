@@ -1,0 +1,144 @@
+"""`fame-cache gc`: drop what a cache should not keep and compact it.
+
+Dropped: videos not `done` (failed, pending, half written), videos whose source is gone, and videos with a clip that
+fails its checksum (their bytes are not trusted, so they are not copied under a fresh checksum). The kept videos are
+copied, shard by shard, into a new cache beside the old one with the same parameters and layout; then the new one
+replaces the old (two renames on a local disk; a copy then delete on object stores, which have no rename).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import fsspec
+import numpy as np
+from tqdm import tqdm
+
+from cache_tools.api import disk_bytes
+from cache_tools.verify import Problem, _clips, _sources
+from pipeline.store import DONE, Cache
+
+PLATE_REENCODE_TOLERANCE = 1.0  # mean grey levels a JPEG plate may move when copied (decoded and encoded again)
+
+
+@dataclass
+class GcReport:
+    url: str
+    kept: int = 0
+    dropped: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
+    bytes_before: int = 0
+    bytes_after: int = 0
+    dry_run: bool = True
+
+    @property
+    def bytes_freed(self) -> int:
+        return self.bytes_before - self.bytes_after
+
+    def to_dict(self) -> dict:
+        return {
+            "url": self.url,
+            "kept": self.kept,
+            "dropped": [{"path": p, "why": w} for p, w in self.dropped],
+            "bytes_before": self.bytes_before,
+            "bytes_after": self.bytes_after,
+            "bytes_freed": self.bytes_freed,
+            "dry_run": self.dry_run,
+        }
+
+
+def plan_gc(cache: Cache, progress: bool = False) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """(videos to keep, [(video, why dropped)])."""
+    status = cache.videos("status")
+    why: dict[int, str] = {int(v): f"status {status[v]}" for v in np.flatnonzero(status != DONE)}
+    clip_video, _ = cache.clip_table()
+    stored = cache.root["clips/checksum"][:]
+    found: list[Problem] = _sources(cache, progress) + _clips(
+        cache, cache.readable_clips(), stored, clip_video, progress
+    )
+    for p in found:
+        if p.video is not None:
+            why.setdefault(p.video, f"{p.kind}: {p.detail}")
+    keep = np.array([v for v in range(cache.n_videos) if v not in why], dtype=np.int64)
+    return keep, sorted(why.items())
+
+
+def _copy(cache: Cache, keep: np.ndarray, url: str, progress: bool) -> Cache:
+    """A new cache at url holding only the kept videos, with their clips, copied group by group."""
+    table = {name: values[keep] for name, values in cache.video_table().items()}
+    counts = table["n_clips"].astype(int)
+    _, frames = cache.clip_table()
+    first = table["first_clip"].astype(int)
+    frame_lists = [frames[f : f + n] for f, n in zip(first, counts, strict=True)]
+    layout = cache.attrs["layout"]
+    new = Cache.create(
+        url,
+        cache.params,
+        cache.source_root,
+        {k: v for k, v in table.items() if k not in ("first_clip", "n_clips")},
+        counts.tolist(),
+        frame_lists,
+        videos_per_group=int(layout["videos_per_group"]),
+        clips_per_shard=int(layout["clips_per_shard"]),
+    )
+    for key in ("created", "tool_version"):
+        new.root.attrs[key] = cache.attrs.get(key, "")
+    new_first = new.videos("first_clip")
+    h, w = cache.size
+    for group in tqdm(new.groups(), desc="gc copy", unit="group", disable=not progress, leave=False):
+        n = len(group.clips)
+        masks = np.zeros((n, cache.clip_len, h, w), np.uint8)
+        plates = np.zeros((n, h, w, 3), np.uint8)
+        out_frames = new.root["clips/frames"][group.clips.start : group.clips.stop]
+        for v in group.videos:
+            old_lo, cnt = int(first[v]), int(counts[v])
+            lo = int(new_first[v]) - group.clips.start
+            masks[lo : lo + cnt] = cache.root["masks"][old_lo : old_lo + cnt]
+            plates[lo : lo + cnt] = cache.root["plates"][old_lo : old_lo + cnt]
+        status = [str(s) for s in table["status"][group.videos.start : group.videos.stop]]
+        errors = [str(e) for e in table["error"][group.videos.start : group.videos.stop]]
+        new.write_group(group, masks, plates, out_frames, {"status": status, "error": errors})
+    # The copy must carry what was verified: masks (lossless) byte for byte; plates are JPEG, and re-encoding a
+    # decoded JPEG may move a pixel by a level or two, so they must agree within that.
+    for i in range(len(keep)):
+        a, b, n = int(first[i]), int(new_first[i]), int(counts[i])
+        same_masks = np.array_equal(cache.root["masks"][a : a + n], new.root["masks"][b : b + n])
+        plate_error = np.abs(
+            cache.root["plates"][a : a + n].astype(np.int16) - new.root["plates"][b : b + n].astype(np.int16)
+        ).mean()
+        if not same_masks or plate_error > PLATE_REENCODE_TOLERANCE:
+            raise OSError(f"{url}: copy of video {table['path'][i]} does not match its source")
+    return new
+
+
+def _swap(url: str, tmp: str) -> None:
+    """Put tmp where url is: rename url away, rename tmp in, delete the old one."""
+    fs, inner = fsspec.core.url_to_fs(url)
+    _, tmp_inner = fsspec.core.url_to_fs(tmp)
+    old = inner.rstrip("/") + ".gc-old"
+    if fs.exists(old):
+        fs.rm(old, recursive=True)
+    fs.mv(inner, old, recursive=True)
+    fs.mv(tmp_inner, inner, recursive=True)
+    fs.rm(old, recursive=True)
+
+
+def gc_cache(url: str, dry_run: bool = True, progress: bool = False) -> GcReport:
+    """Plan (and unless dry_run, do) the clean-up of the cache at url."""
+    cache = Cache.open(url, mode="r")
+    keep, dropped = plan_gc(cache, progress)
+    paths = cache.videos("path")
+    report = GcReport(url, kept=len(keep), dropped=[(str(paths[v]), why) for v, why in dropped], dry_run=dry_run)
+    report.bytes_before = disk_bytes(url)
+    if dry_run:
+        report.bytes_after = report.bytes_before
+        return report
+    if len(keep) == 0:
+        raise ValueError(f"{url}: gc would drop every video ({len(dropped)}); delete the cache instead")
+    tmp = url.rstrip("/") + ".gc-tmp"
+    fs, tmp_inner = fsspec.core.url_to_fs(tmp)
+    if fs.exists(tmp_inner):
+        fs.rm(tmp_inner, recursive=True)
+    _copy(cache, keep, tmp, progress)
+    _swap(url, tmp)
+    report.bytes_after = disk_bytes(url)
+    return report

@@ -1,0 +1,213 @@
+"""`fame-cache show`: pictures of one clip, the way a person checks that a cache is right.
+
+Rows: the source frames, the mask over them (a colour tint weighted by the soft mask and the contour at 128), and a
+merged example (this clip's foreground over another video's plate, as the loader's FAME view does). The last column
+holds the plates. The pure parts (`overlay`, `merge`, `strip_frame`) work on arrays; the rest is drawing and I/O.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from cache_tools.api import is_readable, source_path, video_clips, video_index
+from pipeline.store import Cache, CacheError
+from pipeline.video import VideoError, decode_clip
+
+TINT = np.array([255, 60, 200], np.float32)  # magenta: rare in natural video, visible on green and on skin
+CONTOUR = (255, 255, 0)  # yellow
+THRESHOLD = 128
+
+
+@dataclass
+class ClipView:
+    """Everything a picture of one clip needs, as arrays."""
+
+    clip: int
+    video_path: str
+    frames: np.ndarray  # (T,h,w,3) uint8; grey with a note when the source is unavailable
+    masks: np.ndarray  # (T,h,w) uint8
+    plate: np.ndarray  # (h,w,3)
+    partner_path: str
+    partner_plate: np.ndarray  # (h,w,3)
+    frame_numbers: list[int]
+    source_ok: bool
+
+
+def overlay(frame: np.ndarray, mask: np.ndarray, alpha: float = 0.55, thickness: int = 1) -> np.ndarray:
+    """The frame with the soft mask as a colour tint and the >= 128 region outlined."""
+    m = (mask.astype(np.float32) / 255.0)[..., None] * alpha
+    out = (frame.astype(np.float32) * (1 - m) + TINT * m).round().astype(np.uint8)
+    contours, _ = cv2.findContours((mask >= THRESHOLD).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(out, contours, -1, CONTOUR, thickness)
+    return out
+
+
+def merge(frame: np.ndarray, mask: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """Soft alpha blend of the frame's foreground over a background: the FAME view of one frame."""
+    m = (mask.astype(np.float32) / 255.0)[..., None]
+    return (frame.astype(np.float32) * m + background.astype(np.float32) * (1 - m)).round().astype(np.uint8)
+
+
+def pick_clip(cache: Cache, clip: int | None = None, video: str | None = None) -> int:
+    """The clip to show: --clip N, the first clip of --video PATH, or the first readable clip."""
+    if clip is not None:
+        if not is_readable(cache, clip):
+            raise CacheError(f"{cache.url}: clip {clip} is not readable (out of range, padding, or its video not done)")
+        return clip
+    if video is not None:
+        v = video_index(cache, video)
+        clips = [c for c in video_clips(cache, v) if is_readable(cache, int(c))]
+        if not clips:
+            status = cache.root["videos/status"][v]
+            raise CacheError(f"{cache.url}: video {video!r} has no readable clip (status {status})")
+        return int(clips[0])
+    readable = cache.readable_clips()
+    if len(readable) == 0:
+        raise CacheError(f"{cache.url}: no readable clip (no video is done)")
+    return int(readable[0])
+
+
+def _partner(cache: Cache, clip: int) -> int:
+    """A readable clip of another video (the next one around the table), or the clip itself when there is none."""
+    clip_video = cache.root["clips/video"][:]
+    readable = cache.readable_clips()
+    others = readable[clip_video[readable] != clip_video[clip]]
+    if len(others) == 0:
+        return clip
+    after = others[others > clip]
+    return int(after[0] if len(after) else others[0])
+
+
+def load_view(cache: Cache, clip: int) -> ClipView:
+    v = int(cache.root["clips/video"][clip])
+    frame_numbers = [int(f) for f in cache.root["clips/frames"][clip]]
+    masks = cache.mask(clip)
+    try:
+        frames = decode_clip(source_path(cache, v), frame_numbers, cache.size)
+        ok = True
+    except (VideoError, OSError):
+        frames = np.full((*masks.shape, 3), 96, np.uint8)
+        ok = False
+    partner = _partner(cache, clip)
+    pv = int(cache.root["clips/video"][partner])
+    return ClipView(
+        clip=clip,
+        video_path=str(cache.root["videos/path"][v]),
+        frames=frames,
+        masks=masks,
+        plate=cache.plate(clip),
+        partner_path=str(cache.root["videos/path"][pv]),
+        partner_plate=cache.plate(partner),
+        frame_numbers=frame_numbers,
+        source_ok=ok,
+    )
+
+
+def _columns(t: int, max_frames: int) -> np.ndarray:
+    return np.unique(np.linspace(0, t - 1, min(t, max_frames)).round().astype(int))
+
+
+def render_png(cache: Cache, view: ClipView, out: str, max_frames: int = 8) -> None:
+    """A grid: rows frames / mask overlay / merged, one column per shown frame, plates in the last column."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = _columns(len(view.frame_numbers), max_frames)
+    h, w = cache.size
+    cell = 1.9
+    fig_w = cell * (len(cols) + 1) * w / h + 1.2
+    fig, axes = plt.subplots(3, len(cols) + 1, figsize=(fig_w, cell * 3 + 1.1), squeeze=False)
+    rows = [
+        ("frames" if view.source_ok else "frames (source unavailable)", [view.frames[t] for t in cols]),
+        ("mask overlay", [overlay(view.frames[t], view.masks[t]) for t in cols]),
+        ("merged (FAME view)", [merge(view.frames[t], view.masks[t], view.partner_plate) for t in cols]),
+    ]
+    side = [("plate", view.plate), ("soft mask, mean over time", None), ("partner plate", view.partner_plate)]
+    for r, (label, images) in enumerate(rows):
+        for c, image in enumerate(images):
+            ax = axes[r, c]
+            ax.imshow(image, interpolation="nearest")
+            if r == 0:
+                ax.set_title(f"frame {view.frame_numbers[cols[c]]}", fontsize=9)
+            if c == 0:
+                ax.set_ylabel(label, fontsize=10, fontweight="bold")
+        ax = axes[r, -1]
+        name, image = side[r]
+        if image is None:
+            ax.imshow(view.masks.mean(axis=0), cmap="magma", vmin=0, vmax=255, interpolation="nearest")
+        else:
+            ax.imshow(image, interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+    fg = float((view.masks >= THRESHOLD).mean())
+    fig.suptitle(
+        f"{view.video_path}  |  clip {view.clip}  |  method {cache.attrs.get('method')}  |  "
+        f"foreground {100 * fg:.0f}%  |  partner {view.partner_path}",
+        fontsize=10,
+    )
+    fig.text(0.5, 0.005, f"{cache.url}  (params {cache.params_hash})", ha="center", fontsize=7, color="0.4")
+    fig.tight_layout(rect=(0, 0.02, 1, 0.97))
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out, dpi=110, facecolor="white")
+    plt.close(fig)
+
+
+def _label(image: np.ndarray, text: str, band: int) -> np.ndarray:
+    """The image with a white band above it holding the text."""
+    top = np.full((band, image.shape[1], 3), 255, np.uint8)
+    scale = band / 40
+    cv2.putText(top, text, (4, int(band * 0.7)), cv2.FONT_HERSHEY_SIMPLEX, scale, (30, 30, 30), 1, cv2.LINE_AA)
+    return np.concatenate([top, image])
+
+
+def strip_frame(view: ClipView, t: int, scale: int) -> np.ndarray:
+    """One animation frame: frame | mask overlay | merged | plate, each scaled up and titled, with a gap."""
+    panels = [
+        (f"frame {view.frame_numbers[t]}", view.frames[t]),
+        ("mask", overlay(view.frames[t], view.masks[t])),
+        ("merged", merge(view.frames[t], view.masks[t], view.partner_plate)),
+        ("plate", view.plate),
+    ]
+    band = max(16, 8 * scale)
+    out = []
+    for name, image in panels:
+        big = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+        out.append(_label(big, name, band))
+        out.append(np.full((band + big.shape[0], 4, 3), 255, np.uint8))
+    return np.concatenate(out[:-1], axis=1)
+
+
+def render_animation(view: ClipView, out: str, fps: float = 4.0, scale: int | None = None) -> None:
+    """An animated strip (GIF or MP4, by the file's extension) of frame | overlay | merged | plate over time."""
+    h = view.frames.shape[1]
+    scale = scale or max(1, round(160 / h))
+    frames = [strip_frame(view, t, scale) for t in range(len(view.frame_numbers))]
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    if out.lower().endswith(".gif"):
+        from PIL import Image
+
+        images = [Image.fromarray(f) for f in frames]
+        images[0].save(out, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+        return
+    import av
+
+    even = [f[: f.shape[0] // 2 * 2, : f.shape[1] // 2 * 2] for f in frames]
+    with av.open(out, "w") as container:
+        stream = container.add_stream("libx264", rate=max(1, round(fps)))
+        stream.height, stream.width = even[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        for f in even:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)

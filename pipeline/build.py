@@ -1,0 +1,321 @@
+"""The offline build: videos -> a Zarr cache of per-clip foreground masks and background plates.
+
+Two phases. Plan: list the source, probe every video in parallel (a probe failure fails that video, with its
+reason, and gives it no clips), record each file's size and mtime, lay out the clips and create the cache. Compute:
+one task per writer group (see `pipeline.job`), in-process for small jobs or on Ray. `resume` finishes a cache by
+recomputing every group that holds a video not `done`; the work is deterministic, so the bytes match an
+uninterrupted build.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import fsspec
+import numpy as np
+from tqdm import tqdm
+
+from pipeline.job import GroupResult, GroupTask, InProcessRunner, RayRunner, VideoResult
+from pipeline.params import BuildParams
+from pipeline.plan import MIN_FRAMES, clip_count, clip_frames
+from pipeline.report import BuildReport
+from pipeline.sources import Source, SourceError, is_url, list_source, stat_source
+from pipeline.store import DONE, FAILED, PENDING, Cache, CacheError
+from pipeline.video import VideoError, decode, probe
+
+__all__ = ["BuildError", "BuildReport", "build_cache", "resolve_out", "videos_per_group"]
+
+
+class BuildError(Exception):
+    """A build that cannot run as asked (bad source, a cache that must not be touched), with the reason."""
+
+
+def videos_per_group(n_videos: int) -> int:
+    """Writer group size: small jobs get many groups (parallelism), big ones fewer shards. Depends on the video
+    count only, so the layout (and the bytes) never depend on how many workers ran."""
+    return int(min(8, max(1, n_videos // 32)))
+
+
+# ---- plan phase ---------------------------------------------------------------------------------------------------
+
+
+def _probe_row(source: Source, rel: str, params: BuildParams) -> dict[str, Any]:
+    """One video-table row from the file's metadata; failures become status 'failed' with the reason."""
+    path = source.full_path(rel)
+    row: dict[str, Any] = {"n_frames": 0, "fps": 0.0, "height": 0, "width": 0, "bytes": 0, "mtime": 0.0}
+    try:
+        try:
+            row["bytes"], row["mtime"] = stat_source(path)
+        except FileNotFoundError as exc:
+            raise VideoError(path, "file not found") from exc
+        info = probe(path)
+        row.update(fps=info.fps, height=info.height, width=info.width, n_frames=info.n_frames)
+        if info.height * info.width > params.max_pixels:
+            raise VideoError(path, f"resolution {info.width}x{info.height} is over --max-pixels {params.max_pixels}")
+        if info.n_frames > params.max_frames:
+            raise VideoError(path, f"has {info.n_frames} frames, over --max-frames {params.max_frames}")
+        if info.n_frames <= 0:  # the container does not say: count by decoding
+            _, counted = decode(path, keep=[0], max_pixels=params.max_pixels, max_frames=params.max_frames)
+            row["n_frames"] = counted.n_frames
+        if row["n_frames"] < MIN_FRAMES:
+            raise VideoError(path, f"has {row['n_frames']} frame(s); a clip needs at least {MIN_FRAMES}")
+        row.update(status=PENDING, error="")
+    except VideoError as exc:
+        row.update(status=FAILED, error=exc.reason)
+    return row
+
+
+def plan_videos(source: Source, params: BuildParams, threads: int = 8, progress: bool = True) -> dict[str, np.ndarray]:
+    """The video table of a source, probed in parallel threads (I/O and FFmpeg release the GIL)."""
+    rels = [e.path for e in source.entries]
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        rows = list(
+            tqdm(
+                pool.map(lambda rel: _probe_row(source, rel, params), rels),
+                total=len(rels),
+                desc="probe",
+                unit="video",
+                disable=not progress,
+                leave=False,
+            )
+        )
+    table = {
+        "path": np.array(rels, dtype=object),
+        "label": np.array([e.label for e in source.entries], dtype=object),
+    }
+    for key in ("n_frames", "fps", "height", "width", "bytes", "mtime", "status", "error"):
+        table[key] = np.array([r[key] for r in rows], dtype=object if key in ("status", "error") else None)
+    return table
+
+
+def create_cache(out: str, source: Source, params: BuildParams, progress: bool = True) -> Cache:
+    table = plan_videos(source, params, progress=progress)
+    counts = [
+        0 if s == FAILED else clip_count(int(n), params)
+        for s, n in zip(table["status"], table["n_frames"], strict=True)
+    ]
+    frames = [clip_frames(int(n), params) if c else None for n, c in zip(table["n_frames"], counts, strict=True)]
+    return Cache.create(
+        out, params, source.root, table, counts, frames, videos_per_group=videos_per_group(len(source.entries))
+    )
+
+
+# ---- opening or refusing an existing output --------------------------------------------------------------------------
+
+
+def _exists_non_empty(url: str) -> bool:
+    fs, inner = fsspec.core.url_to_fs(url)
+    if not fs.exists(inner):
+        return False
+    return not fs.isdir(inner) or bool(fs.ls(inner, detail=False))
+
+
+def _complete(cache: Cache) -> bool:
+    """Whether Cache.create finished (it was not killed half way through making the arrays)."""
+    names = ("videos/status", "videos/error", "clips/checksum", "masks", "plates")
+    try:
+        return all(name in cache.root for name in names) and "layout" in cache.attrs
+    except Exception:
+        return False
+
+
+def _check_same_videos(cache: Cache, source: Source) -> None:
+    have = [str(p) for p in cache.videos("path")]
+    want = [e.path for e in source.entries]
+    if have == want:
+        return
+    missing = sorted(set(want) - set(have))
+    extra = sorted(set(have) - set(want))
+    raise BuildError(
+        f"{cache.url}: cache was planned for a different set of videos ({len(missing)} new in the source, e.g. "
+        f"{missing[:3]}; {len(extra)} no longer in it, e.g. {extra[:3]}); build into a new --out"
+    )
+
+
+def _check_sources_unchanged(cache: Cache, source: Source) -> None:
+    """Done videos must still be the files they were computed from."""
+    status, paths = cache.videos("status"), cache.videos("path")
+    sizes, mtimes = cache.videos("bytes"), cache.videos("mtime")
+    changed = []
+    for v in np.flatnonzero(status == DONE):
+        try:
+            size, mtime = stat_source(source.full_path(str(paths[v])))
+        except FileNotFoundError:
+            changed.append(f"{paths[v]} (vanished)")
+            continue
+        if size != int(sizes[v]) or (mtimes[v] and mtime and abs(mtime - float(mtimes[v])) > 1e-3):
+            changed.append(f"{paths[v]} (changed)")
+    if changed:
+        raise BuildError(
+            f"{cache.url}: {len(changed)} source video(s) changed since they were computed: {', '.join(changed[:5])}; "
+            "run `fame-cache verify --fix` to mark them for recomputation, then --resume"
+        )
+
+
+def open_or_create(out: str, source: Source, params: BuildParams, resume: bool, progress: bool) -> tuple[Cache, bool]:
+    """The cache to fill and whether it existed. Refuses other params, and a non-empty output without resume."""
+    if Cache.exists(out):
+        cache = Cache.open(out, mode="r+")
+        diffs = params.differences(cache.params)
+        if diffs:
+            shown = ", ".join(f"{k}: asked {a!r}, cache has {b!r}" for k, (a, b) in diffs.items())
+            raise BuildError(f"{out}: existing cache was built with other parameters ({shown}); choose another --out")
+        if not resume:
+            raise BuildError(f"{out}: a cache already exists here; pass --resume to finish it, or choose another --out")
+        if _complete(cache):
+            _check_same_videos(cache, source)
+            _check_sources_unchanged(cache, source)
+            return cache, True
+        # Killed while creating: nothing was computed yet, plan again.
+    elif _exists_non_empty(out):
+        raise BuildError(f"{out}: exists and is not a FAME cache; refusing to write over it")
+    return create_cache(out, source, params, progress), False
+
+
+def resolve_out(out: str | None, cache_root: str | None, params: BuildParams) -> str:
+    """--out as given, or under --cache-root: the cache with the same params hash, or ROOT/<params_hash>.zarr."""
+    if cache_root:
+        from cache_tools import default_cache_path, find_cache
+
+        return find_cache(cache_root, params) or default_cache_path(cache_root, params)
+    if not out:
+        raise BuildError("give --out CACHE.zarr or --cache-root ROOT")
+    return out
+
+
+# ---- compute phase ------------------------------------------------------------------------------------------------
+
+
+def _tasks(cache: Cache, params: BuildParams, source_root: str) -> list[GroupTask]:
+    """One task per group that holds a video still to compute (not done and given clip slots)."""
+    table = cache.video_table()
+    tasks = []
+    for group in cache.groups():
+        vs = slice(group.videos.start, group.videos.stop)
+        todo = (table["status"][vs] != DONE) & (table["n_clips"][vs] > 0)
+        if not todo.any():
+            continue
+        tasks.append(
+            GroupTask(
+                cache_url=cache.url,
+                source_root=source_root,
+                params=params,
+                group=group,
+                paths=tuple(str(p) for p in table["path"][vs]),
+                n_frames=table["n_frames"][vs],
+                n_clips=table["n_clips"][vs],
+                first_clip=table["first_clip"][vs],
+                status=tuple(str(s) for s in table["status"][vs]),
+                error=tuple(str(e) for e in table["error"][vs]),
+                bytes=table["bytes"][vs],
+                mtime=table["mtime"][vs],
+                cost=float(
+                    np.sum(todo * table["n_frames"][vs] * table["height"][vs].astype(np.float64) * table["width"][vs])
+                ),
+            )
+        )
+    return tasks
+
+
+def _fail_group(cache: Cache, task: GroupTask, exc: BaseException) -> GroupResult:
+    """A task that died for good: mark its unfinished videos failed (its shards stay unreadable)."""
+    reason = f"group task failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    todo = [task.group.videos.start + i for i, s in enumerate(task.status) if s != DONE and task.n_clips[i] > 0]
+    vs = slice(task.group.videos.start, task.group.videos.stop)
+    status, errors = cache.root["videos/status"][vs], cache.root["videos/error"][vs]
+    for v in todo:  # only this group's chunk of the columns: other tasks may be writing theirs
+        status[v - vs.start], errors[v - vs.start] = FAILED, reason
+    cache.root["videos/error"][vs] = errors
+    cache.root["videos/status"][vs] = status
+    result = GroupResult(task.group.index)
+    for i, rel in enumerate(task.paths):
+        video = task.group.videos.start + i
+        state = FAILED if video in todo else task.status[i]
+        result.videos.append(VideoResult(video, rel, state, reason if video in todo else task.error[i], 0))
+    return result
+
+
+def _absolute(out: str) -> str:
+    return out if is_url(out) else os.path.abspath(out)
+
+
+def build_cache(
+    src: str,
+    out: str,
+    params: BuildParams,
+    *,
+    workers: int = 1,
+    address: str | None = None,
+    resume: bool = False,
+    videos_root: str | None = None,
+    progress: bool = True,
+    report_path: str | None = None,
+) -> BuildReport:
+    """Build (or with resume, finish) the cache of `src` at `out` and return what happened."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    start = time.perf_counter()
+    out = _absolute(out)
+    try:
+        source = list_source(src, videos_root)
+    except SourceError as exc:
+        raise BuildError(str(exc)) from exc
+    if not source.entries:
+        raise BuildError(f"{src}: no videos found (extensions: .mp4, .avi, .mkv, .webm, ...)")
+    try:
+        cache, existed = open_or_create(out, source, params, resume, progress)
+    except CacheError as exc:
+        raise BuildError(str(exc)) from exc
+    if existed and cache.source_root != source.root:  # the same videos, moved: read them where they are now
+        cache.root.attrs["source_root"] = source.root
+    plan_seconds = time.perf_counter() - start
+
+    tasks = _tasks(cache, params, source.root)
+    use_ray = len(tasks) > 1 and (workers > 1 or address is not None)
+    runner = RayRunner(workers, address) if use_ray else InProcessRunner()
+    n_todo = sum(len(t.paths) for t in tasks)
+    computed = clips = 0
+    refused = (cache.videos("status") == FAILED) & (cache.videos("n_clips") == 0)  # failed when planned
+    failed_now = int(refused.sum())
+    t0 = time.perf_counter()
+    bar = tqdm(total=n_todo, desc="build", unit="video", disable=not progress, dynamic_ncols=True)
+    try:
+        for task, outcome in runner.run(tasks):
+            result = _fail_group(cache, task, outcome) if isinstance(outcome, BaseException) else outcome
+            attempted = [v for v in result.videos if not refused[v.video]]
+            computed += len(attempted)
+            clips += result.clips
+            failed_now += sum(v.status == FAILED for v in attempted)
+            bar.update(len(result.videos))
+            rate = clips / max(time.perf_counter() - t0, 1e-9)
+            bar.set_postfix_str(f"{rate:.1f} clips/s, {failed_now} failed", refresh=False)
+        compute_seconds = time.perf_counter() - t0  # before Ray's shut-down
+    finally:
+        bar.close()
+        runner.close()
+
+    status, errors, paths = cache.videos("status"), cache.videos("error"), cache.videos("path")
+    failures = [(str(paths[v]), str(errors[v])) for v in np.flatnonzero(status == FAILED)]
+    report = BuildReport(
+        n_videos=len(status),
+        n_done=int((status == DONE).sum()),
+        n_failed=len(failures),
+        failures=failures,
+        n_clips=len(cache.readable_clips()),
+        seconds=round(time.perf_counter() - start, 3),
+        out=out,
+        n_computed=computed,
+        clips_computed=clips,
+        params=params.to_dict(),
+        params_hash=params.params_hash(),
+        plan_seconds=round(plan_seconds, 3),
+        compute_seconds=round(compute_seconds, 3),
+        workers=workers,
+        mode="ray" if use_ray else "in-process",
+    )
+    if report_path:
+        report.write(report_path)
+    return report

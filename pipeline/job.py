@@ -1,0 +1,226 @@
+"""The compute phase: one task per writer group, run in-process or as Ray tasks with the same function.
+
+A group task decodes each of its videos once (keeping only the frames its clips need), computes masks and plates per
+clip, and commits the whole group with `Cache.write_group` (clips first, status last). A video that fails is recorded
+with its reason and the group goes on. The output depends only on the task's inputs and the source files, so a
+retried or resumed group rewrites the same bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from pipeline.params import BuildParams
+from pipeline.plan import clip_count, clip_frames
+from pipeline.sources import join, stat_source
+from pipeline.store import DONE, FAILED, Cache, Group
+from pipeline.video import VideoError, decode
+
+TASK_RETRIES = 3  # a task whose worker dies (killed, out of memory) runs again; video errors are never retried
+
+
+@dataclass(frozen=True)
+class GroupTask:
+    """Everything one writer needs, read by the driver once so workers never scan the video table."""
+
+    cache_url: str
+    source_root: str
+    params: BuildParams
+    group: Group
+    paths: tuple[str, ...]
+    n_frames: np.ndarray  # (v,) frame counts in the table (probed)
+    n_clips: np.ndarray  # (v,) planned clip slots
+    first_clip: np.ndarray  # (v,) absolute index of each video's first slot
+    status: tuple[str, ...]
+    error: tuple[str, ...]
+    bytes: np.ndarray
+    mtime: np.ndarray
+    cost: float = 0.0  # a rough work estimate (source pixels to decode), to start the biggest groups first
+    threads: int = 0  # decoding/OpenCV threads for this task; 0: all cores (one in-process worker)
+
+
+@dataclass
+class VideoResult:
+    video: int
+    path: str
+    status: str
+    error: str
+    n_clips: int
+
+
+@dataclass
+class GroupResult:
+    group: int
+    videos: list[VideoResult] = field(default_factory=list)
+    clips: int = 0
+    seconds: float = 0.0
+
+
+def planned_frames(n_frames: int, params: BuildParams, n_clips: int) -> np.ndarray:
+    """The clip table of a video of n_frames with n_clips slots: the plan's own layout when the counts agree,
+    otherwise the same number of clips spread over the frames the video really has."""
+    if n_clips == 0:
+        return np.zeros((0, params.clip_len), np.int32)
+    if clip_count(n_frames, params) == n_clips:
+        return clip_frames(n_frames, params)
+    return clip_frames(n_frames, params, n_clips=n_clips)
+
+
+def _decode_clips(
+    path: str, params: BuildParams, n_planned: int, n_clips: int, threads: int = 0
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Decode the video once and return (clips (n,T,h,w,3), frame table (n,T), frames decoded)."""
+    limits = {"max_pixels": params.max_pixels, "max_frames": params.max_frames, "threads": threads}
+    table = planned_frames(max(n_planned, 2), params, n_clips)
+    keep = np.unique(table)
+    frames, info = decode(path, params.size, keep=keep, **limits)
+    if info.n_frames != n_planned:
+        # The file decodes to another length than its header said: keep the planned clip count, spread anew.
+        if info.n_frames < 2:
+            raise VideoError(path, f"decodes to {info.n_frames} frame(s); a clip needs at least 2")
+        table = planned_frames(info.n_frames, params, n_clips)
+        needed = np.unique(table)
+        got = keep[keep < info.n_frames]
+        if not np.isin(needed, got).all():
+            frames, info = decode(path, params.size, keep=needed, **limits)
+            got = needed
+        keep = got
+    rows = np.searchsorted(keep, table)
+    return frames[rows], table, info.n_frames
+
+
+def _clip_outputs(clips: np.ndarray, mask_fn: Callable, plate_fn: Callable, path: str) -> tuple[np.ndarray, np.ndarray]:
+    """Masks (n,T,h,w) and plates (n,h,w,3) of a stack of clips: the pure core, one clip at a time."""
+    n, t, h, w, _ = clips.shape
+    masks = np.empty((n, t, h, w), np.uint8)
+    plates = np.empty((n, h, w, 3), np.uint8)
+    for i, clip in enumerate(clips):
+        m = np.asarray(mask_fn(clip))
+        p = np.asarray(plate_fn(clip, m))
+        if m.shape != (t, h, w) or p.shape != (h, w, 3):
+            raise VideoError(path, f"mask method gave shapes {m.shape}, {p.shape}; expected {(t, h, w)}, {(h, w, 3)}")
+        masks[i], plates[i] = m, p
+    return masks, plates
+
+
+def run_group(task: GroupTask) -> GroupResult:
+    """Compute and commit one group. Per-video errors are recorded, not raised; store errors raise."""
+    before = cv2.getNumThreads()
+    if task.threads:
+        cv2.setNumThreads(task.threads)  # a Ray worker is one core: parallelism comes from groups side by side
+    try:
+        return _run_group(task)
+    finally:
+        cv2.setNumThreads(before)
+
+
+def _run_group(task: GroupTask) -> GroupResult:
+    from pipeline.masks import get_method
+    from pipeline.plates import background_plate
+
+    start = time.perf_counter()
+    params, group = task.params, task.group
+    t, (h, w) = params.clip_len, params.size
+    n_slots = len(group.clips)
+    cache = Cache.open(task.cache_url, mode="r+")
+    frames_out = cache.root["clips/frames"][group.clips.start : group.clips.stop]
+    masks = np.zeros((n_slots, t, h, w), np.uint8)
+    plates = np.zeros((n_slots, h, w, 3), np.uint8)
+    n_frames = np.asarray(task.n_frames, np.int32).copy()
+    size_col = np.asarray(task.bytes, np.int64).copy()
+    mtime_col = np.asarray(task.mtime, np.float64).copy()
+    status, errors = list(task.status), list(task.error)
+    mask_fn = get_method(params.method)
+    result = GroupResult(group.index)
+    for i, rel in enumerate(task.paths):
+        n_clips = int(task.n_clips[i])
+        video = group.videos.start + i
+        if n_clips == 0:  # refused when planned (probe failed, too short, over limits): nothing to compute
+            result.videos.append(VideoResult(video, rel, status[i], errors[i], 0))
+            continue
+        path = join(task.source_root, rel)
+        lo = int(task.first_clip[i]) - group.clips.start
+        rows = slice(lo, lo + n_clips)
+        try:
+            try:
+                size_col[i], mtime_col[i] = stat_source(path)
+            except FileNotFoundError as exc:
+                raise VideoError(path, "file not found") from exc
+            clips, table, decoded = _decode_clips(path, params, int(task.n_frames[i]), n_clips, task.threads)
+            masks[rows], plates[rows] = _clip_outputs(clips, mask_fn, background_plate, path)
+            frames_out[rows] = table
+            n_frames[i] = decoded
+            status[i], errors[i] = DONE, ""
+            result.clips += n_clips
+        except Exception as exc:  # any per-video failure is recorded with its reason; the group goes on
+            reason = exc.reason if isinstance(exc, VideoError) else f"{type(exc).__name__}: {exc}"
+            masks[rows], plates[rows] = 0, 0
+            frames_out[rows] = planned_frames(max(int(task.n_frames[i]), 2), params, n_clips)
+            status[i], errors[i] = FAILED, reason
+        result.videos.append(VideoResult(video, rel, status[i], errors[i], n_clips))
+    updates = {"n_frames": n_frames, "bytes": size_col, "mtime": mtime_col, "status": status, "error": errors}
+    cache.write_group(group, masks, plates, frames_out, updates)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+# ---- running the tasks ---------------------------------------------------------------------------------------------
+
+
+class RayRunner:
+    """Ray tasks, one per group, streamed back as they finish. Starts a quiet local Ray unless one is running."""
+
+    def __init__(self, workers: int, address: str | None = None) -> None:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+        import ray
+
+        self.ray = ray
+        self.started = False
+        if not ray.is_initialized():
+            quiet = {"logging_level": logging.ERROR, "log_to_driver": False, "configure_logging": True}
+            if address:
+                ray.init(address=address, **quiet)
+            else:
+                ray.init(num_cpus=workers, include_dashboard=False, object_store_memory=128 * 1024 * 1024, **quiet)
+            self.started = True
+        self.remote = ray.remote(num_cpus=1, max_retries=TASK_RETRIES, retry_exceptions=False)(run_group)
+
+    def run(self, tasks: Sequence[GroupTask]) -> Iterator[tuple[GroupTask, GroupResult | BaseException]]:
+        ordered = sorted(tasks, key=lambda task: -task.cost)  # biggest first: better balance at the end
+        pending = {self.remote.remote(dataclasses.replace(task, threads=1)): task for task in ordered}
+        while pending:
+            done, _ = self.ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                task = pending.pop(ref)
+                try:
+                    yield task, self.ray.get(ref)
+                except Exception as exc:  # the task itself failed (store error, or retries used up)
+                    yield task, exc
+
+    def close(self) -> None:
+        if self.started:
+            self.ray.shutdown()
+
+
+class InProcessRunner:
+    """The same group function, called in this process: no start-up cost for small jobs."""
+
+    def run(self, tasks: Sequence[GroupTask]) -> Iterator[tuple[GroupTask, GroupResult | BaseException]]:
+        for task in tasks:
+            try:
+                yield task, run_group(task)
+            except Exception as exc:
+                yield task, exc
+
+    def close(self) -> None:
+        pass
