@@ -43,9 +43,15 @@ def write_split(root: Path, per_class: int, swap: int, seed: int) -> None:
     for c, velocity in enumerate(DIRECTIONS):
         for v in range(per_class):
             scene = Scene(
-                size=(64, 80), n_frames=24, object_velocity=velocity, object_radius=(12.0, 10.0), shape_change=0.15,
-                background_hue=HUES[(c + swap) % 3], object_hue=160,
-                background_seed=int(rng.integers(1 << 30)), object_seed=int(rng.integers(1 << 30)),
+                size=(64, 80),
+                n_frames=24,
+                object_velocity=velocity,
+                object_radius=(12.0, 10.0),
+                shape_change=0.15,
+                background_hue=HUES[(c + swap) % 3],
+                object_hue=160,
+                background_seed=int(rng.integers(1 << 30)),
+                object_seed=int(rng.integers(1 << 30)),
             )
             write_scene(root / f"class_{c}" / f"v{v:02d}.mp4", scene)
 
@@ -55,8 +61,9 @@ def run(args) -> dict:
     write_split(work / "train", args.per_class, swap=0, seed=1)
     write_split(work / "test", max(2, args.per_class // 2), swap=1, seed=2)
     cache = str(work / "cache.zarr")
-    build_cache(str(work / "train"), cache, BuildParams(size=(64, 80), clip_len=8, stride=1, clips_per_video=2),
-                progress=False)
+    build_cache(
+        str(work / "train"), cache, BuildParams(size=(64, 80), clip_len=8, stride=1, clips_per_video=2), progress=False
+    )
     settings = EvalSettings(clip_len=8, stride=1, clips_per_video=2, size=(64, 80), crop=56)
     results: dict[str, dict] = {}
     for arm, overrides in ARMS.items():
@@ -65,9 +72,20 @@ def run(args) -> dict:
         runs = []
         for seed in args.seeds:
             config = TrainConfig(
-                cache=cache, out=str(work / f"{arm}-{seed}"), backbone="small", epochs=args.epochs, batch_size=8,
-                crop=56, queue_size=32, lr=0.05, warmup_epochs=2, workers=1, seed=seed, moco_momentum=0.99,
-                checkpoint_every=10_000, **overrides,
+                cache=cache,
+                out=str(work / f"{arm}-{seed}"),
+                backbone="small",
+                epochs=args.epochs,
+                batch_size=8,
+                crop=56,
+                queue_size=32,
+                lr=0.05,
+                warmup_epochs=2,
+                workers=1,
+                seed=seed,
+                moco_momentum=0.99,
+                checkpoint_every=10_000,
+                **overrides,
             )
             start = time.perf_counter()
             final = pretrain(config, progress=False)
@@ -81,8 +99,16 @@ def run(args) -> dict:
             "linear_top1_mean": statistics.mean(r["linear_top1"] for r in runs),
             "knn_top1_mean": statistics.mean(r["knn_top1"] for r in runs),
         }
-    return {"setting": {"epochs": args.epochs, "seeds": args.seeds, "per_class": args.per_class,
-                        "classes": len(DIRECTIONS), "chance": 1 / len(DIRECTIONS)}, "arms": results}
+    return {
+        "setting": {
+            "epochs": args.epochs,
+            "seeds": args.seeds,
+            "per_class": args.per_class,
+            "classes": len(DIRECTIONS),
+            "chance": 1 / len(DIRECTIONS),
+        },
+        "arms": results,
+    }
 
 
 def table(report: dict) -> str:
@@ -90,7 +116,9 @@ def table(report: dict) -> str:
     for arm, res in report["arms"].items():
         lines.append(f"| {arm} | {res['linear_top1_mean']:.3f} | {res['knn_top1_mean']:.3f} |")
     s = report["setting"]
-    lines.append(f"\nseeds {s['seeds']}, {s['epochs']} epochs, {s['per_class']} videos per class, chance {s['chance']:.3f}")
+    lines.append(
+        f"\nseeds {s['seeds']}, {s['epochs']} epochs, {s['per_class']} videos per class, chance {s['chance']:.3f}"
+    )
     return "\n".join(lines)
 
 

@@ -39,10 +39,19 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="fame-wait-"))
     write_dataset(work / "videos", n_classes=4, videos_per_class=6, n_frames=48, seed=0)
     cache = str(work / "cache.zarr")
-    build_cache(str(work / "videos"), cache, BuildParams(clip_len=args.clip_len, clips_per_video=2), progress=False,
-                workers=1)
-    config = TrainConfig(cache=cache, out=str(work / "run"), backbone=args.backbone, epochs=1000,
-                         batch_size=args.batch_size, crop=args.crop, queue_size=256, workers=args.workers)
+    build_cache(
+        str(work / "videos"), cache, BuildParams(clip_len=args.clip_len, clips_per_video=2), progress=False, workers=1
+    )
+    config = TrainConfig(
+        cache=cache,
+        out=str(work / "run"),
+        backbone=args.backbone,
+        epochs=1000,
+        batch_size=args.batch_size,
+        crop=args.crop,
+        queue_size=256,
+        workers=args.workers,
+    )
     pretrain(config, progress=False, max_steps=args.steps)
     records = [json.loads(line) for line in (work / "run" / "log.jsonl").read_text().splitlines()]
     steady = records[min(5, len(records) - 1) :]

@@ -1,9 +1,10 @@
 """A JPEG serializer for Zarr v3 chunks of RGB images, used for background plates.
 
 Plates are natural images that lossless codecs barely shrink (about 1.1x), and they would make a cache larger than
-its source videos. JPEG at quality 90 (4:4:4) shrinks a real 128x171 plate about 15x, to a mean error of about 1 grey level; plates only ever serve
-as backgrounds for augmented training views. Masks stay lossless. The codec is registered as "fame.jpeg" when this
-module is imported (pipeline.store imports it), so any reader that imports the package can open a cache.
+its source videos. JPEG at quality 90 (4:4:4) shrinks a real 128x171 plate about 15x, to a mean error of about one
+grey level; plates only ever serve as backgrounds for augmented training views. Masks stay lossless. The codec is
+registered as "fame.jpeg" when this module is imported (pipeline.store imports it), so any reader that imports the
+package can open a cache.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class JpegCodec(ArrayBytesCodec):
 
     def _encode_sync(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
         images = np.asarray(chunk_array.as_ndarray_like(), dtype=np.uint8)
-        h, w, c = images.shape[-3:]
+        _, w, c = images.shape[-3:]
         if c != 3:
             raise ValueError(f"the JPEG codec stores RGB images (..., H, W, 3), got shape {images.shape}")
         tall = images.reshape(-1, w, 3)[..., ::-1]

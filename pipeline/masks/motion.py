@@ -45,11 +45,13 @@ def _similarity(src: np.ndarray, dst: np.ndarray, scale: float) -> np.ndarray:
 
 
 def _residual(frame: np.ndarray, other: np.ndarray, onto_frame: np.ndarray) -> np.ndarray:
-    """|frame - other warped onto frame|, with pixels the warp could not fill set to 0 (no evidence)."""
+    """|frame - other warped onto frame|, 0 (no evidence) where the warp has no full source pixel: interpolating
+    against the border would otherwise light up a stripe along the edge the camera uncovers."""
     h, w = frame.shape
-    warped = cv2.warpAffine(other, onto_frame, (w, h), flags=cv2.INTER_LINEAR, borderValue=-1.0)
+    warped = cv2.warpAffine(other, onto_frame, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    covered = cv2.warpAffine(np.ones_like(frame), onto_frame, (w, h), flags=cv2.INTER_LINEAR, borderValue=0.0)
     residual = np.abs(frame - warped)
-    residual[warped < 0] = 0.0
+    residual[covered < 0.999] = 0.0
     return residual
 
 
