@@ -31,9 +31,9 @@ DIRECTIONS = [(0.0, 2.5), (2.0, 0.0), (-1.8, -1.8)]  # the action classes
 HUES = [10, 70, 130]  # the background families
 ARMS = {
     "moco": {"fame": False},
-    "fame": {"fame": True, "fame_p": 0.8},
-    "fame+semi": {"fame": True, "fame_p": 0.8, "semi_negatives": True},
-    "fame+semi+micro": {"fame": True, "fame_p": 0.8, "semi_negatives": True, "micro": True, "micro_weight": 0.5},
+    "fame": {"fame": True, "fame_p": 1.0},
+    "fame+semi": {"fame": True, "fame_p": 1.0, "semi_negatives": True},
+    "fame+semi+micro": {"fame": True, "fame_p": 1.0, "semi_negatives": True, "micro": True, "micro_weight": 0.5},
 }
 
 

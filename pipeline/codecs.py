@@ -22,6 +22,32 @@ CODEC_NAME = "fame.jpeg"
 SAMPLING_444 = cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444  # full-resolution colour: textures keep their hues
 
 
+def encode_jpeg(images: np.ndarray, quality: int) -> bytes:
+    """(..., H, W, 3) uint8 RGB -> one JPEG of the images stacked vertically."""
+    _, w, c = images.shape[-3:]
+    if c != 3:
+        raise ValueError(f"the JPEG codec stores RGB images (..., H, W, 3), got shape {images.shape}")
+    tall = np.ascontiguousarray(images.reshape(-1, w, 3)[..., ::-1])
+    ok, encoded = cv2.imencode(
+        ".jpg", tall, [cv2.IMWRITE_JPEG_QUALITY, quality, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, SAMPLING_444]
+    )
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return encoded.tobytes()
+
+
+def decode_jpeg(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
+    bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError("a plate chunk is not a readable JPEG image (corrupt chunk)")
+    return np.ascontiguousarray(bgr[..., ::-1]).reshape(shape)
+
+
+def jpeg_roundtrip(image: np.ndarray, quality: int) -> np.ndarray:
+    """What a reader gets back for one stored chunk: lets a writer checksum plates without reading them back."""
+    return decode_jpeg(encode_jpeg(image, quality), image.shape)
+
+
 @dataclass(frozen=True)
 class JpegCodec(ArrayBytesCodec):
     """Chunks of shape (..., H, W, 3) uint8 RGB, each (H, W, 3) image JPEG-encoded; frames of a chunk are stacked
@@ -38,11 +64,7 @@ class JpegCodec(ArrayBytesCodec):
         return {"name": CODEC_NAME, "configuration": {"quality": self.quality}}
 
     def _decode_sync(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
-        encoded = np.frombuffer(chunk_bytes.to_bytes(), dtype=np.uint8)
-        bgr = cv2.imdecode(encoded, cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise ValueError("a plate chunk is not a readable JPEG image (corrupt chunk)")
-        rgb = np.ascontiguousarray(bgr[..., ::-1]).reshape(chunk_spec.shape)
+        rgb = decode_jpeg(chunk_bytes.to_bytes(), chunk_spec.shape)
         return chunk_spec.prototype.nd_buffer.from_ndarray_like(rgb)
 
     async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
@@ -50,15 +72,7 @@ class JpegCodec(ArrayBytesCodec):
 
     def _encode_sync(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
         images = np.asarray(chunk_array.as_ndarray_like(), dtype=np.uint8)
-        _, w, c = images.shape[-3:]
-        if c != 3:
-            raise ValueError(f"the JPEG codec stores RGB images (..., H, W, 3), got shape {images.shape}")
-        tall = images.reshape(-1, w, 3)[..., ::-1]
-        options = [cv2.IMWRITE_JPEG_QUALITY, self.quality, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, SAMPLING_444]
-        ok, encoded = cv2.imencode(".jpg", np.ascontiguousarray(tall), options)
-        if not ok:
-            raise ValueError("JPEG encoding failed")
-        return chunk_spec.prototype.buffer.from_bytes(encoded.tobytes())
+        return chunk_spec.prototype.buffer.from_bytes(encode_jpeg(images, self.quality))
 
     async def _encode_single(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
         return self._encode_sync(chunk_array, chunk_spec)

@@ -38,7 +38,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
-from pipeline.codecs import JpegCodec
+from pipeline.codecs import JpegCodec, jpeg_roundtrip
 from pipeline.params import FORMAT_VERSION, BuildParams
 
 TOOL_VERSION = "0.1.0"
@@ -303,7 +303,7 @@ class Cache:
         sl = slice(group.clips.start, group.clips.stop)
         self.root["masks"][sl] = masks
         self.root["plates"][sl] = plates
-        stored = self.root["plates"][sl]  # plates are lossy: the checksum covers what a reader gets back
+        stored = [jpeg_roundtrip(p[None], PLATE_QUALITY)[0] for p in plates]  # what a reader gets back (lossy)
         checksums = np.array([clip_checksum(m, p) for m, p in zip(masks, stored, strict=True)], dtype=np.uint32)
         self.root["clips/frames"][sl] = frames
         self.root["clips/checksum"][sl] = checksums

@@ -59,7 +59,11 @@ def motion_evidence(grey: np.ndarray) -> np.ndarray:
     """(T, H, W) float32 residual motion per frame after compensating the camera."""
     t, h, w = grey.shape
     scale = min(1.0, TRACK_SIDE / min(h, w))
-    small = [cv2.resize(g, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA).astype(np.uint8) for g in grey]
+    if scale < 1.0:
+        small = [cv2.resize(g, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) for g in grey]
+    else:
+        small = list(grey)
+    small = [g.astype(np.uint8) for g in small]
     forward = [_similarity(small[i], small[i + 1], scale) for i in range(t - 1)]  # maps frame i onto frame i + 1
     evidence = np.empty_like(grey)
     for i in range(t):
@@ -91,7 +95,11 @@ def motion_masks(clip: np.ndarray) -> np.ndarray:
     if t < 2:
         return np.zeros((t, h, w), np.uint8)
     if min(h, w) > WORK_SIDE:
-        half = np.stack([cv2.resize(f, (w // 2, h // 2), interpolation=cv2.INTER_AREA) for f in clip])
+        # One call for all frames: stacked vertically, 2x2 area blocks never straddle two frames (even heights).
+        tall = clip[:, : h // 2 * 2].reshape(-1, w, 3)
+        half = cv2.resize(tall, (w // 2, tall.shape[0] // 2), interpolation=cv2.INTER_AREA).reshape(
+            t, h // 2, w // 2, 3
+        )
         small = _masks_at(half).astype(np.float32)
         full = np.stack([cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR) for m in small])
         return (np.round(full / LEVELS) * LEVELS).astype(np.uint8)
