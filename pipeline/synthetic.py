@@ -46,6 +46,15 @@ def texture(rng: np.random.Generator, h: int, w: int, hue: int | None = None, sc
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
 
 
+def _bounce(position: float, low: float, high: float) -> float:
+    """Reflect a straight path off the frame's edges, so long videos keep their mover in view."""
+    span = high - low
+    if span <= 0:
+        return (low + high) / 2
+    phase = (position - low) % (2 * span)
+    return low + (phase if phase <= span else 2 * span - phase)
+
+
 def render(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
     """Frames (T, H, W, 3) uint8 RGB and truth masks (T, H, W) bool of the moving object."""
     h, w = scene.size
@@ -72,7 +81,8 @@ def render(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
         background = cv2.warpAffine(canvas, shift, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
         wobble = 1.0 + scene.shape_change * np.sin(2 * np.pi * i / max(8, t / 2))
         ry, rx = ry0 * wobble, rx0 / wobble
-        cy, cx = start_y + vy * i, start_x + vx * i
+        cy = _bounce(start_y + vy * i, ry0, h - ry0)
+        cx = _bounce(start_x + vx * i, rx0, w - rx0)
         inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
         # The object's texture moves with it.
         obj_shift = np.float32([[1, 0, cx - w / 2], [0, 1, cy - h / 2]])
