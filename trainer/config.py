@@ -28,7 +28,7 @@ class TrainConfig:
     temperature: float = 0.1
     symmetric: bool = True
     fame: bool = True  # False: the plain MoCo baseline on the same data
-    fame_p: float = 0.5
+    fame_p: float = 1.0  # every query merged, as the original code
     crop: int = 112
     crop_scale: tuple[float, float] = (0.2, 1.0)  # area range of the random resized crop
     augment: bool = True  # MoCo v2 colour augmentations (off only for tests and debugging)

@@ -15,9 +15,9 @@ class LoaderParams:
     crop: int = 112  # output H = W of both views
     crop_scale: tuple[float, float] = (0.2, 1.0)  # area fraction of the random resized crop (MoCo v2)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    # Probability that the query view is a FAME view. The original code (Mark12Ding/FAME, train.py) merges every
-    # query, i.e. 1.0; 0.5 keeps half the queries plain, so the key/query pair also sees unmerged clips.
-    fame_p: float = 0.5
+    # Probability that the query view is a FAME view: 1.0 as in the original code (Mark12Ding/FAME, train.py),
+    # which merges every query; lower values keep some queries plain.
+    fame_p: float = 1.0
     background: str = "plate"  # partner plate, or the partner's raw frames (the paper's mode)
     mask_mode: str = "threshold"  # soft alpha, fixed threshold, or the paper's top-beta area binarisation
     threshold: int = 128  # on the 0..255 mask scale, for mask_mode="threshold"
