@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO := out/demo
 REAL_VIDEOS := ../shared/data/real_videos
 
-.PHONY: setup test lint format demo bench bench-preprocess bench-loader bench-bias bench-wait clean
+.PHONY: setup test lint format demo bench bench-preprocess bench-masks bench-loader bench-bias bench-wait clean
 
 setup: $(STAMP)
 
@@ -48,10 +48,13 @@ demo: $(STAMP)
 	@echo "demo outputs in $(DEMO)/: cache.zarr, build.json, clip.png, batch.png, run/checkpoint.pt," \
 		"run/log.jsonl, run/curves.png, metrics.json, heatmap.png"
 
-bench: bench-preprocess bench-loader bench-wait bench-bias
+bench: bench-preprocess bench-masks bench-loader bench-wait bench-bias
 
 bench-preprocess: $(STAMP)
 	$(PY) benchmarks/preprocess.py --json benchmarks/results/preprocess.json
+
+bench-masks: $(STAMP)
+	$(PY) benchmarks/masks.py --json benchmarks/results/masks.json
 
 bench-loader: $(STAMP)
 	$(PY) benchmarks/loader.py --json benchmarks/results/loader.json
