@@ -41,7 +41,7 @@ REAL = REPO.parent / "shared" / "data" / "real_videos"
 TARGETS = {"build_over_decode": ("<=", 1.3), "speedup_2_workers": (">=", 1.7), "cache_over_source": ("<=", 0.25)}
 
 
-def make_source(root: Path, n_generated: int, frames: int) -> Path:
+def make_source(root: Path, n_generated: int, frames: int, size: tuple[int, int] = (240, 320)) -> Path:
     """A folder of the real videos (linked) and generated ones, one class per folder."""
     src = root / "videos"
     if REAL.is_dir():
@@ -49,7 +49,8 @@ def make_source(root: Path, n_generated: int, frames: int) -> Path:
         for video in sorted(REAL.glob("*.mp4")):
             os.symlink(video, src / "real" / video.name)
     if n_generated:
-        write_dataset(src / "generated", n_classes=4, videos_per_class=-(-n_generated // 4), n_frames=frames, seed=0)
+        per_class = -(-n_generated // 4)
+        write_dataset(src / "generated", n_classes=4, videos_per_class=per_class, n_frames=frames, seed=0, size=size)
     return src
 
 

@@ -98,6 +98,7 @@ def _add_synth_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--videos-per-class", type=int, default=3)
     p.add_argument("--frames", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", default="128x176", help="frame size HxW (even numbers, for H.264's yuv420p)")
     p.set_defaults(func=_run_synth, subparser=p)
 
 
@@ -106,7 +107,13 @@ def _run_synth(args: argparse.Namespace) -> int:
 
     if args.classes < 1 or args.videos_per_class < 1 or args.frames < 2:
         raise UsageError("--classes and --videos-per-class must be >= 1 and --frames >= 2")
-    paths = write_dataset(args.out_dir, args.classes, args.videos_per_class, args.frames, seed=args.seed)
+    try:
+        size = parse_size(args.size)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    if size[0] % 2 or size[1] % 2:
+        raise UsageError(f"--size must have even height and width (H.264 yuv420p), got {args.size!r}")
+    paths = write_dataset(args.out_dir, args.classes, args.videos_per_class, args.frames, seed=args.seed, size=size)
     print(f"wrote {len(paths)} videos in {args.classes} classes under {args.out_dir}", file=sys.stderr)
     return EXIT_OK
 

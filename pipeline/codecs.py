@@ -9,6 +9,7 @@ package can open a cache.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import cv2
@@ -68,14 +69,16 @@ class JpegCodec(ArrayBytesCodec):
         return chunk_spec.prototype.nd_buffer.from_ndarray_like(rgb)
 
     async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
-        return self._decode_sync(chunk_bytes, chunk_spec)
+        # In a worker thread, as Zarr's own compressors do: inline, it would stall Zarr's one event loop, which
+        # every other array read or write of the process waits on.
+        return await asyncio.to_thread(self._decode_sync, chunk_bytes, chunk_spec)
 
     def _encode_sync(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
         images = np.asarray(chunk_array.as_ndarray_like(), dtype=np.uint8)
         return chunk_spec.prototype.buffer.from_bytes(encode_jpeg(images, self.quality))
 
     async def _encode_single(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
-        return self._encode_sync(chunk_array, chunk_spec)
+        return await asyncio.to_thread(self._encode_sync, chunk_array, chunk_spec)
 
     def compute_encoded_size(self, input_byte_length: int, chunk_spec: ArraySpec) -> int:
         raise NotImplementedError("JPEG sizes depend on the content")

@@ -223,8 +223,9 @@ class InProcessRunner:
         self.threads = threads
 
     def run(self, tasks: Sequence[GroupTask]) -> Iterator[tuple[GroupTask, GroupResult | BaseException]]:
+        ordered = sorted(tasks, key=lambda task: -task.cost)  # biggest first: no long task left alone at the end
         with ThreadPoolExecutor(max_workers=self.threads) as pool:
-            futures = {pool.submit(run_group, task): task for task in tasks}
+            futures = {pool.submit(run_group, task): task for task in ordered}
             for future in as_completed(futures):
                 task = futures[future]
                 try:

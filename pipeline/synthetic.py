@@ -124,18 +124,28 @@ def write_scene(path: str | os.PathLike, scene: Scene, **kwargs) -> np.ndarray:
 
 
 def write_dataset(
-    root: str | os.PathLike, n_classes: int = 3, videos_per_class: int = 3, n_frames: int = 40, seed: int = 0
+    root: str | os.PathLike,
+    n_classes: int = 3,
+    videos_per_class: int = 3,
+    n_frames: int = 40,
+    seed: int = 0,
+    size: tuple[int, int] = Scene.size,
 ) -> list[str]:
-    """A folder-per-class set of small videos (class = direction of motion), returned as relative paths."""
+    """A folder-per-class set of small videos (class = direction of motion), returned as relative paths. Object
+    size, speeds and camera pans scale with the frame height, so every size shows the same scene."""
     rng = np.random.default_rng(seed)
+    scale = size[0] / Scene.size[0]
     directions = [(0.0, 2.5), (0.0, -2.5), (2.0, 0.0), (-2.0, 0.0), (1.8, 1.8), (-1.8, -1.8)]
     paths = []
     for c in range(n_classes):
         for v in range(videos_per_class):
+            dy, dx = directions[c % len(directions)]
             scene = Scene(
+                size=size,
                 n_frames=n_frames,
-                object_velocity=directions[c % len(directions)],
-                pan=(0.0, float(rng.uniform(-1, 1))),
+                object_velocity=(dy * scale, dx * scale),
+                object_radius=(Scene.object_radius[0] * scale, Scene.object_radius[1] * scale),
+                pan=(0.0, float(rng.uniform(-1, 1)) * scale),
                 background_seed=int(rng.integers(1 << 30)),
                 object_seed=int(rng.integers(1 << 30)),
                 shape_change=0.15,
