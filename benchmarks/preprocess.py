@@ -103,7 +103,7 @@ def timed_build(src: Path, out: Path, params: BuildParams, workers: int):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="write the results here")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--generated", type=int, default=12, help="generated videos added to the real ones")
     parser.add_argument(
         "--frames", type=int, default=250, help="frames per generated video (10 s at 25 fps, as Kinetics)"
