@@ -7,7 +7,7 @@ Quality: mean per-frame IoU of mask >= 128 against the truth of generated clips 
 that change shape, one clip written as H.264 and decoded). `fame` is also scored at the threshold that suits it
 best, so the comparison is not lost to the choice of 128. Cost: median milliseconds per 16 x 128 x 171 clip on one
 core (OpenCV single-threaded), mask then plate, the camera-motion memo cleared before every clip. Size: masks of
-real clips compressed as the cache stores them (Blosc zstd, level 7).
+real clips compressed as the cache stores them (`pipeline.store.MASK_COMPRESSOR`).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO))
 from pipeline.masks import get_method  # noqa: E402
 from pipeline.masks.motion import _MEMO  # noqa: E402
 from pipeline.plates import background_plate  # noqa: E402
+from pipeline.store import MASK_COMPRESSOR  # noqa: E402
 from pipeline.synthetic import Scene, render, write_video  # noqa: E402
 from pipeline.video import decode  # noqa: E402
 
@@ -107,7 +108,8 @@ def timings(repeats: int) -> dict[str, dict[str, float]]:
 
 
 def mask_bytes() -> dict[str, dict[str, int]]:
-    codec = Blosc(cname="zstd", clevel=7, shuffle=Blosc.NOSHUFFLE)
+    stored = MASK_COMPRESSOR
+    codec = Blosc(cname=stored.cname.value, clevel=stored.clevel, shuffle=Blosc.NOSHUFFLE, blocksize=stored.blocksize)
     out = {}
     for path in sorted(REAL.glob("*.mp4")):
         clip, _ = decode(str(path), size=(128, 171), keep=range(0, 32, 2))

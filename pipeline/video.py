@@ -169,13 +169,17 @@ def decode_all(path: str, size: tuple[int, int] | None = None, **kwargs) -> np.n
     return frames
 
 
-def decode_clip(path: str, frame_indices: Sequence[int], size: tuple[int, int] | None = None) -> np.ndarray:
-    """The frames of one clip, (T, h, w, 3) uint8, in the order given (repeats allowed, as in looped clips).
+def decode_clips(
+    path: str, clips: Sequence[Sequence[int]], size: tuple[int, int] | None = None
+) -> list[np.ndarray]:
+    """The frames of several clips of one video, each (T, h, w, 3) uint8 in the order given (repeats allowed, as in
+    looped clips), from one decoding pass.
 
-    Decoding stops after the last frame the clip needs: a loader reads one clip, not the whole video.
+    Decoding stops after the last frame any clip needs: a loader reads clips, not the whole video, and two clips of
+    one video cost one pass to the later of them, not two passes from the start.
     """
-    order = np.asarray(frame_indices, dtype=np.int64)
-    wanted = np.unique(order)
+    orders = [np.asarray(frames, dtype=np.int64) for frames in clips]
+    wanted = np.unique(np.concatenate(orders))
     last = int(wanted[-1])
     found: dict[int, np.ndarray] = {}
     to_rgb = FrameConverter(size)
@@ -194,4 +198,9 @@ def decode_clip(path: str, frame_indices: Sequence[int], size: tuple[int, int] |
     missing = [int(i) for i in wanted if int(i) not in found]
     if missing:
         raise VideoError(path, f"frames {missing[:5]} do not exist (the video is shorter than the cache recorded)")
-    return np.stack([found[int(i)] for i in order])
+    return [np.stack([found[int(i)] for i in order]) for order in orders]
+
+
+def decode_clip(path: str, frame_indices: Sequence[int], size: tuple[int, int] | None = None) -> np.ndarray:
+    """The frames of one clip, (T, h, w, 3) uint8, in the order given; see `decode_clips`."""
+    return decode_clips(path, [frame_indices], size)[0]
