@@ -169,9 +169,7 @@ def decode_all(path: str, size: tuple[int, int] | None = None, **kwargs) -> np.n
     return frames
 
 
-def decode_clips(
-    path: str, clips: Sequence[Sequence[int]], size: tuple[int, int] | None = None
-) -> list[np.ndarray]:
+def decode_clips(path: str, clips: Sequence[Sequence[int]], size: tuple[int, int] | None = None) -> list[np.ndarray]:
     """The frames of several clips of one video, each (T, h, w, 3) uint8 in the order given (repeats allowed, as in
     looped clips), from one decoding pass.
 

@@ -9,8 +9,8 @@ from pipeline.params import BuildParams, parse_clips_per_video, parse_size
 from pipeline.plan import clip_count, clip_frames
 from pipeline.sources import SourceError, list_source
 from pipeline.store import DONE, Cache, CacheError
-from pipeline.synthetic import Scene, render, write_video
-from pipeline.video import VideoError, decode, probe
+from pipeline.synthetic import Scene, render, write_dataset, write_video
+from pipeline.video import VideoError, decode, decode_clip, decode_clips, probe
 
 
 def test_parse_size_names_bad_value():
@@ -51,6 +51,37 @@ def test_decode_lossless_exact_and_selected(tmp_path):
     some, _ = decode(str(path), size=(32, 40), keep=[1, 3])
     assert some.shape == (2, 32, 40, 3)
     assert probe(str(path)).width == 176
+
+
+def test_resize_is_a_whole_frame_area_resize(tmp_path):
+    frames, _ = render(Scene(size=(96, 128), n_frames=4))
+    path = tmp_path / "v.mp4"
+    write_video(path, frames, lossless=True)
+    small, _ = decode(str(path), size=(48, 64))
+    halved = frames.reshape(4, 48, 2, 64, 2, 3).mean(axis=(2, 4))  # exact 2x2 area averages of the whole frame
+    assert small.shape == (4, 48, 64, 3) and small.dtype == np.uint8
+    error = np.abs(small.astype(float) - halved)
+    assert error.mean() < 2 and np.percentile(error, 99) < 8, f"mean {error.mean():.2f}"
+
+
+def test_two_clips_from_one_pass_match_single_decodes(tmp_path):
+    frames, _ = render(Scene(n_frames=20))
+    path = str(tmp_path / "v.mp4")
+    write_video(path, frames)
+    late, early = [12, 14, 16, 18], [0, 2, 2, 4]  # out of order and with a repeat, as looped clips are
+    a, b = decode_clips(path, [late, early], (64, 88))
+    np.testing.assert_array_equal(a, decode_clip(path, late, (64, 88)))
+    np.testing.assert_array_equal(b, decode_clip(path, early, (64, 88)))
+    np.testing.assert_array_equal(b[1], b[2])
+    with pytest.raises(VideoError, match="do not exist"):
+        decode_clips(path, [early, [30]])
+
+
+def test_generated_dataset_at_another_size(tmp_path):
+    paths = write_dataset(tmp_path, n_classes=2, videos_per_class=1, n_frames=6, size=(64, 96))
+    assert paths == ["class_0/video_0.mp4", "class_1/video_0.mp4"]
+    info = probe(str(tmp_path / paths[0]))
+    assert (info.height, info.width, info.n_frames) == (64, 96, 6)
 
 
 @pytest.mark.parametrize(
