@@ -32,28 +32,10 @@ from pipeline.masks import get_method  # noqa: E402
 from pipeline.masks.motion import _MEMO  # noqa: E402
 from pipeline.plates import background_plate  # noqa: E402
 from pipeline.store import MASK_COMPRESSOR  # noqa: E402
-from pipeline.synthetic import Scene, render, write_video  # noqa: E402
+from pipeline.synthetic import MASK_SCENES, Scene, render, write_video  # noqa: E402
 from pipeline.video import decode  # noqa: E402
 
 REAL = REPO.parent / "shared" / "data" / "real_videos"
-SIZE = (128, 172)
-SCENES = {
-    "pan": Scene(size=SIZE, n_frames=16, pan=(0.5, 2.0), shape_change=0.25, object_radius=(26, 20)),
-    "pan_diagonal": Scene(
-        size=SIZE,
-        n_frames=16,
-        pan=(-1.0, -1.5),
-        object_velocity=(1.0, 3.0),
-        shape_change=0.3,
-        object_radius=(22, 18),
-        background_seed=5,
-        object_seed=7,
-    ),
-    "pan_fast": Scene(size=SIZE, n_frames=16, pan=(0.0, 6.0), shape_change=0.3, object_radius=(20, 16), object_seed=9),
-    "followed_subject": Scene(size=SIZE, n_frames=16, pan=(0.0, 2.0), object_velocity=(0.0, 0.0), object_seed=3),
-    "static": Scene(size=SIZE, n_frames=16, object_radius=(26, 20)),
-    "static_shape_change": Scene(size=SIZE, n_frames=16, shape_change=0.3, background_seed=3, object_seed=4),
-}
 TARGETS = {"motion_mean_iou": (">=", 0.7), "ms_per_clip_motion": ("<=", 30.0), "ms_per_clip_fame": ("<=", 30.0)}
 
 
@@ -63,7 +45,7 @@ def mean_iou(masks: np.ndarray, truth: np.ndarray, level: int = 128) -> float:
 
 
 def quality() -> dict[str, dict[str, float]]:
-    clips = {name: render(scene) for name, scene in SCENES.items()}
+    clips = {name: render(scene) for name, scene in MASK_SCENES.items()}
     with tempfile.TemporaryDirectory() as tmp:
         frames, truth = clips["pan"]
         write_video(f"{tmp}/pan.mp4", frames)

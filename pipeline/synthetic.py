@@ -31,6 +31,30 @@ class Scene:
     object_hue: int | None = None
 
 
+# Clips whose true foreground is known, at about the cache's default frame size: the mask tests assert on them and
+# benchmarks/masks.py reports on them, so both speak of the same clips.
+MASK_SIZE = (128, 172)
+MASK_SCENES: dict[str, Scene] = {
+    "pan": Scene(size=MASK_SIZE, n_frames=16, pan=(0.5, 2.0), shape_change=0.25, object_radius=(26, 20)),
+    "pan_diagonal": Scene(
+        size=MASK_SIZE,
+        n_frames=16,
+        pan=(-1.0, -1.5),
+        object_velocity=(1.0, 3.0),
+        shape_change=0.3,
+        object_radius=(22, 18),
+        background_seed=5,
+        object_seed=7,
+    ),
+    "pan_fast": Scene(
+        size=MASK_SIZE, n_frames=16, pan=(0.0, 6.0), shape_change=0.3, object_radius=(20, 16), object_seed=9
+    ),
+    "followed_subject": Scene(size=MASK_SIZE, n_frames=16, pan=(0.0, 2.0), object_velocity=(0.0, 0.0), object_seed=3),
+    "static": Scene(size=MASK_SIZE, n_frames=16, object_radius=(26, 20)),
+    "static_shape_change": Scene(size=MASK_SIZE, n_frames=16, shape_change=0.3, background_seed=3, object_seed=4),
+}
+
+
 def texture(rng: np.random.Generator, h: int, w: int, hue: int | None = None, scale: float = 6.0) -> np.ndarray:
     """A smooth, colourful random texture (h, w, 3) uint8 RGB, with structure for feature tracking."""
     noise = rng.random((max(2, int(h / scale)), max(2, int(w / scale)), 3)).astype(np.float32)

@@ -14,21 +14,10 @@ from pipeline.masks import get_method
 from pipeline.masks.fame import fame_masks
 from pipeline.masks.motion import camera_motion, motion_masks
 from pipeline.plates import background_plate
-from pipeline.synthetic import Scene, render, write_video
+from pipeline.synthetic import MASK_SCENES, Scene, render, write_video
 from pipeline.video import decode
 
-PAN = Scene(size=(128, 172), n_frames=16, pan=(0.5, 2.0), shape_change=0.25, object_radius=(26, 20))
-PAN_DIAGONAL = Scene(
-    size=(128, 172),
-    n_frames=16,
-    pan=(-1.0, -1.5),
-    object_velocity=(1.0, 3.0),
-    shape_change=0.3,
-    object_radius=(22, 18),
-    background_seed=5,
-    object_seed=7,
-)
-STATIC = Scene(size=(128, 172), n_frames=16, object_radius=(26, 20))
+PAN, PAN_DIAGONAL, STATIC = (MASK_SCENES[name] for name in ("pan", "pan_diagonal", "static"))
 
 
 def mean_iou(masks: np.ndarray, truth: np.ndarray) -> float:
