@@ -224,11 +224,10 @@ class InProcessRunner:
 
     def run(self, tasks: Sequence[GroupTask]) -> Iterator[tuple[GroupTask, GroupResult | BaseException]]:
         ordered = sorted(tasks, key=lambda task: -task.cost)  # biggest first: no long task left alone at the end
-        side_by_side = min(self.threads, len(ordered))
-        if side_by_side > 1:  # one decoding and OpenCV thread per group: the groups already fill the cores
-            ordered = [dataclasses.replace(task, threads=1) for task in ordered]
         before = cv2.getNumThreads()
-        cv2.setNumThreads(1 if side_by_side > 1 else before)  # process-wide: set once here, not by racing tasks
+        if min(self.threads, len(ordered)) > 1:  # one decoding and OpenCV thread per group: groups fill the cores
+            ordered = [dataclasses.replace(task, threads=1) for task in ordered]
+            cv2.setNumThreads(1)  # process-wide: set once here, not by tasks racing each other
         try:
             with ThreadPoolExecutor(max_workers=self.threads) as pool:
                 futures = {pool.submit(run_group, task): task for task in ordered}

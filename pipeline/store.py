@@ -112,8 +112,8 @@ async def _write(group: zarr.AsyncGroup, name: str, selection: Any, values: np.n
     await (await group.getitem(name)).setitem(selection, values)
 
 
-async def _read(group: zarr.AsyncGroup, name: str, selection: Any = slice(None)) -> np.ndarray:
-    return await (await group.getitem(name)).getitem(selection)
+async def _read(group: zarr.AsyncGroup, name: str) -> np.ndarray:
+    return await (await group.getitem(name)).getitem(slice(None))
 
 
 def _now() -> str:
@@ -230,7 +230,7 @@ class Cache:
                 fill_value=0,
             ),
         )
-        together(  # last: a cache whose plates array exists was created in full (see build._complete)
+        sync(  # last: a cache whose plates array exists was created in full (see build._complete)
             root.create_array(
                 "plates",
                 shape=(n_clips, h, w, 3),

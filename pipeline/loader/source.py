@@ -16,7 +16,7 @@ import numpy as np
 from pipeline.loader.catalog import Catalog
 from pipeline.loader.params import LoaderParams
 from pipeline.loader.sampling import ClipIndex, area_threshold, batches_per_epoch, plan_sample, shard_order
-from pipeline.video import decode_clip, decode_clips
+from pipeline.video import decode_clips
 
 # Output order of the callable; the pipeline definition reads the same list.
 CPU_OUTPUTS = ("clip_a", "mask", "background", "clip_b")
@@ -63,19 +63,11 @@ class SampleSource:
             self._cache = {name: group[name] for name in ("masks", "plates")}
         return self._cache
 
-    def _decode(self, clip: int) -> np.ndarray:
-        video = int(self.catalog.clip_video[clip])
-        return decode_clip(self.catalog.video_path(video), self.catalog.clip_frames[clip], self.catalog.size)
-
-    def _decode_same_video(self, clip_a: int, clip_b: int) -> tuple[np.ndarray, np.ndarray]:
-        """Clips a and b of one video, from one decoding pass (the same array twice when they are one clip)."""
-        if clip_a == clip_b:
-            clip = self._decode(clip_a)
-            return clip, clip
-        video = int(self.catalog.clip_video[clip_a])
-        frames = (self.catalog.clip_frames[clip_a], self.catalog.clip_frames[clip_b])
-        a, b = decode_clips(self.catalog.video_path(video), frames, self.catalog.size)
-        return a, b
+    def _decode(self, *clips: int) -> list[np.ndarray]:
+        """Clips of one video (clips a and b of a sample, or the partner alone), from one decoding pass."""
+        video = int(self.catalog.clip_video[clips[0]])
+        frames = [self.catalog.clip_frames[clip] for clip in clips]
+        return decode_clips(self.catalog.video_path(video), frames, self.catalog.size)
 
     def _encoded(self, clip: int) -> tuple[np.ndarray, np.ndarray]:
         video = int(self.catalog.clip_video[clip])
@@ -121,11 +113,11 @@ class SampleSource:
         return np.zeros((self.catalog.clip_len, h, w), np.uint8), np.zeros((h, w, 3), np.uint8)
 
     def _cpu_outputs(self, plan, mask, use_cache: bool) -> tuple[np.ndarray, ...]:
-        clip_a, clip_b = self._decode_same_video(plan.clip_a, plan.clip_b)
+        clip_a, clip_b = self._decode(plan.clip_a, plan.clip_b)
         partner = None
         wants_frames = not use_cache or self.params.background == "frames"
         if (plan.fame and wants_frames) or self.params.return_partner:
-            partner = self._decode(plan.partner_clip)
+            (partner,) = self._decode(plan.partner_clip)
         if not plan.fame:
             mask, plate = self._blank()
             background = plate[None]
