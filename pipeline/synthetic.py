@@ -119,9 +119,15 @@ def render(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_video(
-    path: str | os.PathLike, frames: np.ndarray, fps: int = 25, lossless: bool = False, crf: int = 18
+    path: str | os.PathLike,
+    frames: np.ndarray,
+    fps: int = 25,
+    lossless: bool = False,
+    crf: int = 18,
+    keyint: int | None = None,
 ) -> None:
-    """Encode (T, H, W, 3) uint8 RGB frames as an H.264 MP4 (even H and W for the default yuv420p)."""
+    """Encode (T, H, W, 3) uint8 RGB frames as an H.264 MP4 (even H and W for the default yuv420p); `keyint` sets
+    the keyframe interval (x264's default of 250 puts one keyframe in a short clip)."""
     path = os.fspath(path)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     _t, h, w, _ = frames.shape
@@ -130,7 +136,8 @@ def write_video(
             stream = container.add_stream("libx264rgb", rate=fps, options={"qp": "0", "preset": "ultrafast"})
             stream.pix_fmt = "rgb24"
         else:
-            stream = container.add_stream("libx264", rate=fps, options={"crf": str(crf), "preset": "fast"})
+            options = {"crf": str(crf), "preset": "fast"} | ({"g": str(keyint)} if keyint else {})
+            stream = container.add_stream("libx264", rate=fps, options=options)
             stream.pix_fmt = "yuv420p"
         stream.width, stream.height = w, h
         for frame in frames:

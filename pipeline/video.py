@@ -7,6 +7,7 @@ and go on. Local paths go straight to FFmpeg; fsspec URLs (s3://, memory://, ...
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -114,6 +115,13 @@ class FrameConverter:
         return self.reformatter.reformat(frame, width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
 
 
+def _set_threads(container, threads: int) -> None:
+    """FFmpeg's decoding threads: 0 lets it choose (one per core), 1 suits one of several parallel workers."""
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    stream.codec_context.thread_count = threads
+
+
 def decode(
     path: str,
     size: tuple[int, int] | None = None,
@@ -139,9 +147,8 @@ def decode(
             raise VideoError(path, f"resolution {meta.width}x{meta.height} is over --max-pixels {max_pixels}")
         if max_frames and meta.n_frames > max_frames:
             raise VideoError(path, f"has {meta.n_frames} frames, over --max-frames {max_frames}")
+        _set_threads(container, threads)
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        stream.codec_context.thread_count = threads
         count = 0
         try:
             for frame in container.decode(stream):
@@ -169,30 +176,135 @@ def decode_all(path: str, size: tuple[int, int] | None = None, **kwargs) -> np.n
     return frames
 
 
-def decode_clips(path: str, clips: Sequence[Sequence[int]], size: tuple[int, int] | None = None) -> list[np.ndarray]:
+@dataclass(frozen=True)
+class FrameIndex:
+    """Where a video's frames are, without decoding them: what seeking to a clip needs.
+
+    Frame i is the frame with the i-th smallest presentation timestamp, which is the i-th frame the decoder outputs
+    (how clips number their frames); keyframes are where decoding can start.
+    """
+
+    pts: np.ndarray  # (n,) int64, sorted: frame number -> presentation timestamp
+    keyframes: np.ndarray  # sorted frame numbers of the keyframes
+
+    def frame_of(self, pts: int | None) -> int | None:
+        """The frame number of a decoded frame's timestamp; None when the index does not know it."""
+        if pts is None:
+            return None
+        i = int(np.searchsorted(self.pts, pts))
+        return i if i < len(self.pts) and self.pts[i] == pts else None
+
+    def keyframe_before(self, frame: int) -> int:
+        """The last keyframe at or before `frame`."""
+        return int(self.keyframes[np.searchsorted(self.keyframes, frame, side="right") - 1])
+
+
+@functools.lru_cache(maxsize=4096)
+def frame_index(path: str) -> FrameIndex | None:
+    """The FrameIndex of a video from its packets (demuxed, not decoded: a few ms), or None when its timestamps
+    cannot number the frames (missing or repeated, no keyframe at the start): such videos are decoded from the
+    start. Kept per process, so a loader worker reads each video's packets once."""
+    pts, keyframes = [], []
+    with open_container(path) as container:
+        try:
+            for packet in container.demux(container.streams.video[0]):
+                if packet.size == 0:  # the demuxer's end-of-stream flush packet
+                    continue
+                if packet.pts is None:
+                    return None
+                pts.append(packet.pts)
+                keyframes.append(packet.is_keyframe)
+        except av.error.FFmpegError:  # a damaged file: decoding from the start reports what is wrong
+            return None
+    if not pts:
+        return None
+    order = np.argsort(pts, kind="stable")
+    sorted_pts = np.asarray(pts, np.int64)[order]
+    if np.any(np.diff(sorted_pts) == 0):
+        return None
+    key_frames = np.flatnonzero(np.asarray(keyframes)[order])
+    if len(key_frames) == 0 or key_frames[0] != 0:
+        return None
+    return FrameIndex(pts=sorted_pts, keyframes=key_frames)
+
+
+class _SeekFailed(Exception):
+    """Seeking did not land where the index said: decode from the start instead."""
+
+
+def _seek_runs(wanted: np.ndarray, index: FrameIndex) -> list[tuple[int, int]]:
+    """(keyframe, last wanted frame) of each stretch to decode: a new stretch starts wherever a keyframe lies after
+    the previous wanted frame with frames between them, which seeking then skips rather than decodes."""
+    runs: list[tuple[int, int]] = []
+    for frame in wanted.tolist():
+        key = index.keyframe_before(frame)
+        if runs and key <= runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], frame)
+        else:
+            runs.append((key, frame))
+    return runs
+
+
+def _decode_from_start(container, keep: frozenset[int], last: int, to_rgb: FrameConverter) -> dict[int, np.ndarray]:
+    found: dict[int, np.ndarray] = {}
+    for count, frame in enumerate(container.decode(container.streams.video[0])):
+        if count in keep:
+            found[count] = to_rgb(frame)
+        if count >= last:
+            break
+    return found
+
+
+def _decode_seeking(
+    container, runs: list[tuple[int, int]], index: FrameIndex, keep: frozenset[int], to_rgb: FrameConverter
+) -> dict[int, np.ndarray]:
+    stream = container.streams.video[0]
+    found: dict[int, np.ndarray] = {}
+    for key, last in runs:
+        container.seek(int(index.pts[key]), stream=stream, backward=True, any_frame=False)
+        for frame in container.decode(stream):
+            number = index.frame_of(frame.pts)
+            if number is None:
+                raise _SeekFailed
+            if number in keep:
+                found[number] = to_rgb(frame)
+            if number >= last:
+                break
+    if len(found) != len(keep):
+        raise _SeekFailed
+    return found
+
+
+def decode_clips(
+    path: str, clips: Sequence[Sequence[int]], size: tuple[int, int] | None = None, threads: int = 0
+) -> list[np.ndarray]:
     """The frames of several clips of one video, each (T, h, w, 3) uint8 in the order given (repeats allowed, as in
     looped clips), from one decoding pass.
 
-    Decoding stops after the last frame any clip needs: a loader reads clips, not the whole video, and two clips of
-    one video cost one pass to the later of them, not two passes from the start.
+    A loader reads clips, not whole videos: decoding seeks to the keyframe before each clip (`FrameIndex`) and
+    stops after the last frame any clip needs. Two clips of one video cost one pass, from the keyframe before the
+    first to the end of the last, skipping to the second clip's keyframe when there is one between them. `threads`
+    caps FFmpeg's decoding threads (0: its choice); parallel loader workers decode one thread each.
     """
     orders = [np.asarray(frames, dtype=np.int64) for frames in clips]
     wanted = np.unique(np.concatenate(orders))
     last = int(wanted[-1])
-    found: dict[int, np.ndarray] = {}
+    keep = frozenset(int(i) for i in wanted)
     to_rgb = FrameConverter(size)
-    with open_container(path) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        keep = frozenset(int(i) for i in wanted)
-        try:
-            for count, frame in enumerate(container.decode(stream)):
-                if count in keep:
-                    found[count] = to_rgb(frame)
-                if count >= last:
-                    break
-        except av.error.FFmpegError as exc:
-            raise VideoError(path, f"decoding failed before frame {last}: {exc}") from exc
+    index = frame_index(path)
+    runs = _seek_runs(wanted, index) if index is not None and last < len(index.pts) else [(0, last)]
+    found: dict[int, np.ndarray] | None = None
+    if runs != [(0, last)] and index is not None:
+        with contextlib.suppress(_SeekFailed, av.error.FFmpegError), open_container(path) as container:
+            _set_threads(container, threads)
+            found = _decode_seeking(container, runs, index, keep, to_rgb)
+    if found is None:
+        with open_container(path) as container:
+            _set_threads(container, threads)
+            try:
+                found = _decode_from_start(container, keep, last, to_rgb)
+            except av.error.FFmpegError as exc:
+                raise VideoError(path, f"decoding failed before frame {last}: {exc}") from exc
     missing = [int(i) for i in wanted if int(i) not in found]
     if missing:
         raise VideoError(path, f"frames {missing[:5]} do not exist (the video is shorter than the cache recorded)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import av
 import numpy as np
 import pytest
 
@@ -10,7 +11,7 @@ from pipeline.plan import clip_count, clip_frames
 from pipeline.sources import SourceError, list_source
 from pipeline.store import DONE, Cache, CacheError
 from pipeline.synthetic import Scene, render, write_dataset, write_video
-from pipeline.video import VideoError, decode, decode_clip, decode_clips, probe
+from pipeline.video import VideoError, _seek_runs, decode, decode_clip, decode_clips, frame_index, probe
 
 
 def test_parse_size_names_bad_value():
@@ -75,6 +76,39 @@ def test_two_clips_from_one_pass_match_single_decodes(tmp_path):
     np.testing.assert_array_equal(b[1], b[2])
     with pytest.raises(VideoError, match="do not exist"):
         decode_clips(path, [early, [30]])
+
+
+@pytest.mark.parametrize("open_gop", [False, True])
+def test_seeking_to_keyframes_gives_the_frames_of_a_full_pass(tmp_path, open_gop):
+    frames, _ = render(Scene(n_frames=60))
+    path = str(tmp_path / "v.mp4")
+    write_video(path, frames, keyint=8)
+    if open_gop:  # B-frames before a keyframe that reference the previous group: seeking must still be exact
+        path = str(tmp_path / "open.mp4")
+        with av.open(path, "w") as out:
+            stream = out.add_stream("libx264", rate=25, options={"g": "8", "x264-params": "open-gop=1:bframes=3"})
+            stream.width, stream.height, stream.pix_fmt = 176, 128, "yuv420p"
+            for frame in frames:
+                out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            out.mux(stream.encode())
+    index = frame_index(path)
+    assert index is not None and len(index.keyframes) > 3
+    late, early = list(range(41, 57, 2)), list(range(3, 11))
+    assert len(_seek_runs(np.unique(late + early), index)) == 2, "the clips should be decoded in two seeks"
+    everything, _ = decode(path, (64, 88))
+    a, b = decode_clips(path, [late, early], (64, 88))
+    np.testing.assert_array_equal(a, everything[late])
+    np.testing.assert_array_equal(b, everything[early])
+
+
+def test_seeking_in_a_real_video(real_videos):
+    path = real_videos / "bikes.mp4"
+    index = frame_index(str(path))
+    assert index is not None and len(index.keyframes) > 2
+    wanted = [200, 210, 220, 249]
+    clip = decode_clip(str(path), wanted, (68, 160))
+    everything, _ = decode(str(path), (68, 160))
+    np.testing.assert_array_equal(clip, everything[wanted])
 
 
 def test_generated_dataset_at_another_size(tmp_path):

@@ -54,6 +54,24 @@ def test_threshold_mode_binarises(cache_url):
     assert np.mean(np.abs(debug["merged"].astype(int) - expected) <= 1) > 0.999
 
 
+def test_augmentation_changes_exactly_the_views_that_drew_it(cache_url):
+    """Hue/saturation and blur run only for clips that drew them: an identity draw gives the plain view, any other
+    draw changes it."""
+    params = {"jitter_p": 0.5, "grayscale_p": 0.0, "blur_p": 0.5}
+    plain = FameLoader(cache_url, 6, params=quick(augment=False, fame_p=0.0), seed=4)
+    augmented = FameLoader(cache_url, 6, params=quick(fame_p=0.0, **params), seed=4)
+    index = ClipIndex.from_table(plain.catalog.clip_video, plain.catalog.readable, plain.catalog.labels)
+    key_plain, key_aug = next(iter(plain))["key"].numpy(), next(iter(augmented))["key"].numpy()
+    order = shard_order(len(index), 4, 0, 0, 1)
+    drew = []
+    for i, pos in enumerate(order[:6]):
+        colour = plan_sample(index, quick(**params), SIZE, 4, 0, int(pos)).colour[1]
+        identity = np.allclose(colour[:4], [1.0, 1.0, 1.0, 0.0]) and colour[4] < 0.05
+        drew.append(not identity)
+        assert np.array_equal(key_plain[i], key_aug[i]) == identity
+    assert any(drew) and not all(drew), "the seed should give both kinds of draw"
+
+
 def test_area_threshold_keeps_top_beta():
     mask = np.arange(1000, dtype=np.uint8).reshape(10, 10, 10) % 250
     for beta in (0.1, 0.5, 0.9):

@@ -12,8 +12,10 @@ import warnings
 import nvidia.dali.fn as fn
 import nvidia.dali.types as types
 from nvidia.dali import pipeline_def
+from nvidia.dali.pipeline import do_not_convert
 
 from pipeline.loader.params import LoaderParams
+from pipeline.loader.sampling import NO_BLUR
 from pipeline.loader.source import CPU_OUTPUTS, GPU_OUTPUTS, PARAM_OUTPUTS, SampleSource
 
 MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
@@ -29,13 +31,17 @@ def crop_flip(frames, roi, flip, crop: int):
 
 
 def over_time(background, clip):
-    """A (1, H, W, C) plate repeated over the clip's frames (a no-op for (T, H, W, C) frames)."""
+    """A (1, H, W, C) plate repeated over the clip's frames (a no-op for (T, H, W, C) frames), for debug outputs:
+    the compose step broadcasts the plate itself."""
     repeated = fn.cast(clip, dtype=types.FLOAT) * 0.0 + fn.cast(background, dtype=types.FLOAT)
     return fn.cast(repeated, dtype=types.UINT8)
 
 
 def compose(clip, mask, background, threshold, fame, soft: bool):
-    """query = m * clip + (1 - m) * background; m is 1 everywhere when this sample is not merged."""
+    """query = m * clip + (1 - m) * background; m is 1 everywhere when this sample is not merged.
+
+    background is (T, H, W, C) frames or a (1, H, W, C) plate, which DALI's arithmetic broadcasts over the frames:
+    a plate is cropped and blended once, not once per frame."""
     mask_f = fn.cast(mask, dtype=types.FLOAT)
     m = mask_f * (1.0 / 255.0) if soft else fn.cast(mask_f >= threshold, dtype=types.FLOAT)
     m = 1.0 - fame * (1.0 - m)
@@ -44,15 +50,26 @@ def compose(clip, mask, background, threshold, fame, soft: bool):
 
 
 def augment(frames, colour):
-    """MoCo v2 colour jitter, grayscale (saturation 0) and blur, with parameters drawn per clip by the source."""
+    """MoCo v2 colour jitter, grayscale (saturation 0) and blur, with parameters drawn per clip by the source.
+
+    The hue/saturation step and the blur are the costly ones; a clip that draws neither skips them (DALI
+    conditionals split the batch per sample), rather than running them as identities."""
     out = fn.brightness_contrast(frames, brightness=colour[0], contrast=colour[1], contrast_center=128.0)
-    out = fn.hsv(out, saturation=colour[2], hue=colour[3])
-    return fn.gaussian_blur(out, sigma=colour[4])
+    if (colour[2] != 1.0) | (colour[3] != 0.0):
+        out = fn.hsv(out, saturation=colour[2], hue=colour[3])
+    if colour[4] > NO_BLUR:
+        out = fn.gaussian_blur(out, sigma=colour[4])
+    return out
 
 
 def normalise(frames):
     """(T, H, W, C) uint8 -> (C, T, H, W) float, ImageNet mean and std."""
     return fn.crop_mirror_normalize(frames, dtype=types.FLOAT, output_layout="CFHW", mean=MEAN, std=STD)
+
+
+@do_not_convert  # plain Python: AutoGraph (DALI conditionals) rewrites zip and would reject strict=
+def _by_name(names, outputs) -> dict:
+    return dict(zip(names, outputs, strict=True))
 
 
 def _decode_gpu(encoded, frames, size):
@@ -77,6 +94,7 @@ def build_pipeline(source: SampleSource, batch_size: int, device_id: int | None,
         py_num_workers=max(1, params.num_workers),
         py_start_method="spawn",
         exec_dynamic=True,
+        enable_conditionals=True,
     )
     def fame_pipeline():
         parallel = {"parallel": True, "prefetch_queue_depth": params.prefetch} if params.num_workers > 0 else {}
@@ -87,7 +105,7 @@ def build_pipeline(source: SampleSource, batch_size: int, device_id: int | None,
             layout=[VIDEO_LAYOUTS.get(name, "") for name in names],
             **parallel,
         )
-        data = dict(zip(names, outs, strict=True))
+        data = _by_name(names, outs)
         rois, flips, colour = data["rois"], data["flips"], data["colour"]
         if gpu:
             clip_a = _decode_gpu(data["enc_a"], data["frames_a"], size)
@@ -99,7 +117,6 @@ def build_pipeline(source: SampleSource, batch_size: int, device_id: int | None,
         else:
             clip_a, mask, background, clip_b = data["clip_a"], data["mask"], data["background"], data["clip_b"]
             partner = data.get("partner")
-        background = over_time(background, clip_a)
         crop = params.crop
         a = crop_flip(clip_a, rois[0], flips[0], crop)
         m = crop_flip(mask, rois[0], flips[0], crop)
@@ -114,7 +131,7 @@ def build_pipeline(source: SampleSource, batch_size: int, device_id: int | None,
             view = crop_flip(partner, rois[2], flips[2], crop)
             outputs.append(normalise(augment(view, colour[2])))
         if debug_outputs:
-            outputs += [a, m, bg, merged, key]
+            outputs += [a, m, over_time(bg, a), merged, key]
         return tuple(outputs)
 
     pipe = fame_pipeline()

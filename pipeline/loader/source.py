@@ -67,7 +67,8 @@ class SampleSource:
         """Clips of one video (clips a and b of a sample, or the partner alone), from one decoding pass."""
         video = int(self.catalog.clip_video[clips[0]])
         frames = [self.catalog.clip_frames[clip] for clip in clips]
-        return decode_clips(self.catalog.video_path(video), frames, self.catalog.size)
+        threads = 1 if self.params.num_workers > 0 else 0  # parallel workers: one decoding thread each
+        return decode_clips(self.catalog.video_path(video), frames, self.catalog.size, threads=threads)
 
     def _encoded(self, clip: int) -> tuple[np.ndarray, np.ndarray]:
         video = int(self.catalog.clip_video[clip])
