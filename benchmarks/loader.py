@@ -8,11 +8,12 @@ crop, workers and MoCo v2 augmentations; only the FAME step differs:
 
 - plain: no FAME (fame_p=0): decode clip a and clip b, crop, augment. Nothing is read from the cache.
 - cached_fame: FAME on every query, mask of clip a and plate of the partner read from the cache (the default loader).
-- cached_fame_frames: the same with the partner's raw frames as background (a third decode per sample).
-- original_fame: no cache: the `fame` mask computed from each decoded clip a, the partner's raw frames as background,
-  the paper's top-beta area binarisation, as the original code does per batch. One difference: the original code
-  takes another clip of the batch as the background, this loader decodes the partner clip (a third decode), so
-  compare it with cached_fame_frames for the cost of the mask alone; `per_clip` gives the steps' costs.
+- cached_fame_frames: the same with the partner's raw frames as background (the paper's mode): the cached mask,
+  the partner's cropped clip a taken from the batch.
+- original_fame: no cache, as the original code does per batch: the `fame` mask computed from each decoded clip a,
+  the top-beta area binarisation, and another clip of the batch as the background. It differs from
+  cached_fame_frames by the mask alone (computed vs read), so `per_clip` (decode, fame mask, cache read) explains
+  the ratio.
 
 clips/s counts training samples (one query/key pair each) per second: a fresh loader per arm and round, a warm-up
 batch (worker start-up is not timed), then --batches timed batches; the median over --repeats rounds, the arms taking

@@ -11,7 +11,7 @@ from helpers import SIZE, T, make_cache
 
 from pipeline.loader import FameLoader, LoaderError, LoaderParams
 from pipeline.loader.graph import MEAN, STD
-from pipeline.loader.sampling import ClipIndex, area_threshold, plan_sample, shard_order
+from pipeline.loader.sampling import ClipIndex, area_threshold, batch_partners, plan_sample, shard_order
 
 
 @pytest.fixture(scope="module")
@@ -130,14 +130,33 @@ def test_epochs_reshuffle_and_resume_mid_epoch(cache_url):
     assert all(np.array_equal(expected[k].numpy(), got[k].numpy()) for k in expected)
 
 
-def test_partner_is_never_the_same_video():
-    labels = np.zeros(5, np.int64)
-    index = ClipIndex.from_table(np.repeat(np.arange(5, dtype=np.int32), 2), np.arange(10), labels)
-    for pos in range(5):
-        for epoch in range(20):
-            plan = plan_sample(index, quick(), SIZE, 0, epoch, pos)
-            assert plan.partner_video != plan.video
+def test_partners_are_other_samples_of_the_batch():
+    for batch_size in (2, 3, 8):
+        for batch in range(20):
+            partners = batch_partners(batch_size, 0, 1, 0, batch)
+            assert sorted(partners) == list(range(batch_size))  # every sample is someone's partner once
+            assert (partners != np.arange(batch_size)).all()  # never itself
+            assert np.array_equal(partners, batch_partners(batch_size, 0, 1, 0, batch))
+    draws = {tuple(batch_partners(4, 0, 1, 0, b)) for b in range(20)}
+    assert len(draws) > 1
+    with pytest.raises(ValueError, match="batch_size >= 2"):
+        batch_partners(1, 0, 0, 0, 0)
     assert sorted(np.concatenate([shard_order(5, 0, 1, r, 2) for r in range(2)])) == list(range(5))
+
+
+def test_frames_background_is_the_partners_cropped_clip(cache_url):
+    """The paper's mode: the background is the partner's clip a as its own sample crops it, taken from the batch,
+    and the partner's plate is what the plate mode merges."""
+    loader = FameLoader(cache_url, 3, params=quick(augment=False, background="frames"), seed=5)
+    debug = loader.debug_batch()
+    slots = {int(v): i for i, v in enumerate(debug["video"])}
+    for i in range(3):
+        j = slots[int(debug["partner_video"][i])]
+        assert j != i and debug["partner_clip"][i] == debug["clip_a"][j]
+        np.testing.assert_array_equal(debug["background"][i], debug["clip"][j])
+    with pytest.raises(ValueError, match="batch_size must be >= 2"):
+        FameLoader(cache_url, 1, params=quick())
+    assert len(FameLoader(cache_url, 1, params=quick(fame_p=0.0))) == 6  # plain clips need no partner
 
 
 def test_refuses_changed_source(tmp_path):
@@ -145,10 +164,10 @@ def test_refuses_changed_source(tmp_path):
     victim = tmp_path / "class_1" / "video 1.mp4"
     victim.write_bytes(victim.read_bytes() + b"\0")
     with pytest.raises(LoaderError, match=r"video 1\.mp4: size changed"):
-        FameLoader(url, 1, params=quick())
+        FameLoader(url, 2, params=quick())
     victim.unlink()
     with pytest.raises(LoaderError, match="vanished"):
-        FameLoader(url, 1, params=quick())
+        FameLoader(url, 2, params=quick())
 
 
 def test_refuses_mismatch_and_empty_and_warns_on_failed(tmp_path, cache_url):
@@ -161,6 +180,6 @@ def test_refuses_mismatch_and_empty_and_warns_on_failed(tmp_path, cache_url):
     url = make_cache(tmp_path, n_videos=4, fail=(1,))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        loader = FameLoader(url, 1, params=quick())
+        loader = FameLoader(url, 3, params=quick())
     assert any("video 1.mp4 (broken on purpose)" in str(w.message) for w in caught)
     assert 1 not in {int(v) for b in loader for v in b["video"]}

@@ -68,7 +68,7 @@ def test_no_cache_refusals(tmp_path, videos):
     frames, _ = square_video(0)
     write_video(lonely / "a" / "only.mp4", frames[:N_FRAMES], lossless=True)
     with pytest.raises(LoaderError, match="at least 2 readable videos"):
-        FameLoader(None, 1, videos=str(lonely), params=quick(), build_params=BUILD)
+        FameLoader(None, 2, videos=str(lonely), params=quick(), build_params=BUILD)
 
 
 def test_area_threshold_with_ties_keeps_about_beta():

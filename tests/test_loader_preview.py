@@ -32,7 +32,9 @@ def test_preview_writes_a_grid(tmp_path, capsys):
 def test_preview_reports_a_bad_cache(tmp_path, capsys):
     url = make_cache(tmp_path, n_videos=3)
     (tmp_path / "class_1" / "video 1.mp4").unlink()
-    assert main(["preview", url, "--out", str(tmp_path / "x.png"), "--crop", "24", "--batch-size", "1"]) == 1
+    assert main(["preview", url, "--out", str(tmp_path / "x.png"), "--crop", "24", "--batch-size", "2"]) == 1
     assert "vanished" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["preview", url, "--mask-mode", "blurry"])
+    with pytest.raises(SystemExit):
+        main(["preview", url, "--batch-size", "1"])

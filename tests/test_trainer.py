@@ -57,16 +57,17 @@ def test_backbones_shapes(name):
 
 def test_loss_goes_down_and_outputs_written(cache_url, tmp_path):
     # 16 videos, batch 4, a queue of one batch of keys: few false negatives, so the contrastive task is learnable
-    # by the small network in a few dozen steps. (Step 0 scores against the random initial queue: skipped.)
+    # by the small network in 80 steps (the late/early loss ratio is 0.3-0.7 over seeds 0-4; fewer steps leave some
+    # seeds near 0.9). Step 0 scores against the random initial queue: skipped.
     run = tmp_path / "run"
-    config = tiny(cache_url, run, epochs=12, fame=False, augment=False, crop_scale=(0.8, 1.0))
+    config = tiny(cache_url, run, epochs=20, fame=False, augment=False, crop_scale=(0.8, 1.0))
     final = pretrain(config, progress=False)
     curve = losses(run)
-    assert len(curve) == 12 * 4
+    assert len(curve) == 20 * 4
     early, late = np.mean(curve[1:9]), np.mean(curve[-8:])
     assert late < 0.85 * early, f"loss did not fall: {early:.3f} -> {late:.3f}"
     state = load_checkpoint(final)
-    assert state["step"] == 48 and TrainConfig.from_dict(state["config"]).backbone == "small"
+    assert state["step"] == 80 and TrainConfig.from_dict(state["config"]).backbone == "small"
     assert (run / "curves.png").stat().st_size > 1000 and (run / "config.json").exists()
     record = json.loads((run / "log.jsonl").read_text().splitlines()[-1])
     assert 0.0 <= record["data_wait"] <= 1.0 and record["clips_per_s"] > 0

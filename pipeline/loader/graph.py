@@ -21,7 +21,7 @@ from pipeline.loader.source import CPU_OUTPUTS, GPU_OUTPUTS, PARAM_OUTPUTS, Samp
 MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
 STD = [0.229 * 255, 0.224 * 255, 0.225 * 255]
 OUTPUT_NAMES = ("query", "key", "meta")
-VIDEO_LAYOUTS = {name: "FHWC" for name in ("clip_a", "mask", "background", "clip_b", "partner", "plate")}
+VIDEO_LAYOUTS = {name: "FHWC" for name in ("clip_a", "mask", "plate", "clip_b")}
 
 
 def crop_flip(frames, roi, flip, crop: int):
@@ -81,10 +81,10 @@ def build_pipeline(source: SampleSource, batch_size: int, device_id: int | None,
     """A DALI pipeline around `source`. device_id None runs DALI's CPU backend."""
     params: LoaderParams = source.params
     gpu = source.gpu
-    names = (GPU_OUTPUTS if gpu else CPU_OUTPUTS) + (("partner",) if params.return_partner and not gpu else ())
-    names = names + PARAM_OUTPUTS
+    names = (GPU_OUTPUTS if gpu else CPU_OUTPUTS) + PARAM_OUTPUTS
     soft = params.mask_mode == "soft"
     size = source.catalog.size
+    plates = source.merges_plates
 
     @pipeline_def(
         batch_size=batch_size,
@@ -106,21 +106,20 @@ def build_pipeline(source: SampleSource, batch_size: int, device_id: int | None,
             **parallel,
         )
         data = _by_name(names, outs)
-        rois, flips, colour = data["rois"], data["flips"], data["colour"]
+        rois, flips, colour, partner_slot = data["rois"], data["flips"], data["colour"], data["partner_slot"]
         if gpu:
             clip_a = _decode_gpu(data["enc_a"], data["frames_a"], size)
             clip_b = _decode_gpu(data["enc_b"], data["frames_b"], size)
-            needs_partner = params.background == "frames" or params.return_partner
-            partner = _decode_gpu(data["enc_p"], data["frames_p"], size) if needs_partner else None
-            mask = data["mask"].gpu()
-            background = data["plate"].gpu() if params.background == "plate" else partner
+            mask, plate = data["mask"].gpu(), data["plate"].gpu()
         else:
-            clip_a, mask, background, clip_b = data["clip_a"], data["mask"], data["background"], data["clip_b"]
-            partner = data.get("partner")
+            clip_a, mask, plate, clip_b = data["clip_a"], data["mask"], data["plate"], data["clip_b"]
         crop = params.crop
         a = crop_flip(clip_a, rois[0], flips[0], crop)
         m = crop_flip(mask, rois[0], flips[0], crop)
-        bg = crop_flip(background, rois[0], flips[0], crop)
+        # The partner is another sample of the batch: its plate, or its clip a as cropped for its own query.
+        needs_partner = not plates or params.return_partner
+        partner = fn.permute_batch(a, indices=partner_slot) if needs_partner else None
+        bg = crop_flip(plate, rois[0], flips[0], crop) if plates else partner
         threshold, fame = data["threshold"], data["fame"]
         if gpu:  # per-sample scalars join GPU arithmetic as GPU tensors
             threshold, fame = threshold.gpu(), fame.gpu()
@@ -128,15 +127,14 @@ def build_pipeline(source: SampleSource, batch_size: int, device_id: int | None,
         key = crop_flip(clip_b, rois[1], flips[1], crop)
         outputs = [normalise(augment(merged, colour[0])), normalise(augment(key, colour[1])), data["meta"]]
         if params.return_partner:
-            view = crop_flip(partner, rois[2], flips[2], crop)
-            outputs.append(normalise(augment(view, colour[2])))
+            outputs.append(normalise(augment(partner, colour[2])))
         if debug_outputs:
             outputs += [a, m, over_time(bg, a), merged, key]
         return tuple(outputs)
 
     pipe = fame_pipeline()
     with warnings.catch_warnings():
-        # Soft masks need no threshold and the GPU path no partner plate: DALI warns of unused source outputs.
+        # Soft masks need no threshold, frames backgrounds no plate: DALI warns of unused source outputs.
         warnings.filterwarnings("ignore", message=".*(is|are) not used.*")
         pipe.build()
     return pipe

@@ -41,6 +41,11 @@ class FameLoader:
         self.params = params or LoaderParams()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if batch_size < 2 and (self.params.fame_p > 0 or self.params.return_partner):
+            raise ValueError(
+                f"batch_size must be >= 2 with FAME (fame_p > 0) or return_partner, got {batch_size}: "
+                "each clip's partner is another clip of its batch"
+            )
         if not 0 <= shard_id < num_shards:
             raise ValueError(f"shard_id must be in [0, {num_shards}), got {shard_id}")
         if device not in ("cpu", "gpu", "cuda"):

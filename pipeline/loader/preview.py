@@ -93,6 +93,8 @@ def run_preview(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or args.frames < 1:
         p = args.subparser
         p.error(f"--batch-size and --frames must be >= 1, got {args.batch_size} and {args.frames}")
+    if args.batch_size < 2 and args.fame_p > 0:
+        args.subparser.error("--batch-size must be >= 2 with FAME: each clip's partner is another clip of the batch")
     try:
         params = LoaderParams(
             crop=args.crop,

@@ -102,13 +102,10 @@ class SamplePlan:
     label: int
     clip_a: int  # cache clip indices
     clip_b: int
-    partner_video: int
-    partner_clip: int
     fame: bool
     crop_a: np.ndarray  # relative [y0, x0, y1, x1]
     crop_b: np.ndarray
-    crop_p: np.ndarray
-    flip: np.ndarray  # (3,) int32: query, key, partner
+    flip: np.ndarray  # (2,) int32: query, key
     colour: np.ndarray  # (3, 5) float32: query, key, partner
 
 
@@ -118,31 +115,37 @@ def plan_sample(
     """The sample of eligible video `video_pos` in `epoch`: each video is drawn once per epoch, so
     (seed, epoch, video) names the sample whichever rank or worker makes it."""
     rng = np.random.default_rng([seed, epoch, video_pos, 0xFA3E])
-    n = len(index)
-    pos = int(video_pos)
-    clips = index.clips_of(pos)
+    clips = index.clips_of(int(video_pos))
     if len(clips) > 1:
         a, b = rng.choice(len(clips), size=2, replace=False)
     else:
         a = b = 0
-    other = int(rng.integers(0, n - 1))
-    other += other >= pos  # never the same video
-    partner_clips = index.clips_of(other)
     h, w = size
     return SamplePlan(
-        video=int(index.videos[pos]),
-        label=int(index.labels[pos]),
+        video=int(index.videos[video_pos]),
+        label=int(index.labels[video_pos]),
         clip_a=int(clips[a]),
         clip_b=int(clips[b]),
-        partner_video=int(index.videos[other]),
-        partner_clip=int(partner_clips[rng.integers(0, len(partner_clips))]),
         fame=bool(rng.random() < params.fame_p),
         crop_a=_crop_window(rng, params, h, w),
         crop_b=_crop_window(rng, params, h, w),
-        crop_p=_crop_window(rng, params, h, w),
-        flip=(rng.random(3) < 0.5).astype(np.int32),
+        flip=(rng.random(2) < 0.5).astype(np.int32),
         colour=np.stack([_colour(rng, params) for _ in range(3)]),
     )
+
+
+def batch_partners(batch_size: int, seed: int, epoch: int, shard_id: int, batch: int) -> np.ndarray:
+    """(batch_size,) slot of each sample's partner in its batch, as the original code pairs clips (a shuffle of the
+    batch) but never a sample with itself: the batch in a random cycle, each slot paired with the next.
+
+    A batch holds distinct videos (each video is drawn once per epoch), so every partner is another video, and its
+    clip a is already decoded and cropped: the partner's frames cost nothing more to read."""
+    if batch_size < 2:
+        raise ValueError("a partner from the batch needs batch_size >= 2")
+    cycle = np.random.default_rng([seed, epoch, shard_id, batch, 0xBA7C]).permutation(batch_size)
+    partners = np.empty(batch_size, np.int64)
+    partners[cycle] = np.roll(cycle, -1)
+    return partners
 
 
 def area_threshold(mask: np.ndarray, beta: float) -> float:

@@ -2,7 +2,9 @@
 
 It runs in DALI's worker processes, so it is picklable and opens the cache lazily in each worker. On the CPU path it
 decodes clips with PyAV (DALI's CPU decoder cannot read H.264); on the GPU path it hands over the encoded file and
-the frame numbers, and DALI's NVDEC decoder does the rest.
+the frame numbers, and DALI's NVDEC decoder does the rest. A sample's partner is another sample of its batch
+(`batch_partners`): its plate is read from the cache, its frames are taken from the batch by the graph, so no sample
+decodes more than its own two clips.
 """
 
 from __future__ import annotations
@@ -15,13 +17,21 @@ import numpy as np
 
 from pipeline.loader.catalog import Catalog
 from pipeline.loader.params import LoaderParams
-from pipeline.loader.sampling import ClipIndex, area_threshold, batches_per_epoch, plan_sample, shard_order
+from pipeline.loader.sampling import (
+    ClipIndex,
+    area_threshold,
+    batch_partners,
+    batches_per_epoch,
+    plan_sample,
+    shard_order,
+)
 from pipeline.video import decode_clips
 
 # Output order of the callable; the pipeline definition reads the same list.
-CPU_OUTPUTS = ("clip_a", "mask", "background", "clip_b")
-GPU_OUTPUTS = ("enc_a", "frames_a", "mask", "plate", "enc_b", "frames_b", "enc_p", "frames_p")
-PARAM_OUTPUTS = ("rois", "flips", "colour", "threshold", "fame", "meta")
+CPU_OUTPUTS = ("clip_a", "mask", "plate", "clip_b")
+GPU_OUTPUTS = ("enc_a", "frames_a", "mask", "plate", "enc_b", "frames_b")
+PARAM_OUTPUTS = ("rois", "flips", "colour", "threshold", "fame", "partner_slot", "meta")
+PLACEHOLDER_PLATE = np.zeros((1, 1, 3), np.uint8)  # shapes the plate output of samples that merge no plate
 
 
 @dataclass
@@ -82,73 +92,59 @@ class SampleSource:
         position = info.idx_in_epoch + (self.skip_samples if info.epoch_idx == 0 else 0)
         if position >= self.samples_per_epoch:
             raise StopIteration
-        video_pos = int(self._order(epoch)[position])
-        plan = plan_sample(self.index, self.params, self.catalog.size, self.seed, epoch, video_pos)
-        use_cache = self.catalog.cache_url is not None and self.params.use_cache
-        # A plain (not merged) query needs no mask and no background: nothing is read or computed for it.
-        mask = self._store()["masks"][plan.clip_a] if plan.fame and use_cache else None
-        outputs = self._gpu_outputs if self.gpu else self._cpu_outputs
-        data = outputs(plan, mask, use_cache)
+        order = self._order(epoch)
+        plan = self._plan(epoch, int(order[position]))
+        batch, slot = divmod(position, self.batch_size)
+        partner_slot = int(batch_partners(self.batch_size, self.seed, epoch, self.shard_id, batch)[slot])
+        partner = self._plan(epoch, int(order[batch * self.batch_size + partner_slot]))
+        data = self._gpu_outputs(plan, partner) if self.gpu else self._cpu_outputs(plan, partner)
         mask = data[(GPU_OUTPUTS if self.gpu else CPU_OUTPUTS).index("mask")]
         if self.params.mask_mode == "area":
             threshold = area_threshold(mask, self.params.beta)
         else:
             threshold = float(self.params.threshold)
-        rois = np.stack([plan.crop_a, plan.crop_b, plan.crop_p]).astype(np.float32)
-        meta = np.array(
-            [plan.video, plan.label, plan.clip_a, plan.clip_b, plan.partner_video, plan.partner_clip], np.int64
-        )
+        meta = np.array([plan.video, plan.label, plan.clip_a, plan.clip_b, partner.video, partner.clip_a], np.int64)
         return (
             *data,
-            rois,
+            np.stack([plan.crop_a, plan.crop_b]).astype(np.float32),
             plan.flip,
             plan.colour,
             np.array(threshold, np.float32),
             np.array(plan.fame, np.float32),
+            np.array(partner_slot, np.int32),
             meta,
         )
 
-    def _blank(self) -> tuple[np.ndarray, np.ndarray]:
-        """Mask and background of a sample that is not merged: never looked at (its m is 1), only shaped."""
-        h, w = self.catalog.size
-        return np.zeros((self.catalog.clip_len, h, w), np.uint8), np.zeros((h, w, 3), np.uint8)
+    def _plan(self, epoch: int, video_pos: int):
+        return plan_sample(self.index, self.params, self.catalog.size, self.seed, epoch, video_pos)
 
-    def _cpu_outputs(self, plan, mask, use_cache: bool) -> tuple[np.ndarray, ...]:
+    @property
+    def merges_plates(self) -> bool:
+        """Whether the background is the partner's cached plate (otherwise its frames, taken from the batch)."""
+        return self.params.use_cache and self.params.background == "plate"
+
+    def _mask_and_plate(self, plan, partner) -> tuple[np.ndarray, np.ndarray]:
+        """Clip a's cached mask and the partner's plate, read only when this sample is merged and needs them."""
+        h, w = self.catalog.size
+        mask = self._store()["masks"][plan.clip_a] if plan.fame else np.zeros((self.catalog.clip_len, h, w), np.uint8)
+        plate = self._store()["plates"][partner.clip_a] if plan.fame and self.merges_plates else PLACEHOLDER_PLATE
+        return mask[..., None], plate[None]
+
+    def _cpu_outputs(self, plan, partner) -> tuple[np.ndarray, ...]:
         clip_a, clip_b = self._decode(plan.clip_a, plan.clip_b)
-        partner = None
-        wants_frames = not use_cache or self.params.background == "frames"
-        if (plan.fame and wants_frames) or self.params.return_partner:
-            (partner,) = self._decode(plan.partner_clip)
-        if not plan.fame:
-            mask, plate = self._blank()
-            background = plate[None]
-        elif use_cache:
-            if self.params.background == "plate":
-                plate = self._store()["plates"][plan.partner_clip]
-                background = plate[None]
-            else:
-                background = partner
-        else:
+        if self.params.use_cache:
+            mask, plate = self._mask_and_plate(plan, partner)
+        else:  # the original code's way: the mask from the decoded clip, every time
             from pipeline.masks import get_method
 
-            mask = get_method("fame")(clip_a)  # the original code's way: masks from the decoded clip, every time
-            background = partner
-        out = (clip_a, mask[..., None], background, clip_b)
-        if self.params.return_partner:
-            out = (*out, partner)
-        return out
+            mask = get_method("fame")(clip_a) if plan.fame else np.zeros(clip_a.shape[:3], np.uint8)
+            mask, plate = mask[..., None], PLACEHOLDER_PLATE[None]
+        return clip_a, mask, plate, clip_b
 
-    def _gpu_outputs(self, plan, mask, use_cache: bool) -> tuple[np.ndarray, ...]:
-        if not use_cache:
+    def _gpu_outputs(self, plan, partner) -> tuple[np.ndarray, ...]:
+        if not self.params.use_cache:
             raise ValueError("the GPU path reads masks from a cache; use device='cpu' for use_cache=False")
         enc_a, frames_a = self._encoded(plan.clip_a)
         enc_b, frames_b = self._encoded(plan.clip_b)
-        if self.params.background == "frames" or self.params.return_partner:
-            enc_p, frames_p = self._encoded(plan.partner_clip)
-        else:  # the graph does not decode the partner: hand over a placeholder, not the file
-            enc_p, frames_p = np.zeros(1, np.uint8), frames_a
-        if plan.fame:
-            plate = self._store()["plates"][plan.partner_clip]
-        else:
-            mask, plate = self._blank()
-        return (enc_a, frames_a, mask[..., None], plate[None], enc_b, frames_b, enc_p, frames_p)
+        mask, plate = self._mask_and_plate(plan, partner)
+        return enc_a, frames_a, mask, plate, enc_b, frames_b
