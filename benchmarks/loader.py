@@ -118,8 +118,8 @@ def check(plain: dict, cached: dict, original: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="write the results here")
-    parser.add_argument("--repeats", type=int, default=3, help="rounds over the arms (median reported)")
-    parser.add_argument("--batches", type=int, default=6, help="timed batches per arm and round")
+    parser.add_argument("--repeats", type=int, default=5, help="rounds over the arms (median reported)")
+    parser.add_argument("--batches", type=int, default=16, help="timed batches per arm and round")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2, help="parallel decoding workers per loader")
     parser.add_argument("--generated", type=int, default=16, help="generated videos added to the real ones")

@@ -20,7 +20,6 @@ from pipeline.loader.source import CPU_OUTPUTS, GPU_OUTPUTS, PARAM_OUTPUTS, Samp
 
 MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
 STD = [0.229 * 255, 0.224 * 255, 0.225 * 255]
-OUTPUT_NAMES = ("query", "key", "meta")
 VIDEO_LAYOUTS = {name: "FHWC" for name in ("clip_a", "mask", "plate", "clip_b")}
 
 
@@ -52,8 +51,8 @@ def compose(clip, mask, background, threshold, fame, soft: bool):
 def augment(frames, colour):
     """MoCo v2 colour jitter, grayscale (saturation 0) and blur, with parameters drawn per clip by the source.
 
-    The hue/saturation step and the blur are the costly ones; a clip that draws neither skips them (DALI
-    conditionals split the batch per sample), rather than running them as identities."""
+    The hue/saturation step and the blur are the costly ones; a clip skips whichever it did not draw (DALI
+    conditionals split the batch per sample) rather than running it as an identity."""
     out = fn.brightness_contrast(frames, brightness=colour[0], contrast=colour[1], contrast_center=128.0)
     if (colour[2] != 1.0) | (colour[3] != 0.0):
         out = fn.hsv(out, saturation=colour[2], hue=colour[3])

@@ -78,8 +78,8 @@ def _crop_window(rng: np.random.Generator, params: LoaderParams, h: int, w: int)
 
 
 def _colour(rng: np.random.Generator, params: LoaderParams) -> np.ndarray:
-    """[brightness, contrast, saturation, hue_degrees, blur_sigma] for one view; identity when not augmenting
-    (a blur of sigma NO_BLUR has a 3-tap kernel of weights ~[0, 1, 0])."""
+    """[brightness, contrast, saturation, hue_degrees, blur_sigma] for one view; identity when not augmenting.
+    A sigma of NO_BLUR means no blur was drawn: the graph skips the operator."""
     out = np.array([1.0, 1.0, 1.0, 0.0, NO_BLUR], np.float32)
     if not params.augment:
         return out
