@@ -199,11 +199,21 @@ class FrameIndex:
         return int(self.keyframes[np.searchsorted(self.keyframes, frame, side="right") - 1])
 
 
-@functools.lru_cache(maxsize=4096)
 def frame_index(path: str) -> FrameIndex | None:
     """The FrameIndex of a video from its packets (demuxed, not decoded: a few ms), or None when its timestamps
     cannot number the frames (missing or repeated, no keyframe at the start): such videos are decoded from the
-    start. Kept per process, so a loader worker reads each video's packets once."""
+    start. Kept per process and per file version (size and mtime of a local file), so a loader worker reads each
+    video's packets once and a rewritten file is indexed again."""
+    local = path.removeprefix("file://")
+    stamp = None
+    if not is_url(path) and os.path.isfile(local):
+        stat = os.stat(local)
+        stamp = (stat.st_size, stat.st_mtime_ns)
+    return _frame_index(path, stamp)
+
+
+@functools.lru_cache(maxsize=4096)
+def _frame_index(path: str, stamp: tuple[int, int] | None) -> FrameIndex | None:
     pts, keyframes = [], []
     with open_container(path) as container:
         try:

@@ -101,6 +101,17 @@ def test_seeking_to_keyframes_gives_the_frames_of_a_full_pass(tmp_path, open_gop
     np.testing.assert_array_equal(b, everything[early])
 
 
+def test_a_rewritten_video_is_indexed_again(tmp_path):
+    path = str(tmp_path / "v.mp4")
+    for n_frames, keyint, seed in ((40, 8, 0), (60, 5, 1)):  # same path, another video
+        frames, _ = render(Scene(n_frames=n_frames, background_seed=seed))
+        write_video(path, frames, keyint=keyint)
+        wanted = list(range(n_frames - 10, n_frames, 3))
+        everything, _ = decode(path, (64, 88))
+        np.testing.assert_array_equal(decode_clip(path, wanted, (64, 88)), everything[wanted])
+        assert len(frame_index(path).pts) == n_frames
+
+
 def test_seeking_in_a_real_video(real_videos):
     path = real_videos / "bikes.mp4"
     index = frame_index(str(path))
