@@ -24,7 +24,6 @@ plan and key view with and without FAME, a query that FAME changed, partners fro
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -39,6 +38,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.targets import as_json, print_table, target_rows, write_results  # noqa: E402
 from pipeline.build import build_cache  # noqa: E402
 from pipeline.loader import FameLoader, LoaderParams  # noqa: E402
 from pipeline.masks import get_method  # noqa: E402
@@ -186,22 +186,16 @@ def main() -> None:
         "repeats": args.repeats,
         "build_params": build.to_dict(),
         "loader_params": {name: p.to_dict() for name, p in arms.items()},
-        "targets": {k: f"{op} {v}" for k, (op, v) in TARGETS.items()},
+        "targets": as_json(TARGETS),
     }
     rows = [("videos / clips in the cache", f"{n_videos} / {n_clips}", "")]
     rows += [(f"{name} (clips/s, median)", f"{med[name]:.2f}", "") for name in arms]
     rows += [(f"per clip: {name.removesuffix('_ms')} (ms)", f"{value:.1f}", "") for name, value in steps.items()]
-    for key, (op, target) in TARGETS.items():
-        value = results[key]
-        ok = value <= target if op == "<=" else value >= target
-        rows.append((key, f"{value}", f"target {op} {target}: {'met' if ok else 'NOT met'}"))
-    width = max(len(r[0]) for r in rows)
-    print(f"loader benchmark (CPU, {os.cpu_count()} cores, {args.workers} workers, {args.repeats} repeats, medians)")
-    for name, value, note in rows:
-        print(f"  {name:<{width}}  {value:>10}  {note}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    rows += target_rows(results, TARGETS)
+    print_table(
+        f"loader benchmark (CPU, {os.cpu_count()} cores, {args.workers} workers, {args.repeats} repeats, medians)", rows
+    )
+    write_results(args.json, results)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ real clips compressed as the cache stores them (`pipeline.store.MASK_COMPRESSOR`
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -28,6 +27,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.targets import as_json, print_table, target_rows, write_results  # noqa: E402
 from pipeline.masks import get_method  # noqa: E402
 from pipeline.masks.motion import _MEMO  # noqa: E402
 from pipeline.plates import background_plate  # noqa: E402
@@ -110,7 +110,7 @@ def main() -> None:
     results["motion_mean_iou"] = round(float(np.mean(ious)), 3)
     results["ms_per_clip_motion"] = max(results["ms_per_clip"][f"{c}_motion"]["total"] for c in ("pan", "static"))
     results["ms_per_clip_fame"] = max(results["ms_per_clip"][f"{c}_fame"]["total"] for c in ("pan", "static"))
-    results["targets"] = {k: f"{op} {v}" for k, (op, v) in TARGETS.items()}
+    results["targets"] = as_json(TARGETS)
 
     print("mask quality: mean IoU of mask >= 128 vs truth")
     print(f"  {'clip':22s} {'motion':>7s} {'fame':>7s} {'fame (best threshold)':>22s}")
@@ -122,13 +122,8 @@ def main() -> None:
     print("compressed mask bytes per real clip (zstd), raw 350208")
     for name, row in results["mask_bytes_per_clip"].items():
         print(f"  {name:22s} motion {row['motion']:7d}  fame {row['fame']:7d}")
-    for key, (op, target) in TARGETS.items():
-        value = results[key]
-        met = value >= target if op == ">=" else value <= target
-        print(f"  {key:22s} {value:8.3f}  target {op} {target}: {'met' if met else 'NOT met'}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    print_table("targets", target_rows(results, TARGETS))
+    write_results(args.json, results)
 
 
 if __name__ == "__main__":

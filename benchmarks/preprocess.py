@@ -17,7 +17,6 @@ The result is checked before anything is timed (every video done, checksums righ
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -32,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.targets import as_json, print_table, target_rows, write_results  # noqa: E402
 from pipeline.build import build_cache  # noqa: E402
 from pipeline.params import BuildParams, parse_size  # noqa: E402
 from pipeline.store import DONE, Cache  # noqa: E402
@@ -191,7 +191,7 @@ def main() -> None:
         "generated_size": list(parse_size(args.generated_size)),
         "params": params.to_dict(),
         "cpu_count": os.cpu_count(),
-        "targets": {k: f"{op} {v}" for k, (op, v) in TARGETS.items()},
+        "targets": as_json(TARGETS),
         "note": "speedup_2_workers: compute phase of the Ray job on 1 CPU vs 2 CPUs, Ray started and warmed up; "
         "in_process_over_2_workers: the multi-threaded in-process build (--workers 1) vs 2 Ray workers",
     }
@@ -203,17 +203,9 @@ def main() -> None:
         ("compute, Ray on 1 / 2 CPUs (s)", f"{med(compute_ray_1):.2f} / {med(compute_2):.2f}", ""),
         ("Ray start-up (s, not in the ratio)", f"{ray_start:.2f}", ""),
     ]
-    for key, (op, target) in TARGETS.items():
-        value = results[key]
-        ok = value <= target if op == "<=" else value >= target
-        rows.append((key, f"{value}", f"target {op} {target}: {'met' if ok else 'NOT met'}"))
-    width = max(len(r[0]) for r in rows)
-    print(f"preprocess benchmark ({os.cpu_count()} CPUs, {args.repeats} repeats, medians)")
-    for name, value, note in rows:
-        print(f"  {name:<{width}}  {value:>14}  {note}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    rows += target_rows(results, TARGETS)
+    print_table(f"preprocess benchmark ({os.cpu_count()} CPUs, {args.repeats} repeats, medians)", rows)
+    write_results(args.json, results)
 
 
 if __name__ == "__main__":
