@@ -44,8 +44,8 @@ from pipeline.loader import FameLoader, LoaderParams  # noqa: E402
 from pipeline.masks import get_method  # noqa: E402
 from pipeline.params import BuildParams  # noqa: E402
 from pipeline.store import Cache  # noqa: E402
-from pipeline.synthetic import write_dataset  # noqa: E402
-from pipeline.video import decode_clip  # noqa: E402
+from pipeline.synthetic import Scene, render, write_dataset, write_video  # noqa: E402
+from pipeline.video import decode_clip, decode_clips  # noqa: E402
 
 REAL = REPO.parent / "shared" / "data" / "real_videos"
 TARGETS = {"cached_over_plain": (">=", 0.9), "cached_over_original": (">=", 2.0)}
@@ -99,6 +99,25 @@ def per_clip_ms(cache_url: str, size: tuple[int, int], n: int = 8) -> dict[str, 
         for name, dt in zip(steps, (t1 - t0, t2 - t1, t3 - t2), strict=True):
             steps[name].append(dt * 1e3)
     return {f"{name}_ms": round(statistics.median(v), 2) for name, v in steps.items()}
+
+
+def seeking_ms(root: Path, size: tuple[int, int], clip_len: int, repeats: int = 5) -> dict[str, float]:
+    """Two clips of a 10 s video at 320x240 with a keyframe every 2 s (as datasets of web video have), one early
+    and one late, decoded from the first frame and by seeking: the median ms of each, checked equal first."""
+    frames, _ = render(Scene(size=(240, 320), n_frames=250))
+    path = str(root / "long.mp4")
+    write_video(path, frames, keyint=50)
+    clips = [list(range(20, 20 + 2 * clip_len, 2)), list(range(200, 200 + 2 * clip_len, 2))]
+    seeking, from_start = decode_clips(path, clips, size), decode_clips(path, clips, size, seek=False)
+    if not all(np.array_equal(a, b) for a, b in zip(seeking, from_start, strict=True)):
+        raise SystemExit("seeking decoded other frames than a pass from the start")
+    times: dict[str, list[float]] = {"from_start_ms": [], "seeking_ms": []}
+    for _ in range(repeats):
+        for name, seek in (("from_start_ms", False), ("seeking_ms", True)):
+            start = time.perf_counter()
+            decode_clips(path, clips, size, seek=seek)
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: round(statistics.median(v), 1) for name, v in times.items()}
 
 
 def check(plain: dict, cached: dict, original: dict) -> None:
@@ -163,6 +182,7 @@ def main() -> None:
                     rates[name].append(clips_per_s(loader, args.batches))
                     del loader
         steps = per_clip_ms(str(out), build.size)
+        seeking = seeking_ms(tmp, build.size, build.clip_len)
         n_videos, n_clips = report.n_videos, report.n_clips
 
     med = {name: statistics.median(r) for name, r in rates.items()}
@@ -177,6 +197,7 @@ def main() -> None:
         "device": "cpu",
         "cpu_count": os.cpu_count(),
         "per_clip": steps,
+        "two_clips_of_a_10s_video": seeking,
         "runs_clips_per_s": {name: [round(x, 2) for x in r] for name, r in rates.items()},
         "n_videos": n_videos,
         "n_clips": n_clips,
@@ -191,6 +212,7 @@ def main() -> None:
     rows = [("videos / clips in the cache", f"{n_videos} / {n_clips}", "")]
     rows += [(f"{name} (clips/s, median)", f"{med[name]:.2f}", "") for name in arms]
     rows += [(f"per clip: {name.removesuffix('_ms')} (ms)", f"{value:.1f}", "") for name, value in steps.items()]
+    rows += [(f"2 clips of a 10 s video: {name[:-3]} (ms)", f"{value:.1f}", "") for name, value in seeking.items()]
     rows += target_rows(results, TARGETS)
     print_table(
         f"loader benchmark (CPU, {os.cpu_count()} cores, {args.workers} workers, {args.repeats} repeats, medians)", rows

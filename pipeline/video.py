@@ -286,7 +286,11 @@ def _decode_seeking(
 
 
 def decode_clips(
-    path: str, clips: Sequence[Sequence[int]], size: tuple[int, int] | None = None, threads: int = 0
+    path: str,
+    clips: Sequence[Sequence[int]],
+    size: tuple[int, int] | None = None,
+    threads: int = 0,
+    seek: bool = True,
 ) -> list[np.ndarray]:
     """The frames of several clips of one video, each (T, h, w, 3) uint8 in the order given (repeats allowed, as in
     looped clips), from one decoding pass.
@@ -294,14 +298,15 @@ def decode_clips(
     A loader reads clips, not whole videos: decoding seeks to the keyframe before each clip (`FrameIndex`) and
     stops after the last frame any clip needs. Two clips of one video cost one pass, from the keyframe before the
     first to the end of the last, skipping to the second clip's keyframe when there is one between them. `threads`
-    caps FFmpeg's decoding threads (0: its choice); parallel loader workers decode one thread each.
+    caps FFmpeg's decoding threads (0: its choice); parallel loader workers decode one thread each. `seek=False`
+    decodes from the first frame (the reference the seeking path is tested and measured against).
     """
     orders = [np.asarray(frames, dtype=np.int64) for frames in clips]
     wanted = np.unique(np.concatenate(orders))
     last = int(wanted[-1])
     keep = frozenset(int(i) for i in wanted)
     to_rgb = FrameConverter(size)
-    index = frame_index(path)
+    index = frame_index(path) if seek else None
     runs = _seek_runs(wanted, index) if index is not None and last < len(index.pts) else [(0, last)]
     found: dict[int, np.ndarray] | None = None
     if runs != [(0, last)] and index is not None:

@@ -99,6 +99,8 @@ def test_seeking_to_keyframes_gives_the_frames_of_a_full_pass(tmp_path, open_gop
     a, b = decode_clips(path, [late, early], (64, 88))
     np.testing.assert_array_equal(a, everything[late])
     np.testing.assert_array_equal(b, everything[early])
+    for seeking, from_start in zip((a, b), decode_clips(path, [late, early], (64, 88), seek=False), strict=True):
+        np.testing.assert_array_equal(seeking, from_start)
 
 
 def test_a_rewritten_video_is_indexed_again(tmp_path):

@@ -80,11 +80,12 @@ class SampleSource:
         threads = 1 if self.params.num_workers > 0 else 0  # parallel workers: one decoding thread each
         return decode_clips(self.catalog.video_path(video), frames, self.catalog.size, threads=threads)
 
-    def _encoded(self, clip: int) -> tuple[np.ndarray, np.ndarray]:
-        video = int(self.catalog.clip_video[clip])
+    def _encoded(self, *clips: int) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The encoded file of the video of `clips` (read once for clips a and b) and each clip's frame numbers."""
+        video = int(self.catalog.clip_video[clips[0]])
         with fsspec.open(self.catalog.video_path(video), "rb") as handle:
             data = np.frombuffer(handle.read(), dtype=np.uint8)
-        return data, self.catalog.clip_frames[clip].astype(np.int32)
+        return data, [self.catalog.clip_frames[clip].astype(np.int32) for clip in clips]
 
     def __call__(self, info) -> tuple[np.ndarray, ...]:
         """One sample; raises StopIteration at the end of this shard's epoch (DALI's end-of-epoch signal)."""
@@ -144,7 +145,6 @@ class SampleSource:
     def _gpu_outputs(self, plan, partner) -> tuple[np.ndarray, ...]:
         if not self.params.use_cache:
             raise ValueError("the GPU path reads masks from a cache; use device='cpu' for use_cache=False")
-        enc_a, frames_a = self._encoded(plan.clip_a)
-        enc_b, frames_b = self._encoded(plan.clip_b)
+        encoded, (frames_a, frames_b) = self._encoded(plan.clip_a, plan.clip_b)
         mask, plate = self._mask_and_plate(plan, partner)
-        return enc_a, frames_a, mask, plate, enc_b, frames_b
+        return encoded, frames_a, mask, plate, encoded, frames_b
