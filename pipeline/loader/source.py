@@ -19,6 +19,7 @@ from pipeline.loader.catalog import Catalog
 from pipeline.loader.params import LoaderParams
 from pipeline.loader.sampling import (
     ClipIndex,
+    SamplePlan,
     area_threshold,
     batch_partners,
     batches_per_epoch,
@@ -74,7 +75,7 @@ class SampleSource:
         return self._cache
 
     def _decode(self, *clips: int) -> list[np.ndarray]:
-        """Clips of one video (clips a and b of a sample, or the partner alone), from one decoding pass."""
+        """Clips of one video (clips a and b of a sample) from one decoding pass."""
         video = int(self.catalog.clip_video[clips[0]])
         frames = [self.catalog.clip_frames[clip] for clip in clips]
         threads = 1 if self.params.num_workers > 0 else 0  # parallel workers: one decoding thread each
@@ -116,7 +117,7 @@ class SampleSource:
             meta,
         )
 
-    def _plan(self, epoch: int, video_pos: int):
+    def _plan(self, epoch: int, video_pos: int) -> SamplePlan:
         return plan_sample(self.index, self.params, self.catalog.size, self.seed, epoch, video_pos)
 
     @property
@@ -124,14 +125,14 @@ class SampleSource:
         """Whether the background is the partner's cached plate (otherwise its frames, taken from the batch)."""
         return self.params.use_cache and self.params.background == "plate"
 
-    def _mask_and_plate(self, plan, partner) -> tuple[np.ndarray, np.ndarray]:
+    def _mask_and_plate(self, plan: SamplePlan, partner: SamplePlan) -> tuple[np.ndarray, np.ndarray]:
         """Clip a's cached mask and the partner's plate, read only when this sample is merged and needs them."""
         h, w = self.catalog.size
         mask = self._store()["masks"][plan.clip_a] if plan.fame else np.zeros((self.catalog.clip_len, h, w), np.uint8)
         plate = self._store()["plates"][partner.clip_a] if plan.fame and self.merges_plates else PLACEHOLDER_PLATE
         return mask[..., None], plate[None]
 
-    def _cpu_outputs(self, plan, partner) -> tuple[np.ndarray, ...]:
+    def _cpu_outputs(self, plan: SamplePlan, partner: SamplePlan) -> tuple[np.ndarray, ...]:
         clip_a, clip_b = self._decode(plan.clip_a, plan.clip_b)
         if self.params.use_cache:
             mask, plate = self._mask_and_plate(plan, partner)
@@ -142,7 +143,7 @@ class SampleSource:
             mask, plate = mask[..., None], PLACEHOLDER_PLATE[None]
         return clip_a, mask, plate, clip_b
 
-    def _gpu_outputs(self, plan, partner) -> tuple[np.ndarray, ...]:
+    def _gpu_outputs(self, plan: SamplePlan, partner: SamplePlan) -> tuple[np.ndarray, ...]:
         if not self.params.use_cache:
             raise ValueError("the GPU path reads masks from a cache; use device='cpu' for use_cache=False")
         encoded, (frames_a, frames_b) = self._encoded(plan.clip_a, plan.clip_b)
