@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO := out/demo
 REAL_VIDEOS := ../shared/data/real_videos
 
-.PHONY: setup test lint format demo bench bench-preprocess bench-masks bench-loader bench-bias bench-wait clean
+.PHONY: setup test lint format demo bench bench-preprocess bench-masks bench-loader bench-bias bench-wait gpu-check clean
 
 setup: $(STAMP)
 
@@ -58,6 +58,11 @@ bench-masks: $(STAMP)
 
 bench-loader: $(STAMP)
 	$(PY) benchmarks/loader.py --json benchmarks/results/loader.json
+
+# On a machine with an NVIDIA GPU: the GPU tests (they skip elsewhere) and the loader's throughput on the device.
+gpu-check: $(STAMP)
+	$(PY) -m pytest -q tests/test_loader_gpu.py
+	$(PY) benchmarks/loader.py --device gpu --json benchmarks/results/loader_gpu.json
 
 bench-wait: $(STAMP)
 	$(PY) benchmarks/train_wait.py --json benchmarks/results/train_wait.json
