@@ -276,6 +276,8 @@ def _decode_seeking(
             number = index.frame_of(frame.pts)
             if number is None:
                 raise _SeekFailed
+            if number < key:  # an open group's leading frames, shown before its keyframe: not decodable from here
+                continue
             if number in keep:
                 found[number] = to_rgb(frame)
             if number >= last:
