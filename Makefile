@@ -40,8 +40,8 @@ demo: $(STAMP)
 	$(BIN)/fame-pipeline preview $(DEMO)/cache.zarr --out $(DEMO)/batch.png
 	$(BIN)/fame-train pretrain --cache $(DEMO)/cache.zarr --out $(DEMO)/run --backbone small --epochs 4 \
 		--batch-size 4 --crop 56 --queue-size 64 --workers 2 --warmup-epochs 1
-	rm -rf $(DEMO)/videos/real
-	$(BIN)/fame-train eval $(DEMO)/run/checkpoint.pt --train $(DEMO)/videos --test $(DEMO)/test \
+	cd $(DEMO) && ls videos/class_*/*.mp4 > train.txt  # the probe's classes: the generated ones, as in the test set
+	$(BIN)/fame-train eval $(DEMO)/run/checkpoint.pt --train $(DEMO)/train.txt --test $(DEMO)/test \
 		--clip-len 8 --clips-per-video 2 --size 64x86 --json $(DEMO)/metrics.json
 	$(BIN)/fame-train heatmap $(DEMO)/run/checkpoint.pt $(DEMO)/test/class_0/video_0.mp4 --clip-len 8 \
 		--out $(DEMO)/heatmap.png
