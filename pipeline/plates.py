@@ -14,7 +14,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from pipeline.masks.motion import STILL, clip_camera_motion
+from pipeline.masks.motion import STILL, clip_camera_motion, corner_shift
 
 FOREGROUND = 128  # mask value from which a pixel counts as foreground
 FILL_SIDE = 32  # holes are inpainted on a plate shrunk to about this short side: fills are smooth anyway
@@ -57,8 +57,7 @@ def camera_to_middle(clip: np.ndarray) -> np.ndarray | None:
     interpolation blur and no cost)."""
     t, h, w, _ = clip.shape
     transforms = onto_reference(clip_camera_motion(clip), t // 2)
-    corners = np.float32([[0, 0, 1], [w - 1, 0, 1], [0, h - 1, 1], [w - 1, h - 1, 1]]).T
-    return None if np.abs(transforms @ corners - corners[:2]).max() <= STILL else transforms
+    return None if corner_shift(transforms, h - 1, w - 1) <= STILL else transforms
 
 
 def background_plate(

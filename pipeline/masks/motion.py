@@ -52,6 +52,13 @@ def hsv_bins(clip: np.ndarray) -> np.ndarray:
     return _HUE_BIN[hsv[..., 0]] + _SAT_BIN[hsv[..., 1]] + _VAL_BIN[hsv[..., 2]]
 
 
+def corner_shift(transforms: np.ndarray, h: float, w: float) -> float:
+    """How far the camera moved: the largest displacement of a corner (0 or w, 0 or h) under (..., 2, 3) transforms,
+    computed in the transforms' own float type."""
+    corners = np.array([[0, 0, 1], [w, 0, 1], [0, h, 1], [w, h, 1]], dtype=transforms.dtype).T
+    return float(np.abs(transforms @ corners - corners[:2]).max())
+
+
 def _similarity(src: np.ndarray, dst: np.ndarray, scale: float) -> np.ndarray:
     """2x3 transform mapping src onto dst (grey uint8 frames tracked at `scale` of full size), identity when
     tracking fails or finds no real move. The translation is returned in full-size pixels."""
@@ -71,8 +78,7 @@ def _similarity(src: np.ndarray, dst: np.ndarray, scale: float) -> np.ndarray:
         return identity
     matrix[:, 2] /= scale
     h, w = src.shape
-    corners = np.float64([[0, 0, 1], [w, 0, 1], [0, h, 1], [w, h, 1]]).T / [[scale], [scale], [1]]
-    if np.abs(matrix @ corners - corners[:2]).max() < STILL:  # tracking jitter, not a camera move: keep pixels exact
+    if corner_shift(matrix, h / scale, w / scale) < STILL:  # tracking jitter, not a camera move: keep pixels exact
         return identity
     return matrix.astype(np.float32)
 
