@@ -98,17 +98,19 @@ def _add_synth_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--videos-per-class", type=int, default=3)
     p.add_argument("--frames", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", default="128x176", help="frame size HxW (even numbers, for H.264's yuv420p)")
+    p.add_argument(
+        "--size", help="frame size HxW, even numbers for H.264's yuv420p (default: the generator's Scene.size)"
+    )
     p.set_defaults(func=_run_synth, subparser=p)
 
 
 def _run_synth(args: argparse.Namespace) -> int:
-    from pipeline.synthetic import write_dataset
+    from pipeline.synthetic import Scene, write_dataset
 
     if args.classes < 1 or args.videos_per_class < 1 or args.frames < 2:
         raise UsageError("--classes and --videos-per-class must be >= 1 and --frames >= 2")
     try:
-        size = parse_size(args.size)
+        size = Scene.size if args.size is None else parse_size(args.size)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     if size[0] % 2 or size[1] % 2:
