@@ -40,28 +40,16 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.targets import as_json, print_table, target_rows, write_results  # noqa: E402
+from benchmarks.videos import make_source  # noqa: E402
 from pipeline.build import build_cache  # noqa: E402
 from pipeline.loader import FameLoader, LoaderParams  # noqa: E402
 from pipeline.masks import get_method  # noqa: E402
 from pipeline.params import BuildParams  # noqa: E402
 from pipeline.store import Cache  # noqa: E402
-from pipeline.synthetic import Scene, render, write_dataset, write_video  # noqa: E402
+from pipeline.synthetic import Scene, render, write_video  # noqa: E402
 from pipeline.video import decode_clip, decode_clips  # noqa: E402
 
-REAL = REPO.parent / "shared" / "data" / "real_videos"
 TARGETS = {"cached_over_plain": (">=", 0.9), "cached_over_original": (">=", 2.0)}
-
-
-def make_source(root: Path, n_generated: int, frames: int, real: bool) -> Path:
-    """A folder of the real videos (linked) and generated ones, one class per folder."""
-    src = root / "videos"
-    if real and REAL.is_dir():
-        (src / "real").mkdir(parents=True)
-        for video in sorted(REAL.glob("*.mp4")):
-            os.symlink(video, src / "real" / video.name)
-    if n_generated:
-        write_dataset(src / "generated", n_classes=4, videos_per_class=-(-n_generated // 4), n_frames=frames, seed=0)
-    return src
 
 
 def clips_per_s(loader: FameLoader, batches: int) -> float:

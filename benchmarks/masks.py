@@ -28,6 +28,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.targets import as_json, print_table, target_rows, write_results  # noqa: E402
+from benchmarks.videos import REAL  # noqa: E402
 from pipeline.masks import get_method  # noqa: E402
 from pipeline.masks.motion import _MEMO  # noqa: E402
 from pipeline.plates import background_plate  # noqa: E402
@@ -35,7 +36,6 @@ from pipeline.store import MASK_COMPRESSOR  # noqa: E402
 from pipeline.synthetic import MASK_SCENES, Scene, render, write_video  # noqa: E402
 from pipeline.video import decode  # noqa: E402
 
-REAL = REPO.parent / "shared" / "data" / "real_videos"
 TARGETS = {"motion_mean_iou": (">=", 0.7), "ms_per_clip_motion": ("<=", 30.0), "ms_per_clip_fame": ("<=", 30.0)}
 
 

@@ -32,27 +32,13 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.targets import as_json, print_table, target_rows, write_results  # noqa: E402
+from benchmarks.videos import make_source  # noqa: E402
 from pipeline.build import build_cache  # noqa: E402
 from pipeline.params import BuildParams, parse_size  # noqa: E402
 from pipeline.store import DONE, Cache  # noqa: E402
-from pipeline.synthetic import write_dataset  # noqa: E402
 from pipeline.video import decode  # noqa: E402
 
-REAL = REPO.parent / "shared" / "data" / "real_videos"
 TARGETS = {"build_over_decode": ("<=", 1.3), "speedup_2_workers": (">=", 1.7), "cache_over_source": ("<=", 0.25)}
-
-
-def make_source(root: Path, n_generated: int, frames: int, size: tuple[int, int] = (240, 320)) -> Path:
-    """A folder of the real videos (linked) and generated ones, one class per folder."""
-    src = root / "videos"
-    if REAL.is_dir():
-        (src / "real").mkdir(parents=True)
-        for video in sorted(REAL.glob("*.mp4")):
-            os.symlink(video, src / "real" / video.name)
-    if n_generated:
-        per_class = -(-n_generated // 4)
-        write_dataset(src / "generated", n_classes=4, videos_per_class=per_class, n_frames=frames, seed=0, size=size)
-    return src
 
 
 def du(path: Path) -> int:
