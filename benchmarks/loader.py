@@ -19,6 +19,9 @@ clips/s counts training samples (one query/key pair each) per second: a fresh lo
 batch (worker start-up is not timed), then --batches timed batches; the median over --repeats rounds, the arms taking
 turns within a round. The outputs are checked before anything is timed: same
 plan and key view with and without FAME, a query that FAME changed, partners from other videos.
+
+`two_clips_of_a_10s_video` times decoding two clips of a 10 s video with a keyframe every 2 s, from the first frame
+and by seeking. `--device gpu` runs the cached arms on the GPU (NVDEC); original_fame, a CPU mode, is left out there.
 """
 
 from __future__ import annotations
