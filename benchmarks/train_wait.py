@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from pipeline.build import build_cache
+from pipeline.loader import LoaderParams
 from pipeline.params import BuildParams
 from pipeline.synthetic import write_dataset
 from trainer.config import TrainConfig
@@ -48,9 +49,8 @@ def main() -> None:
         backbone=args.backbone,
         epochs=1000,
         batch_size=args.batch_size,
-        crop=args.crop,
         queue_size=256,
-        workers=args.workers,
+        loader=LoaderParams(crop=args.crop, num_workers=args.workers),
     )
     pretrain(config, progress=False, max_steps=args.steps)
     records = [json.loads(line) for line in (work / "run" / "log.jsonl").read_text().splitlines()]

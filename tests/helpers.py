@@ -68,6 +68,7 @@ def make_cache(
         "label": np.array(labels, dtype=object),
         "bytes": np.array([s.st_size for s in stats], np.int64),
         "mtime": np.array([s.st_mtime for s in stats]),
+        "n_frames": np.full(len(paths), N_FRAMES, np.int32),
     }
     url = os.path.join(root, "cache.zarr")
     cache = Cache.create(url, params, str(root), table, counts, frames_list, videos_per_group=2, clips_per_shard=4)

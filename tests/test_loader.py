@@ -11,7 +11,7 @@ from helpers import SIZE, T, make_cache
 
 from pipeline.loader import FameLoader, LoaderError, LoaderParams
 from pipeline.loader.graph import MEAN, STD
-from pipeline.loader.sampling import ClipIndex, area_threshold, batch_partners, plan_sample, shard_order
+from pipeline.loader.sampling import ClipIndex, batch_partners, plan_sample, shard_order
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def cache_url(tmp_path_factory) -> str:
 
 
 def quick(**overrides) -> LoaderParams:
-    base = {"crop": 24, "num_workers": 0, "fame_p": 1.0}
+    base = {"crop": 24, "num_workers": 0, "fame_p": 1.0, "own_floor": 0.0, "mask_mode": "threshold"}
     base.update(overrides)
     return LoaderParams(**base)
 
@@ -60,7 +60,8 @@ def test_augmentation_changes_exactly_the_views_that_drew_it(cache_url):
     params = {"jitter_p": 0.5, "grayscale_p": 0.0, "blur_p": 0.5}
     plain = FameLoader(cache_url, 6, params=quick(augment=False, fame_p=0.0), seed=4)
     augmented = FameLoader(cache_url, 6, params=quick(fame_p=0.0, **params), seed=4)
-    index = ClipIndex.from_table(plain.catalog.clip_video, plain.catalog.readable, plain.catalog.labels)
+    catalog = plain.catalog
+    index = ClipIndex.from_table(catalog.clip_video, catalog.readable, catalog.labels, catalog.n_frames)
     key_plain, key_aug = next(iter(plain))["key"].numpy(), next(iter(augmented))["key"].numpy()
     order = shard_order(len(index), 4, 0, 0, 1)
     drew = []
@@ -70,13 +71,6 @@ def test_augmentation_changes_exactly_the_views_that_drew_it(cache_url):
         drew.append(not identity)
         assert np.array_equal(key_plain[i], key_aug[i]) == identity
     assert any(drew) and not all(drew), "the seed should give both kinds of draw"
-
-
-def test_area_threshold_keeps_top_beta():
-    mask = np.arange(1000, dtype=np.uint8).reshape(10, 10, 10) % 250
-    for beta in (0.1, 0.5, 0.9):
-        kept = np.mean(mask >= area_threshold(mask, beta))
-        assert abs(kept - beta) < 0.01
 
 
 def test_crop_keeps_mask_on_the_foreground(cache_url):

@@ -10,7 +10,6 @@ import pytest
 from helpers import N_FRAMES, SIZE, T, square_video
 
 from pipeline.loader import FameLoader, LoaderError, LoaderParams
-from pipeline.loader.sampling import area_threshold
 from pipeline.params import BuildParams
 from pipeline.synthetic import write_video
 
@@ -69,13 +68,3 @@ def test_no_cache_refusals(tmp_path, videos):
     write_video(lonely / "a" / "only.mp4", frames[:N_FRAMES], lossless=True)
     with pytest.raises(LoaderError, match="at least 2 readable videos"):
         FameLoader(None, 2, videos=str(lonely), params=quick(), build_params=BUILD)
-
-
-def test_area_threshold_with_ties_keeps_about_beta():
-    """A flat background is one tied value; the area rule must not make every pixel foreground."""
-    mask = np.zeros((4, 10, 10), np.uint8)
-    mask[:, :3, :] = 200  # 30% of the pixels
-    for beta in (0.1, 0.5):
-        t = area_threshold(mask, beta)
-        assert np.mean(mask >= t) == pytest.approx(0.3)
-    assert np.mean(mask >= area_threshold(mask, 0.9)) == 1.0

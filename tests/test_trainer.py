@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 import torch
 from helpers import make_cache
 
+from pipeline.loader import LoaderParams
 from trainer.backbones import build_backbone
 from trainer.checkpoint import CheckpointError, load_checkpoint
 from trainer.config import TrainConfig
@@ -22,24 +24,28 @@ def cache_url(tmp_path_factory) -> str:
     return make_cache(tmp_path_factory.mktemp("train_cache"), n_videos=16, textured=True)
 
 
+LOADER_FIELDS = {f.name for f in dataclasses.fields(LoaderParams)}
+
+
 def tiny(cache: str, out, **overrides) -> TrainConfig:
+    """A few-second run; overrides name TrainConfig or LoaderParams fields."""
     base = dict(
         cache=cache,
         out=str(out),
         backbone="small",
         epochs=3,
         batch_size=4,
-        crop=24,
         queue_size=8,
         lr=0.05,
         warmup_epochs=1,
-        workers=0,
         checkpoint_every=1000,
         moco_momentum=0.9,
         seed=0,
     )
-    base.update(overrides)
-    return TrainConfig(**base)
+    loader = {"crop": 24, "num_workers": 0}
+    for name, value in overrides.items():
+        (loader if name in LOADER_FIELDS else base)[name] = value
+    return TrainConfig(**base, loader=LoaderParams(**loader))
 
 
 def losses(run) -> list[float]:
@@ -103,7 +109,7 @@ def test_two_process_torchrun_step(cache_url, tmp_path):
     code = (
         "from trainer.config import TrainConfig; from trainer.train import pretrain; "
         f"pretrain(TrainConfig(cache={cache_url!r}, out={str(out)!r}, backbone='small', epochs=1, batch_size=2, "
-        "crop=24, queue_size=64, workers=0, warmup_epochs=1), progress=False, max_steps=2)"
+        "queue_size=64, warmup_epochs=1, loader={'crop': 24, 'num_workers': 0}), progress=False, max_steps=2)"
     )
     script = tmp_path / "step.py"
     script.write_text(code)

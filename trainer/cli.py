@@ -1,5 +1,6 @@
-"""`fame-train`: pretrain, eval, plot, heatmap. Pretraining flags are generated from TrainConfig's fields, so the
-defaults live in one place (`--batch-size` fills `batch_size`; booleans take `--x/--no-x`, e.g. `--no-fame`)."""
+"""`fame-train`: pretrain, eval, plot, heatmap. Pretraining flags are generated from the fields of TrainConfig and of
+its LoaderParams, so the defaults live in one place (`--batch-size` fills `batch_size`, `--mask-mode` the loader's
+`mask_mode`; booleans take `--x/--no-x`, e.g. `--no-fame`)."""
 
 from __future__ import annotations
 
@@ -9,31 +10,55 @@ import sys
 import types
 import typing
 
+from pipeline.loader.params import BACKGROUNDS, KEY_STARTS, MASK_MODES, LoaderParams
 from trainer.config import TrainConfig
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+LOADER_DEST = "loader__"  # argparse dest prefix of the loader's flags
+DERIVED = {"loader", "return_partner"}  # set through other flags (the loader's own; --semi-negatives)
+CHOICES = {"background": BACKGROUNDS, "mask_mode": MASK_MODES, "key_start": KEY_STARTS}
+ALIASES = {"num_workers": ["--workers"]}
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    hints = typing.get_type_hints(TrainConfig)
-    for field in dataclasses.fields(TrainConfig):
-        flag = "--" + field.name.replace("_", "-")
+def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, defaults: object, dest_prefix: str = "") -> None:
+    """One flag per field of `cls`, typed from its hints; unset flags stay None so the dataclass's default holds."""
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        if field.name in DERIVED:
+            continue
+        flags = ["--" + field.name.replace("_", "-"), *ALIASES.get(field.name, [])]
+        kwargs = {"dest": dest_prefix + field.name, "default": None}
+        metavar = field.name.upper()
         hint = hints[field.name]
         args = typing.get_args(hint)
         base = next((a for a in args if a is not type(None)), hint) if isinstance(hint, types.UnionType) else hint
+        default = getattr(defaults, field.name)
         if base is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+            parser.add_argument(*flags, action=argparse.BooleanOptionalAction, help=f"default: {default}", **kwargs)
         elif typing.get_origin(base) is tuple:
-            parser.add_argument(flag, nargs=2, type=typing.get_args(base)[0], default=None, metavar=("LOW", "HIGH"))
+            items = typing.get_args(base)
+            parser.add_argument(
+                *flags, nargs=len(items), type=items[0], metavar=metavar, help=f"default: {default}", **kwargs
+            )
         else:
-            parser.add_argument(flag, type=base, default=None, help=f"default: {field.default}")
+            choices = CHOICES.get(field.name)
+            metavar = None if choices else metavar
+            parser.add_argument(
+                *flags, type=base, choices=choices, metavar=metavar, help=f"default: {default}", **kwargs
+            )
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    _add_dataclass_flags(parser, TrainConfig, TrainConfig())
+    _add_dataclass_flags(parser.add_argument_group("loader"), LoaderParams, LoaderParams(), LOADER_DEST)
 
 
 def _config_from(args: argparse.Namespace) -> TrainConfig:
-    values = {
-        f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None
-    }
-    return TrainConfig(**values)
+    """TrainConfig (and its LoaderParams) from the flags given; the dataclasses' defaults for the rest."""
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    loader = {k[len(LOADER_DEST) :]: v for k, v in given.items() if k.startswith(LOADER_DEST)}
+    values = {f.name: given[f.name] for f in dataclasses.fields(TrainConfig) if f.name in given}
+    return TrainConfig(**values, loader=LoaderParams.from_dict(loader))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,7 +118,7 @@ def _eval(args) -> int:
         stride=args.stride,
         clips_per_video=args.clips_per_video,
         size=parse_size(args.size),
-        crop=config.crop,
+        crop=config.loader.crop,
     )
     protocols = tuple(p.strip() for p in args.protocol.split(",") if p.strip())
     metrics = evaluate(backbone, args.train, args.test, protocols, settings, args.device, args.finetune)

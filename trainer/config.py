@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.loader.params import LoaderParams
 from trainer.backbones import BACKBONES
+
+# Loader options that older checkpoints stored flat on TrainConfig, by their LoaderParams name.
+_FLAT_LOADER_KEYS = {
+    "crop": "crop",
+    "crop_scale": "crop_scale",
+    "fame_p": "fame_p",
+    "augment": "augment",
+    "clip_len": "clip_len",
+    "workers": "num_workers",
+}
+# Loader options that change how fast, not what, a run trains: a resumed run may change them.
+_SPEED_ONLY = ("num_workers", "num_threads", "prefetch")
 
 
 @dataclass(frozen=True)
@@ -27,54 +39,61 @@ class TrainConfig:
     moco_momentum: float = 0.999
     temperature: float = 0.1
     symmetric: bool = True
-    fame: bool = True  # False: the plain MoCo baseline on the same data
-    fame_p: float = 1.0  # every query merged, as the original code
-    crop: int = 112
-    crop_scale: tuple[float, float] = (0.2, 1.0)  # area range of the random resized crop
-    augment: bool = True  # MoCo v2 colour augmentations (off only for tests and debugging)
-    clip_len: int | None = None  # expected cache clip length; None accepts the cache's
+    bn_splits: int = 1  # batch-norm statistics per group of the batch (single-process MoCo's split-BN)
+    shuffle_bn: bool = False  # keys encoded in a shuffled order: across BN groups, and across ranks under DDP
+    fame: bool = True  # False: the plain MoCo baseline on the same data (no query is merged)
     semi_negatives: bool = False  # the partner (background) video as an extra, hard negative
     micro: bool = False  # the micro-bias term of the dual loss
     micro_weight: float = 0.5
     micro_block: int = 1  # index into backbone.forward_blocks (0 = stem, 1 = first stage: full temporal resolution)
     seed: int = 0
-    workers: int = 2
     checkpoint_every: int = 200  # steps
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # bf16 autocast on GPU
     deterministic: bool = False
+    loader: LoaderParams = field(default_factory=LoaderParams)  # crops, merge, augmentation, workers
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, got {self.backbone!r}")
-        for name in ("epochs", "batch_size", "dim", "queue_size", "checkpoint_every"):
+        for name in ("epochs", "batch_size", "dim", "queue_size", "checkpoint_every", "bn_splits"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or not self.temperature > 0:
             raise ValueError("lr and temperature must be positive")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if isinstance(self.loader, dict):
+            object.__setattr__(self, "loader", LoaderParams.from_dict(self.loader))
 
     def loader_params(self) -> LoaderParams:
-        return LoaderParams(
-            crop=self.crop,
-            augment=self.augment,
-            crop_scale=tuple(self.crop_scale),
-            fame_p=self.fame_p if self.fame else 0.0,
-            return_partner=self.semi_negatives,
-            num_workers=self.workers,
-            clip_len=self.clip_len,
-        )
+        """The loader's options as this run uses them: no merged query for plain MoCo, the partner view for
+        semi-negatives."""
+        fame_p = self.loader.fame_p if self.fame else 0.0
+        return dataclasses.replace(self.loader, fame_p=fame_p, return_partner=self.semi_negatives)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """From `to_dict`'s output, or from an older flat config (loader options on the top level)."""
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
+        loader = dict(data.get("loader") or {})
+        for old, new in _FLAT_LOADER_KEYS.items():
+            if old in data and new not in loader:
+                loader[new] = data[old]
+        values["loader"] = LoaderParams.from_dict(loader)
         return cls(**values)
 
-    def differences(self, other: TrainConfig, ignore: tuple[str, ...] = ("epochs", "out", "workers")) -> dict:
-        mine, theirs = self.to_dict(), other.to_dict()
+    def differences(self, other: TrainConfig, ignore: tuple[str, ...] = ("epochs", "out")) -> dict:
+        """Settings that differ, as {name: (mine, theirs)}; loader options as `loader.<name>`."""
+
+        def flat(config: TrainConfig) -> dict[str, Any]:
+            out = {k: v for k, v in config.to_dict().items() if k != "loader"}
+            out.update({f"loader.{k}": v for k, v in config.loader.to_dict().items() if k not in _SPEED_ONLY})
+            return out
+
+        mine, theirs = flat(self), flat(other)
         return {k: (mine[k], theirs[k]) for k in mine if k not in ignore and mine[k] != theirs[k]}

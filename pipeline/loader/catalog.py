@@ -35,6 +35,8 @@ class Catalog:
     readable: np.ndarray  # clip indices the loader may use
     size: tuple[int, int]
     clip_len: int
+    stride: int  # source frames between a clip's frames
+    n_frames: np.ndarray  # (V,) frames a key clip may start in (decoded count when built)
     cache_url: str | None  # None: no cache, masks are computed per sample
 
     def video_path(self, video: int) -> str:
@@ -74,6 +76,15 @@ def _check_sources(
         )
 
 
+def _key_range(n_frames: np.ndarray, clip_video: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """(V,) frames a key clip may use: the decoded count the build recorded, or where a cache has none, up to the
+    last frame of the video's cached clips (known to decode)."""
+    planned = np.zeros(len(n_frames), np.int64)
+    used = clip_video >= 0
+    np.maximum.at(planned, clip_video[used], frames[used].max(axis=1).astype(np.int64) + 1)
+    return np.where(n_frames > 0, n_frames.astype(np.int64), planned)
+
+
 def from_cache(url: str, params: LoaderParams, videos_root: str | None = None) -> Catalog:
     cache = Cache.open(url)
     if params.clip_len is not None and params.clip_len != cache.clip_len:
@@ -95,13 +106,26 @@ def from_cache(url: str, params: LoaderParams, videos_root: str | None = None) -
     labels, classes = _label_index(table["label"])
     if np.unique(clip_video[readable]).size < 2:
         raise LoaderError(f"{url}: FAME needs clips from at least 2 videos (a partner for every clip)")
-    return Catalog(root, table["path"], labels, classes, clip_video, frames, readable, cache.size, cache.clip_len, url)
+    return Catalog(
+        root,
+        table["path"],
+        labels,
+        classes,
+        clip_video,
+        frames,
+        readable,
+        cache.size,
+        cache.clip_len,
+        cache.params.stride,
+        _key_range(table["n_frames"], clip_video, frames),
+        url,
+    )
 
 
 def from_videos(src: str, build: BuildParams) -> Catalog:
     """A catalog planned straight from videos (probe + clip plan), for the no-cache mode."""
     source = list_source(src)
-    counts, frames, keep = [], [], []
+    counts, frames, keep, lengths = [], [], [], []
     for v, entry in enumerate(source.entries):
         try:
             info = probe(source.full_path(entry.path))
@@ -112,6 +136,7 @@ def from_videos(src: str, build: BuildParams) -> Catalog:
             continue
         f = clip_frames(info.n_frames, build)
         keep.append(v)
+        lengths.append(int(f.max()) + 1)  # a probe's frame count is an estimate: the planned clips are known to decode
         counts.append(len(f))
         frames.append(f)
     if len(keep) < 2:
@@ -130,5 +155,7 @@ def from_videos(src: str, build: BuildParams) -> Catalog:
         np.arange(len(clip_video)),
         build.size,
         build.clip_len,
+        build.stride,
+        np.array(lengths, np.int64),
         None,
     )

@@ -20,7 +20,7 @@ from pipeline.loader.source import CPU_OUTPUTS, GPU_OUTPUTS, PARAM_OUTPUTS, Samp
 
 MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
 STD = [0.229 * 255, 0.224 * 255, 0.225 * 255]
-VIDEO_LAYOUTS = {name: "FHWC" for name in ("clip_a", "mask", "plate", "clip_b")}
+VIDEO_LAYOUTS = {name: "FHWC" for name in ("clip_a", "alpha", "plate", "clip_b")}
 
 
 def crop_flip(frames, roi, flip, crop: int):
@@ -36,13 +36,13 @@ def over_time(background, clip):
     return fn.cast(repeated, dtype=types.UINT8)
 
 
-def compose(clip, mask, background, threshold, fame, soft: bool):
-    """query = m * clip + (1 - m) * background; m is 1 everywhere when this sample is not merged.
+def compose(clip, alpha, background, fame):
+    """query = m * clip + (1 - m) * background, m = alpha / 255 (the source made the alpha from the mask inside the
+    query's crop: `pipeline.loader.query_mask`); m is 1 everywhere when this sample is not merged.
 
     background is (T, H, W, C) frames or a (1, H, W, C) plate, which DALI's arithmetic broadcasts over the frames:
     a plate is cropped and blended once, not once per frame."""
-    mask_f = fn.cast(mask, dtype=types.FLOAT)
-    m = mask_f * (1.0 / 255.0) if soft else fn.cast(mask_f >= threshold, dtype=types.FLOAT)
+    m = fn.cast(alpha, dtype=types.FLOAT) * (1.0 / 255.0)
     m = 1.0 - fame * (1.0 - m)
     merged = m * fn.cast(clip, dtype=types.FLOAT) + (1.0 - m) * fn.cast(background, dtype=types.FLOAT)
     return fn.cast(merged + 0.5, dtype=types.UINT8)
@@ -81,7 +81,6 @@ def build_pipeline(source: SampleSource, batch_size: int, device_id: int | None,
     params: LoaderParams = source.params
     gpu = source.gpu
     names = (GPU_OUTPUTS if gpu else CPU_OUTPUTS) + PARAM_OUTPUTS
-    soft = params.mask_mode == "soft"
     size = source.catalog.size
     plates = source.merges_plates
 
@@ -109,20 +108,18 @@ def build_pipeline(source: SampleSource, batch_size: int, device_id: int | None,
         if gpu:
             clip_a = _decode_gpu(data["enc_a"], data["frames_a"], size)
             clip_b = _decode_gpu(data["enc_b"], data["frames_b"], size)
-            mask, plate = data["mask"].gpu(), data["plate"].gpu()
+            alpha, plate = data["alpha"].gpu(), data["plate"].gpu()
         else:
-            clip_a, mask, plate, clip_b = data["clip_a"], data["mask"], data["plate"], data["clip_b"]
+            clip_a, alpha, plate, clip_b = data["clip_a"], data["alpha"], data["plate"], data["clip_b"]
         crop = params.crop
         a = crop_flip(clip_a, rois[0], flips[0], crop)
-        m = crop_flip(mask, rois[0], flips[0], crop)
+        m = fn.flip(alpha, horizontal=flips[0])  # the alpha arrives cropped to the query's window
         # The partner is another sample of the batch: its plate, or its clip a as cropped for its own query.
         needs_partner = not plates or params.return_partner
         partner = fn.permute_batch(a, indices=partner_slot) if needs_partner else None
         bg = crop_flip(plate, rois[0], flips[0], crop) if plates else partner
-        threshold, fame = data["threshold"], data["fame"]
-        if gpu:  # per-sample scalars join GPU arithmetic as GPU tensors
-            threshold, fame = threshold.gpu(), fame.gpu()
-        merged = compose(a, m, bg, threshold, fame, soft)
+        fame = data["fame"].gpu() if gpu else data["fame"]  # per-sample scalars join GPU arithmetic on the GPU
+        merged = compose(a, m, bg, fame)
         key = crop_flip(clip_b, rois[1], flips[1], crop)
         outputs = [normalise(augment(merged, colour[0])), normalise(augment(key, colour[1])), data["meta"]]
         if params.return_partner:
@@ -133,7 +130,7 @@ def build_pipeline(source: SampleSource, batch_size: int, device_id: int | None,
 
     pipe = fame_pipeline()
     with warnings.catch_warnings():
-        # Soft masks need no threshold, frames backgrounds no plate: DALI warns of unused source outputs.
+        # Frames backgrounds need no plate: DALI warns of unused source outputs.
         warnings.filterwarnings("ignore", message=".*(is|are) not used.*")
         pipe.build()
     return pipe

@@ -15,7 +15,8 @@ from pipeline.loader.params import LoaderParams
 from pipeline.loader.source import SampleSource
 from pipeline.params import BuildParams
 
-META_FIELDS = ("video", "label", "clip_a", "clip_b", "partner_video", "partner_clip")
+# clip_b is -1 and key_start the key clip's first source frame when keys start anywhere (key_start="any").
+META_FIELDS = ("video", "label", "clip_a", "clip_b", "partner_video", "partner_clip", "key_start")
 
 
 class FameLoader:
@@ -147,7 +148,8 @@ class FameLoader:
 
     def debug_batch(self, epoch: int = 0) -> dict[str, np.ndarray]:
         """The first batch of `epoch` with its intermediate steps, as uint8 (B, T, H, W, C) arrays: the cropped clip
-        `clip`, `mask`, `background`, the merged view `merged` and the key clip `key` (before colour augmentation).
+        `clip`, `mask` (the alpha the query was merged with, 255 = own pixel; zeros for a sample not merged),
+        `background`, the merged view `merged` and the key clip `key` (before colour augmentation).
         Made in-process on the CPU, for pictures and tests; it leaves the training iteration where it was."""
         source = self._source(epoch, 0)
         source.gpu = False

@@ -8,6 +8,7 @@ from typing import Any
 
 BACKGROUNDS = ("plate", "frames")
 MASK_MODES = ("soft", "threshold", "area")
+KEY_STARTS = ("any", "cached")
 
 
 @dataclass(frozen=True)
@@ -19,9 +20,15 @@ class LoaderParams:
     # which merges every query; lower values keep some queries plain.
     fame_p: float = 1.0
     background: str = "plate"  # partner plate, or the partner's raw frames (the paper's mode)
-    mask_mode: str = "threshold"  # soft alpha, fixed threshold, or the paper's top-beta area binarisation
+    # How the cached soft mask becomes the query's alpha, inside the query's crop: soft alpha, a fixed threshold, or
+    # the paper's rule (the top `beta` of the crop's pixels); see `pipeline.loader.query_mask`.
+    mask_mode: str = "threshold"
     threshold: int = 128  # on the 0..255 mask scale, for mask_mode="threshold"
-    beta: float = 0.5  # foreground area fraction, for mask_mode="area"
+    beta: float = 0.5  # own-pixel fraction of the crop, for mask_mode="area"
+    own_floor: float = 0.3  # every merged frame keeps at least this fraction of its crop from its own clip (0: off)
+    # Where the key clip starts: anywhere in the video ("any", drawn per epoch: more temporal variety, the key needs
+    # no mask) or at one of the cache's clip positions ("cached").
+    key_start: str = "any"
     use_cache: bool = True  # False: compute `fame` masks per sample from the decoded clip, like the original code
     augment: bool = True  # MoCo v2 colour jitter, grayscale, blur (flip always follows the crop)
     jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
@@ -47,6 +54,10 @@ class LoaderParams:
             raise ValueError(f"mask_mode must be one of {', '.join(MASK_MODES)}, got {self.mask_mode!r}")
         if not 0.0 < self.beta < 1.0:
             raise ValueError(f"beta must be in (0, 1), got {self.beta}")
+        if not 0.0 <= self.own_floor < 1.0:
+            raise ValueError(f"own_floor must be in [0, 1), got {self.own_floor}")
+        if self.key_start not in KEY_STARTS:
+            raise ValueError(f"key_start must be one of {', '.join(KEY_STARTS)}, got {self.key_start!r}")
         if not 0 <= self.threshold <= 255:
             raise ValueError(f"threshold must be in [0, 255], got {self.threshold}")
         if self.num_workers < 0 or self.prefetch < 1:

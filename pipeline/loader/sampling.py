@@ -24,10 +24,13 @@ class ClipIndex:
     labels: np.ndarray  # (V,) int64 class index
     clip_start: np.ndarray  # (V + 1,) offsets into `clips`
     clips: np.ndarray  # cache clip indices, grouped by video
+    n_frames: np.ndarray  # (V,) frames a key clip may be drawn from
 
     @classmethod
-    def from_table(cls, clip_video: np.ndarray, readable: np.ndarray, labels: np.ndarray) -> ClipIndex:
-        """Group the readable clip indices by their video; `labels` maps cache video index -> class index."""
+    def from_table(
+        cls, clip_video: np.ndarray, readable: np.ndarray, labels: np.ndarray, n_frames: np.ndarray
+    ) -> ClipIndex:
+        """Group the readable clip indices by their video; `labels` and `n_frames` are per cache video."""
         readable = np.sort(readable)
         owners = clip_video[readable]
         order = np.argsort(owners, kind="stable")
@@ -39,6 +42,7 @@ class ClipIndex:
             labels=labels[videos].astype(np.int64),
             clip_start=starts,
             clips=readable.astype(np.int64),
+            n_frames=n_frames[videos].astype(np.int64),
         )
 
     def __len__(self) -> int:
@@ -100,8 +104,9 @@ def _colour(rng: np.random.Generator, params: LoaderParams) -> np.ndarray:
 class SamplePlan:
     video: int  # cache video index
     label: int
-    clip_a: int  # cache clip indices
-    clip_b: int
+    clip_a: int  # cache clip index of the query
+    clip_b: int  # cache clip index of the key, -1 when the key starts anywhere (key_start="any")
+    key_start: int  # first source frame of the key clip (key_start="any"; -1 otherwise)
     fame: bool
     crop_a: np.ndarray  # relative [y0, x0, y1, x1]
     crop_b: np.ndarray
@@ -109,11 +114,24 @@ class SamplePlan:
     colour: np.ndarray  # (3, 5) float32: query, key, partner
 
 
+def key_clip_frames(start: int, n_frames: int, clip_len: int, stride: int) -> np.ndarray:
+    """(clip_len,) int32 source frames of a clip starting at `start`, looped over a video shorter than the clip
+    (as the build loops it)."""
+    return ((start + np.arange(clip_len, dtype=np.int64) * stride) % max(1, n_frames)).astype(np.int32)
+
+
 def plan_sample(
-    index: ClipIndex, params: LoaderParams, size: tuple[int, int], seed: int, epoch: int, video_pos: int
+    index: ClipIndex,
+    params: LoaderParams,
+    size: tuple[int, int],
+    seed: int,
+    epoch: int,
+    video_pos: int,
+    key_span: int = 1,
 ) -> SamplePlan:
     """The sample of eligible video `video_pos` in `epoch`: each video is drawn once per epoch, so
-    (seed, epoch, video) names the sample whichever rank or worker makes it."""
+    (seed, epoch, video) names the sample whichever rank or worker makes it. `key_span` is the source frames a
+    clip covers; with key_start="any" the key clip starts anywhere it fits."""
     rng = np.random.default_rng([seed, epoch, video_pos, 0xFA3E])
     clips = index.clips_of(int(video_pos))
     if len(clips) > 1:
@@ -121,16 +139,26 @@ def plan_sample(
     else:
         a = b = 0
     h, w = size
+    fame = bool(rng.random() < params.fame_p)
+    crop_a, crop_b = _crop_window(rng, params, h, w), _crop_window(rng, params, h, w)
+    flip = (rng.random(2) < 0.5).astype(np.int32)
+    colour = np.stack([_colour(rng, params) for _ in range(3)])
+    anywhere = params.key_start == "any"
+    start = -1
+    if anywhere:  # a stream of its own: the other draws (some conditional on options) do not move it
+        key_rng = np.random.default_rng([seed, epoch, video_pos, 0x4E7])
+        start = int(key_rng.integers(0, max(0, int(index.n_frames[video_pos]) - key_span) + 1))
     return SamplePlan(
         video=int(index.videos[video_pos]),
         label=int(index.labels[video_pos]),
         clip_a=int(clips[a]),
-        clip_b=int(clips[b]),
-        fame=bool(rng.random() < params.fame_p),
-        crop_a=_crop_window(rng, params, h, w),
-        crop_b=_crop_window(rng, params, h, w),
-        flip=(rng.random(2) < 0.5).astype(np.int32),
-        colour=np.stack([_colour(rng, params) for _ in range(3)]),
+        clip_b=-1 if anywhere else int(clips[b]),
+        key_start=start,
+        fame=fame,
+        crop_a=crop_a,
+        crop_b=crop_b,
+        flip=flip,
+        colour=colour,
     )
 
 
@@ -146,18 +174,3 @@ def batch_partners(batch_size: int, seed: int, epoch: int, shard_id: int, batch:
     partners = np.empty(batch_size, np.int64)
     partners[cycle] = np.roll(cycle, -1)
     return partners
-
-
-def area_threshold(mask: np.ndarray, beta: float) -> float:
-    """The mask value above which the top `beta` fraction of the clip's pixels lie (the paper's area rule).
-
-    Masks are uint8, so many pixels can share the cut value (a flat background is all 0): of `>= t` and `> t`
-    (that is `>= t + 1`), the one whose kept fraction is nearer beta wins (never an empty one), so ties never turn
-    the whole clip into foreground."""
-    flat = mask.reshape(-1)
-    k = min(len(flat) - 1, max(0, round((1.0 - beta) * len(flat))))
-    t = float(np.partition(flat, k)[k])
-    at_or_above = np.count_nonzero(flat >= t) / len(flat)
-    above = np.count_nonzero(flat > t) / len(flat)
-    keep_ties = above == 0.0 or abs(at_or_above - beta) <= abs(above - beta)  # never an empty foreground
-    return t if keep_ties else t + 1.0

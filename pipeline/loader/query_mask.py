@@ -1,0 +1,80 @@
+"""The merged query's alpha: how much of its own clip a FAME view keeps, pixel by pixel, inside its crop.
+
+The cache stores soft masks over the whole frame; what matters for learning is the part the query shows. So the
+mask is cropped with the query's window first and binarised there: by a fixed threshold, or by the paper's rule
+(the top `beta` of the crop's pixels, as the authors' code ranks the soft mask of the crop it merges). A floor then
+keeps at least `own_floor` of every frame of the crop from the clip itself: a tight mask of a small mover, or the
+empty mask of a still clip, would otherwise leave a query made (almost) wholly of another video's background, a
+positive pair that shares nothing.
+
+Ranking uses a tie-break: masks are quantised (and a still clip's is all zero), so many pixels share the cut value.
+Among equal values, pixels nearer the mask's mass come first, then pixels nearer the crop's centre, so the kept
+area is one blob around the mover rather than scattered pixels.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from pipeline.loader.params import LoaderParams
+
+OWN = 255  # alpha of a pixel taken from the clip itself
+
+
+def crop_mask(mask: np.ndarray, roi: np.ndarray, crop: int) -> np.ndarray:
+    """(T, h, w) uint8 soft mask -> (T, crop, crop) uint8: the relative window roi [y0, x0, y1, x1], resized
+    bilinearly as the clip's frames are."""
+    _, h, w = mask.shape
+    y0, y1 = round(float(roi[0]) * h), max(round(float(roi[2]) * h), round(float(roi[0]) * h) + 1)
+    x0, x1 = round(float(roi[1]) * w), max(round(float(roi[3]) * w), round(float(roi[1]) * w) + 1)
+    window = np.ascontiguousarray(mask[:, y0:y1, x0:x1].transpose(1, 2, 0))  # frames as channels: one resize
+    resized = cv2.resize(window, (crop, crop), interpolation=cv2.INTER_LINEAR)
+    return np.ascontiguousarray(resized.reshape(crop, crop, -1).transpose(2, 0, 1))
+
+
+def _tie_break(mask: np.ndarray) -> np.ndarray:
+    """(T, H, W) float32 in [0, 1): nearness to the mask's mass (blurred mask), then to the crop's centre."""
+    t, h, w = mask.shape
+    sigma = max(h, w) / 6.0
+    blurred = cv2.GaussianBlur(mask.transpose(1, 2, 0).astype(np.float32), (0, 0), sigma).reshape(h, w, t)
+    blurred = blurred.transpose(2, 0, 1)
+    peak = blurred.reshape(t, -1).max(axis=1)[:, None, None]
+    near_mass = np.divide(blurred, peak, out=np.zeros_like(blurred), where=peak > 0)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    distance = np.hypot((yy - (h - 1) / 2) / h, (xx - (w - 1) / 2) / w)
+    near_centre = 1.0 - distance / distance.max()
+    return (0.9 * near_mass + 0.09 * near_centre[None]).astype(np.float32)
+
+
+def top_fraction(mask: np.ndarray, fraction: float) -> np.ndarray:
+    """(T, H, W) bool: exactly round(fraction x H x W) pixels of each frame, those of highest mask value (ties
+    broken by `_tie_break`)."""
+    t, h, w = mask.shape
+    k = min(h * w, max(1, round(fraction * h * w)))
+    score = (mask.astype(np.float32) + _tie_break(mask)).reshape(t, -1)
+    keep = np.zeros(score.shape, bool)
+    if k == h * w:
+        keep[:] = True
+    else:
+        top = np.argpartition(-score, k - 1, axis=1)[:, :k]
+        np.put_along_axis(keep, top, True, axis=1)
+    return keep.reshape(t, h, w)
+
+
+def query_alpha(mask: np.ndarray, roi: np.ndarray, params: LoaderParams) -> np.ndarray:
+    """(T, h, w) cached soft mask -> (T, crop, crop) uint8 alpha of the query's own clip (255 = own pixel)."""
+    cropped = crop_mask(mask, roi, params.crop)
+    if params.mask_mode == "soft":
+        alpha = cropped
+    elif params.mask_mode == "threshold":
+        alpha = np.where(cropped >= params.threshold, OWN, 0).astype(np.uint8)
+    else:  # "area": the paper's top-beta of the crop
+        alpha = np.where(top_fraction(cropped, params.beta), OWN, 0).astype(np.uint8)
+    if params.own_floor > 0:
+        own = alpha.reshape(len(alpha), -1).mean(axis=1) / OWN
+        short = own < params.own_floor
+        if short.any():
+            floor = np.where(top_fraction(cropped[short], params.own_floor), OWN, 0).astype(np.uint8)
+            alpha[short] = np.maximum(alpha[short], floor)
+    return alpha

@@ -1,0 +1,126 @@
+"""The merged query's alpha: the paper's top-beta rule inside the crop, the threshold, and the own-pixel floor.
+
+Pure functions first (exact counts on made-up masks), then the loader: what a query is merged with is what these
+functions say, and no merged frame falls below the floor."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import make_cache
+
+from pipeline.loader import FameLoader, LoaderParams
+from pipeline.loader.query_mask import crop_mask, query_alpha, top_fraction
+from pipeline.loader.sampling import ClipIndex, key_clip_frames, plan_sample
+
+WHOLE = np.array([0.0, 0.0, 1.0, 1.0], np.float32)
+RIGHT_HALF = np.array([0.0, 0.5, 1.0, 1.0], np.float32)
+
+
+def params(**overrides) -> LoaderParams:
+    base = {"crop": 32, "own_floor": 0.0}
+    base.update(overrides)
+    return LoaderParams(**base)
+
+
+def own_fraction(alpha: np.ndarray) -> np.ndarray:
+    return (alpha == 255).reshape(len(alpha), -1).mean(axis=1)
+
+
+def test_area_keeps_beta_of_the_crop_not_of_the_clip():
+    """All of the clip's mass lies left: the whole-clip rule would keep nothing of a right-half crop's own pixels
+    beyond the ties; the per-crop rule keeps beta of every frame of the crop, to a pixel."""
+    rng = np.random.default_rng(0)
+    mask = np.zeros((4, 40, 60), np.uint8)
+    mask[:, :, :30] = rng.integers(100, 256, (4, 40, 30))
+    mask[:, :, 30:] = rng.integers(0, 60, (4, 40, 30))
+    for beta in (0.1, 0.3, 0.5, 0.8):
+        alpha = query_alpha(mask, RIGHT_HALF, params(mask_mode="area", beta=beta))
+        assert alpha.shape == (4, 32, 32)
+        assert np.all(np.abs(own_fraction(alpha) - beta) <= 1 / (32 * 32))
+    # and on the whole frame the kept pixels are the highest ones
+    alpha = query_alpha(mask, WHOLE, params(mask_mode="area", beta=0.5))
+    cropped = crop_mask(mask, WHOLE, 32).astype(int)
+    assert cropped[alpha == 255].min() >= cropped[alpha == 0].max()
+
+
+def test_area_ties_grow_one_blob_around_the_mask():
+    """A quantised mask covering 25% of the crop: beta 0.5 keeps all of it and fills the rest next to it."""
+    mask = np.zeros((2, 32, 32), np.uint8)
+    mask[:, 4:20, 4:20] = 204
+    alpha = query_alpha(mask, WHOLE, params(mask_mode="area", beta=0.5))
+    assert np.all(own_fraction(alpha) == 0.5)
+    assert np.all(alpha[:, 4:20, 4:20] == 255)
+    assert alpha[:, 28:, 28:].sum() == 0  # the far corner stays the partner's
+
+
+@pytest.mark.parametrize("mode", ["threshold", "soft", "area"])
+def test_floor_keeps_own_pixels_even_for_empty_masks(mode):
+    empty = np.zeros((3, 40, 60), np.uint8)
+    alpha = query_alpha(empty, RIGHT_HALF, params(mask_mode=mode, beta=0.1, own_floor=0.3))
+    assert np.all(own_fraction(alpha) >= 0.3 - 1 / (32 * 32))
+    tiny = np.zeros((3, 40, 60), np.uint8)
+    tiny[:, 10:14, 40:46] = 255  # a small mover: about 4% of the right-half crop
+    alpha = query_alpha(tiny, RIGHT_HALF, params(mask_mode=mode, beta=0.1, own_floor=0.3))
+    assert np.all(own_fraction(alpha) >= 0.3 - 1 / (32 * 32))
+    cropped = crop_mask(tiny, RIGHT_HALF, 32)
+    assert np.all(alpha[cropped == 255] == 255), "the mover itself stays"
+    none = query_alpha(empty, RIGHT_HALF, params(mask_mode=mode, beta=0.1, own_floor=0.0))
+    expected = 0.1 if mode == "area" else 0.0  # without the floor only the area rule keeps anything
+    assert np.all(np.abs(own_fraction(none) - expected) <= 1 / (32 * 32))
+
+
+def test_threshold_above_the_floor_is_untouched():
+    mask = np.zeros((2, 32, 32), np.uint8)
+    mask[:, :, :20] = 180
+    alpha = query_alpha(mask, WHOLE, params(mask_mode="threshold", own_floor=0.3))
+    np.testing.assert_array_equal(alpha, np.where(mask >= 128, 255, 0))
+
+
+def test_top_fraction_exact_counts():
+    rng = np.random.default_rng(1)
+    mask = (rng.integers(0, 6, (5, 17, 23)) * 51).astype(np.uint8)
+    for fraction in (0.01, 0.37, 0.99):
+        kept = top_fraction(mask, fraction)
+        assert np.all(kept.reshape(5, -1).sum(axis=1) == round(fraction * 17 * 23))
+
+
+@pytest.fixture(scope="module")
+def cache_url(tmp_path_factory) -> str:
+    return make_cache(tmp_path_factory.mktemp("query_mask"))
+
+
+def test_loader_merges_with_the_alpha_and_the_floor(cache_url):
+    """A 12 px square in a 32x40 frame is under a fifth of most crops: every merged frame still keeps the floor,
+    and the merged pixels are the clip exactly where the alpha says so."""
+    loader = FameLoader(
+        cache_url, 4, params=LoaderParams(crop=24, num_workers=0, augment=False, own_floor=0.4), seed=1
+    )
+    debug = loader.debug_batch()
+    alpha = debug["mask"][..., 0]
+    own = (alpha == 255).reshape(4, alpha.shape[1], -1).mean(axis=2)
+    assert own.min() >= 0.4 - 1 / 24**2
+    expected = np.where(alpha[..., None] == 255, debug["clip"], debug["background"])
+    assert np.mean(np.abs(debug["merged"].astype(int) - expected) <= 1) > 0.999
+    area = FameLoader(cache_url, 4, params=LoaderParams(crop=24, num_workers=0, mask_mode="area", beta=0.5), seed=1)
+    alpha = area.debug_batch()["mask"][..., 0]
+    own = (alpha == 255).reshape(4, alpha.shape[1], -1).mean(axis=2)
+    assert np.all(np.abs(own - 0.5) <= 1 / 24**2)
+
+
+def test_key_starts_cover_the_whole_video(cache_url):
+    loader = FameLoader(cache_url, 2, params=LoaderParams(crop=24, num_workers=0), seed=3)
+    catalog = loader.catalog
+    index = ClipIndex.from_table(catalog.clip_video, catalog.readable, catalog.labels, catalog.n_frames)
+    span = (catalog.clip_len - 1) * catalog.stride + 1
+    n = int(index.n_frames[0])
+    starts = {
+        plan_sample(index, loader.params, catalog.size, 3, epoch, 0, key_span=span).key_start for epoch in range(200)
+    }
+    assert starts == set(range(n - span + 1))
+    cached = LoaderParams(crop=24, num_workers=0, key_start="cached")
+    plan = plan_sample(index, cached, catalog.size, 3, 0, 0, key_span=span)
+    assert plan.key_start == -1 and plan.clip_b in index.clips_of(0)
+    batch = next(iter(loader))
+    assert (batch["clip_b"] == -1).all() and (batch["key_start"] >= 0).all()
+    np.testing.assert_array_equal(key_clip_frames(3, 5, 4, 2), [3, 0, 2, 4])  # looped like the build's short clips
