@@ -93,9 +93,7 @@ def cache_url(tmp_path_factory) -> str:
 def test_loader_merges_with_the_alpha_and_the_floor(cache_url):
     """A 12 px square in a 32x40 frame is under a fifth of most crops: every merged frame still keeps the floor,
     and the merged pixels are the clip exactly where the alpha says so."""
-    loader = FameLoader(
-        cache_url, 4, params=LoaderParams(crop=24, num_workers=0, augment=False, own_floor=0.4), seed=1
-    )
+    loader = FameLoader(cache_url, 4, params=LoaderParams(crop=24, num_workers=0, augment=False, own_floor=0.4), seed=1)
     debug = loader.debug_batch()
     alpha = debug["mask"][..., 0]
     own = (alpha == 255).reshape(4, alpha.shape[1], -1).mean(axis=2)

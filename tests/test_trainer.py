@@ -100,6 +100,8 @@ def test_refusals(cache_url, tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
     from pipeline.loader import LoaderError
 
+    with pytest.raises(TrainError, match=r"4 x 1 x 2 = 8, got 7"):
+        pretrain(tiny(cache_url, tmp_path / "q", queue_size=7), progress=False)
     with pytest.raises(LoaderError, match="clip length"):
         pretrain(tiny(cache_url, tmp_path / "x", clip_len=16), progress=False)
 

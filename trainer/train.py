@@ -23,7 +23,7 @@ from trainer.backbones import build_backbone
 from trainer.checkpoint import load_checkpoint, save_checkpoint
 from trainer.config import TrainConfig
 from trainer.micro import micro_loss
-from trainer.moco import MoCo
+from trainer.moco import MoCo, check_queue
 
 
 class TrainError(RuntimeError):
@@ -82,6 +82,10 @@ def pretrain(config: TrainConfig, resume: bool = False, progress: bool = True, m
         torch.use_deterministic_algorithms(True)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
+    try:
+        check_queue(config.queue_size, config.batch_size, world, config.symmetric)
+    except ValueError as exc:
+        raise TrainError(f"{exc}: raise --queue-size or lower --batch-size") from exc
 
     loader = FameLoader(
         config.cache,
@@ -100,6 +104,8 @@ def pretrain(config: TrainConfig, resume: bool = False, progress: bool = True, m
         config.moco_momentum,
         config.temperature,
         config.symmetric,
+        bn_splits=config.bn_splits,
+        shuffle_bn=config.shuffle_bn,
     ).to(device)
     ddp = model
     if world > 1:
