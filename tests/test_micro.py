@@ -54,8 +54,8 @@ def test_decompose_splits_features_by_the_map():
 
 def batch(seed: int, partner: bool = True) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    out = {name: torch.randn(4, 3, 4, 32, 32, generator=g) for name in ("query", "key", "partner")}
-    return out if partner else {k: v for k, v in out.items() if k != "partner"}
+    out = {name: torch.randn(4, 3, 4, 32, 32, generator=g) for name in ("query", "key", "partner", "background")}
+    return out if partner else {k: v for k, v in out.items() if k not in ("partner", "background")}
 
 
 def model(seed: int = 0) -> MoCo:
@@ -75,6 +75,25 @@ def test_semi_negative_column_and_target():
         extra = m2.embed_key(b["partner"])
     expected = (q * extra).sum(1) / 0.1
     assert torch.allclose(logits[:4, 1], expected, atol=1e-5)
+
+
+def test_background_negative_is_a_column_after_the_semi_negative():
+    """compute_loss orders the extra negatives [semi-negative, background]; each is the key encoder's embedding."""
+    b = batch(4)
+    config = TrainConfig(cache="x", backbone="small", semi_negatives=True, background_negatives=True)
+    m = model()
+    logits, _ = m(b["query"], b["key"], [b["partner"], b["background"]])
+    assert logits.shape == (8, 1 + 2 + 8)
+    m2 = model()
+    q = m2.embed(b["query"])
+    with torch.no_grad():
+        m2._momentum_update()
+        expected = (q * m2.embed_key(b["background"])).sum(1) / 0.1
+    assert torch.allclose(logits[:4, 2], expected, atol=1e-5)
+    loss, _ = compute_loss(model(), b, config)
+    assert torch.allclose(loss, F.cross_entropy(logits, torch.zeros(8, dtype=torch.long)), atol=1e-6)
+    only_semi, _ = compute_loss(model(), b, TrainConfig(cache="x", backbone="small", semi_negatives=True))
+    assert not torch.equal(loss, only_semi)
 
 
 def test_gradients_reach_the_backbone_through_both_terms():

@@ -122,3 +122,17 @@ def test_key_starts_cover_the_whole_video(cache_url):
     batch = next(iter(loader))
     assert (batch["clip_b"] == -1).all() and (batch["key_start"] >= 0).all()
     np.testing.assert_array_equal(key_clip_frames(3, 5, 4, 2), [3, 0, 2, 4])  # looped like the build's short clips
+
+
+def test_background_view_is_the_query_without_its_foreground(cache_url):
+    """The background negative: the same crop, flip and colours as the query, and the query's pixels exactly where
+    the query shows its background."""
+    params = LoaderParams(crop=24, num_workers=0, augment=False, return_background=True)
+    loader = FameLoader(cache_url, 3, params=params, seed=2)
+    alpha = loader.debug_batch()["mask"][..., 0]  # (B, T, H, W), the first batch of epoch 0
+    batch = next(iter(loader))
+    query, background = batch["query"].numpy(), batch["background"].numpy()  # (B, C, T, H, W)
+    shown = np.broadcast_to((alpha == 0)[:, None], query.shape)
+    assert shown.mean() > 0.3
+    np.testing.assert_array_equal(query[shown], background[shown])
+    assert not np.array_equal(query[~shown], background[~shown])

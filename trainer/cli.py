@@ -15,7 +15,8 @@ from trainer.config import TrainConfig
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 LOADER_DEST = "loader__"  # argparse dest prefix of the loader's flags
-DERIVED = {"loader", "return_partner"}  # set through other flags (the loader's own; --semi-negatives)
+# Set through other flags: the loader's own, --semi-negatives, --background-negatives.
+DERIVED = {"loader", "return_partner", "return_background"}
 CHOICES = {"background": BACKGROUNDS, "mask_mode": MASK_MODES, "key_start": KEY_STARTS}
 ALIASES = {"num_workers": ["--workers"]}
 

@@ -43,6 +43,9 @@ class TrainConfig:
     shuffle_bn: bool = False  # keys encoded in a shuffled order: across BN groups, and across ranks under DDP
     fame: bool = True  # False: the plain MoCo baseline on the same data (no query is merged)
     semi_negatives: bool = False  # the partner (background) video as an extra, hard negative
+    # The merged query's own background (the same crop, flip and colours, without its foreground) as an extra
+    # negative: a query that still looks like its background is pushed away from it.
+    background_negatives: bool = False
     micro: bool = False  # the micro-bias term of the dual loss
     micro_weight: float = 0.5
     micro_block: int = 1  # index into backbone.forward_blocks (0 = stem, 1 = first stage: full temporal resolution)
@@ -70,7 +73,12 @@ class TrainConfig:
         """The loader's options as this run uses them: no merged query for plain MoCo, the partner view for
         semi-negatives."""
         fame_p = self.loader.fame_p if self.fame else 0.0
-        return dataclasses.replace(self.loader, fame_p=fame_p, return_partner=self.semi_negatives)
+        return dataclasses.replace(
+            self.loader,
+            fame_p=fame_p,
+            return_partner=self.semi_negatives,
+            return_background=self.background_negatives,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

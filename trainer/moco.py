@@ -1,7 +1,8 @@
 """MoCo v2 for video: a query encoder, a momentum key encoder, a queue of negatives.
 
-`forward` returns (logits, labels) so the loss is plain cross-entropy. The positive is column 0, then the optional
-semi-negative column (the key of the video that gave the merged clip its background), then the queue.
+`forward` returns (logits, labels) so the loss is plain cross-entropy. The positive is column 0, then one column
+per extra negative view (the semi-negative: the key of the video that gave the merged clip its background; the
+background negative: the merged clip's own background without its foreground), then the queue.
 
 Queue: each step enqueues the key encoder's embeddings of the key view (`k`) and, when symmetric, of the query view
 (`k2`, the positive of the second half); the semi-negative keys are not enqueued. Every rank enqueues the same
@@ -18,6 +19,7 @@ one rank and bn_splits=1 shuffling changes nothing.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
@@ -25,6 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainer.batchnorm import split_batchnorm
+
+ExtraViews = torch.Tensor | Sequence[torch.Tensor] | None
 
 
 def mlp_head(in_dim: int, dim: int) -> nn.Module:
@@ -154,26 +158,24 @@ class MoCo(nn.Module):
         z, fmap = self._encode(self.encoder_k, x, block)
         return unshuffle_batch(z, inverse), (unshuffle_batch(fmap, inverse) if fmap is not None else None)
 
-    def contrast(self, q: torch.Tensor, k: torch.Tensor, extra: torch.Tensor | None = None):
-        """Logits [positive, (semi-negative), queue...] / T and the targets (all 0)."""
+    def contrast(self, q: torch.Tensor, k: torch.Tensor, extras: Sequence[torch.Tensor] = ()):
+        """Logits [positive, extra negatives..., queue...] / T and the targets (all 0)."""
         columns = [(q * k).sum(1, keepdim=True)]
-        if extra is not None:
-            columns.append((q * extra).sum(1, keepdim=True))
+        columns += [(q * extra).sum(1, keepdim=True) for extra in extras]
         columns.append(q @ self.queue.clone().detach().T)
         logits = torch.cat(columns, dim=1) / self.temperature
         return logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
 
-    def forward(
-        self, query: torch.Tensor, key: torch.Tensor, extra_neg: torch.Tensor | None = None, block: int | None = None
-    ):
+    def forward(self, query: torch.Tensor, key: torch.Tensor, extra_neg: ExtraViews = None, block: int | None = None):
         """(logits, labels), plus the block feature maps when `block` is given: see `forward_features`."""
         logits, labels, maps = self.forward_features(query, key, extra_neg, block)
         return (logits, labels) if block is None else (logits, labels, maps)
 
     def forward_features(
-        self, query: torch.Tensor, key: torch.Tensor, extra_neg: torch.Tensor | None = None, block: int | None = None
+        self, query: torch.Tensor, key: torch.Tensor, extra_neg: ExtraViews = None, block: int | None = None
     ):
-        """query: the (FAME) view; key: another clip of the same video; extra_neg: a view of the partner video.
+        """query: the (FAME) view; key: another clip of the same video; extra_neg: a view (or a sequence of views)
+        whose keys are extra negatives of every sample: the partner video's view, the query's background.
 
         Symmetric: the key view is also a query against the query view's key; both halves are stacked, so
         cross-entropy over them is the mean of the two directions. Returns (logits, labels, maps) where maps holds
@@ -183,7 +185,8 @@ class MoCo(nn.Module):
         with torch.no_grad():
             self._momentum_update()
             k, k_map = self._encode_key(key, block)
-            extra = self._encode_key(extra_neg)[0] if extra_neg is not None else None
+            views = [] if extra_neg is None else [extra_neg] if torch.is_tensor(extra_neg) else list(extra_neg)
+            extra = [self._encode_key(view)[0] for view in views]
         logits, labels = self.contrast(q, k, extra)
         keys = [k]
         if self.symmetric:

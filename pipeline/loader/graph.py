@@ -45,7 +45,7 @@ def compose(clip, alpha, background, fame):
     m = fn.cast(alpha, dtype=types.FLOAT) * (1.0 / 255.0)
     m = 1.0 - fame * (1.0 - m)
     merged = m * fn.cast(clip, dtype=types.FLOAT) + (1.0 - m) * fn.cast(background, dtype=types.FLOAT)
-    return fn.cast(merged + 0.5, dtype=types.UINT8)
+    return fn.cast(merged, dtype=types.UINT8)  # DALI rounds to nearest when casting to an integer
 
 
 def augment(frames, colour):
@@ -124,6 +124,8 @@ def build_pipeline(source: SampleSource, batch_size: int, device_id: int | None,
         outputs = [normalise(augment(merged, colour[0])), normalise(augment(key, colour[1])), data["meta"]]
         if params.return_partner:
             outputs.append(normalise(augment(partner, colour[2])))
+        if params.return_background:  # the query without its foreground: same crop, flip and colours
+            outputs.append(normalise(augment(over_time(bg, a), colour[0])))
         if debug_outputs:
             outputs += [a, m, over_time(bg, a), merged, key]
         return tuple(outputs)

@@ -37,6 +37,7 @@ class LoaderParams:
     blur_p: float = 0.5
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     return_partner: bool = False  # also output an augmented view of the partner clip (semi-negatives)
+    return_background: bool = False  # also output the query's background alone, augmented as the query is
     num_workers: int = 2  # parallel external-source processes (decoding)
     num_threads: int = 2  # DALI operator threads
     prefetch: int = 2  # batches prepared ahead
