@@ -123,3 +123,32 @@ def test_two_process_torchrun_step(cache_url, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(losses(out)) == 2 and all(np.isfinite(losses(out)))
+
+
+def test_every_loader_option_is_a_pretrain_flag_and_round_trips():
+    from trainer.cli import _config_from, build_parser
+
+    flags = (
+        "pretrain --cache c.zarr --mask-mode area --beta 0.4 --own-floor 0.2 --key-start cached --background frames "
+        "--no-use-cache --workers 3 --crop-scale 0.5 1.0 --jitter 0.1 0.2 0.3 0.05 --bn-splits 4 --shuffle-bn --no-fame"
+    )
+    args = build_parser().parse_args(flags.split())
+    config = _config_from(args)
+    loader = config.loader
+    assert (loader.mask_mode, loader.beta, loader.own_floor, loader.key_start) == ("area", 0.4, 0.2, "cached")
+    assert (loader.background, loader.use_cache, loader.num_workers) == ("frames", False, 3)
+    assert loader.crop_scale == (0.5, 1.0) and loader.jitter == (0.1, 0.2, 0.3, 0.05)
+    assert (config.bn_splits, config.shuffle_bn, config.fame) == (4, True, False)
+    assert config.loader_params().fame_p == 0.0
+    assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    default = _config_from(build_parser().parse_args(["pretrain", "--cache", "c.zarr"]))
+    assert default == TrainConfig(cache="c.zarr")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["pretrain", "--mask-mode", "blob"])
+
+
+def test_flat_configs_of_older_checkpoints_still_load():
+    old = {"cache": "c", "backbone": "small", "crop": 56, "crop_scale": [0.5, 1.0], "workers": 1, "fame_p": 0.5}
+    config = TrainConfig.from_dict(old)
+    assert (config.loader.crop, config.loader.crop_scale, config.loader.num_workers) == (56, (0.5, 1.0), 1)
+    assert config.loader.fame_p == 0.5

@@ -82,7 +82,10 @@ def add_preview_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--background", choices=BACKGROUNDS, default=d.background, help="(%(default)s)")
     p.add_argument("--mask-mode", choices=MASK_MODES, default=d.mask_mode, help="(%(default)s)")
     p.add_argument("--threshold", type=int, default=d.threshold, help="for --mask-mode threshold (%(default)s)")
-    p.add_argument("--beta", type=float, default=d.beta, help="foreground area for --mask-mode area (%(default)s)")
+    p.add_argument("--beta", type=float, default=d.beta, help="own-pixel fraction for --mask-mode area (%(default)s)")
+    p.add_argument(
+        "--own-floor", type=float, default=d.own_floor, help="least own-pixel fraction of a merged frame (%(default)s)"
+    )
     p.add_argument("--fame-p", type=float, default=1.0, help="probability a query is merged (%(default)s here)")
     p.set_defaults(func=run_preview, subparser=p)
 
@@ -102,6 +105,7 @@ def run_preview(args: argparse.Namespace) -> int:
             mask_mode=args.mask_mode,
             threshold=args.threshold,
             beta=args.beta,
+            own_floor=args.own_floor,
             fame_p=args.fame_p,
             num_workers=0,
         )
