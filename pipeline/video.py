@@ -110,7 +110,8 @@ class FrameConverter:
 
     def __call__(self, frame: av.VideoFrame) -> np.ndarray:
         if self.size is None or (frame.height, frame.width) == self.size:
-            return frame.to_ndarray(format="rgb24")
+            # Through the kept scaler too: `to_ndarray(format=...)` sets a new one up for every frame.
+            return self.reformatter.reformat(frame, format="rgb24").to_ndarray()
         h, w = self.size
         return self.reformatter.reformat(frame, width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
 
