@@ -1,151 +1,520 @@
-"""Background-bias test: does pretraining learn the action or the scene?
+"""Background-bias benchmark: which pretraining setting learns the motion rather than the scene?
 
-Each action class (an actor of its own colour family moving its own way) is filmed over its own kind of background
-(a hue family) in the training set, and over another class's kind in the test set. A representation that leans on
-the background scores below chance on the swapped test; one that follows the foreground does not care. Every arm
-pretrains the small backbone for the same budget and seeds, then a linear probe and kNN are fitted on the training
-set and scored on the swapped test.
+Data (`benchmarks/bias_scenes.py`): five classes told apart only by how a textured object moves (side to side, up
+and down, circle, corner to corner, pulsing), over backgrounds of five families (a hue-tinted texture blended with
+crops of the real sample videos). In training the family matches the class 95% of the time; in the test it is
+always another class's, so a representation that learned the background scores below chance (0.2). Two mover
+sizes: `small` (2-5% of the frame) and `actor` (10-20%); half the videos pan.
 
-    python benchmarks/bias.py --json benchmarks/results/bias.json [--epochs 80] [--seeds 0 1 2 3 4]
+For each mover size the train and test sets are generated once, cached with `build_cache` (method `motion`, and
+`fame` for the paper arm), then every arm pretrains the small backbone with the same budget and seeds, and a linear
+probe and kNN are fitted on the training videos and scored on the swapped test. Arms:
+
+- moco: plain MoCo (no merged query).
+- fame_paper: FAME as published: `fame`-method masks, top-beta (0.5) area rule per crop, no own-pixel floor, the
+  partner's raw frames as background.
+- fame: FAME with the project's defaults (`motion` masks, default LoaderParams).
+- fame+semi: defaults + semi-negatives.
+- fame+semi+micro: defaults + semi-negatives + the micro-bias term (weight 0.5).
+
+Seeds run in the outer loop, arms in the inner one, so a slow spell of a shared machine hits every arm alike; the
+gain of an arm over moco is the paired per-seed difference, with a 95% t-interval.
+
+    python benchmarks/bias.py [--quick] [--sizes small actor] [--arms moco fame] [--seeds 0 1 2] [--epochs N]
+        [--arm 'fame_b30={"loader": {"mask_mode": "area", "beta": 0.3}}'] [--json benchmarks/results/bias.json]
+
+`--arm NAME=JSON` adds an arm (repeatable): TrainConfig overrides, a nested "loader" dict of LoaderParams overrides,
+and "method" ("motion" or "fame") choosing the cache. Outputs: the JSON, a Markdown table with the same stem, and
+`<stem>_loss.png` (each arm's mean contrastive loss by step, per size, with ln(queue + 1), the loss of a query
+that cannot tell its key from the queue, dashed). `--quick` writes `bias_quick.*` unless `--json` is given.
+
+Time, on the 2 CPU cores of the development machine while other jobs kept its load average at 4-7: a run
+(pretrain + evaluation) costs ~8 s plus 0.39-0.47 s a step (batch 16, crop 40, clips of 8); videos and caches ~20 s
+per mover size. `--quick` (3 arms x 2 seeds x 2 sizes, 72 steps a run) took 8.9 min at a load average of 6-7; the
+full benchmark (5 arms x 5 seeds x 2 sizes = 50 runs of 108 steps, ~50-58 s each) takes ~43-50 min. The
+budget was cut to fit, seeds kept: 40 px crops of a 48x64 cache (the model's step is 0.29 s on one core at 40 px,
+0.57 s at 56) and 12 epochs of 9 steps. The process runs torch on one thread: two threads on two shared cores, beside
+the loader's worker, stalled at OpenMP barriers (0.4 s steps took 2-5 s). Videos are written at 96x128 (a width
+PyAV and x264 encode deterministically, see `bias_scenes`) and cached at 48x64.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
+import shutil
 import statistics
+import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import numpy as np
+import torch
 
-from pipeline.build import build_cache
-from pipeline.params import BuildParams
-from pipeline.synthetic import Scene, write_scene
-from trainer.checkpoint import load_backbone
-from trainer.config import TrainConfig
-from trainer.evaluate import EvalSettings, evaluate
-from trainer.train import pretrain
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
 
-DIRECTIONS = [(0.0, 2.5), (2.0, 0.0), (-1.8, -1.8)]  # the action classes
-BACKGROUND_HUES = [10, 70, 130]  # the scene families (OpenCV hue, 0..179)
-ACTOR_HUES = [40, 100, 160]  # the actors' families, one per class
-ARMS = {
+from benchmarks.bias_scenes import CLASSES, MOVER_AREAS, load_real_frames, write_bias_set  # noqa: E402
+from pipeline.build import build_cache  # noqa: E402
+from pipeline.loader.params import LoaderParams  # noqa: E402
+from pipeline.params import METHODS, BuildParams  # noqa: E402
+from trainer.checkpoint import load_backbone  # noqa: E402
+from trainer.config import TrainConfig  # noqa: E402
+from trainer.evaluate import EvalSettings, evaluate  # noqa: E402
+from trainer.train import pretrain  # noqa: E402
+
+CHANCE = 1 / len(CLASSES)
+BASELINE = "moco"
+QUICK_ARMS = ("moco", "fame", "fame_paper")
+
+
+# The paper's merge: the top-beta (0.5) area rule inside the crop, the partner's raw frames, and no own-pixel floor
+# (the paper keeps whatever the area rule keeps).
+PAPER_LOADER = {"mask_mode": "area", "beta": 0.5, "background": "frames", "own_floor": 0.0}
+ARMS: dict[str, dict[str, Any]] = {
     "moco": {"fame": False},
-    "fame": {"fame": True, "fame_p": 1.0},
-    "fame+semi": {"fame": True, "fame_p": 1.0, "semi_negatives": True},
-    "fame+semi+micro": {"fame": True, "fame_p": 1.0, "semi_negatives": True, "micro": True, "micro_weight": 0.5},
+    "fame_paper": {"method": "fame", "loader": PAPER_LOADER},
+    "fame": {},
+    "fame+semi": {"semi_negatives": True},
+    "fame+semi+micro": {"semi_negatives": True, "micro": True, "micro_weight": 0.5},
 }
 
 
-def write_split(root: Path, per_class: int, swap: int, seed: int) -> None:
-    """Class c is its foreground (an actor of hue family c moving in direction c, with its own texture in every
-    video, as the objects of an action are) filmed over background family (c + swap) % 3: in training the scene
-    predicts the class as well as the action does; in the test it points to the wrong class."""
-    rng = np.random.default_rng(seed)
-    for c, velocity in enumerate(DIRECTIONS):
-        for v in range(per_class):
-            speed = rng.uniform(0.8, 1.2)
-            scene = Scene(
-                size=(64, 80),
-                n_frames=24,
-                object_velocity=(velocity[0] * speed, velocity[1] * speed),
-                object_radius=(16.0, 13.0),
-                shape_change=0.15,
-                background_hue=BACKGROUND_HUES[(c + swap) % 3],
-                object_hue=ACTOR_HUES[c],
-                background_seed=int(rng.integers(1 << 30)),
-                object_seed=int(rng.integers(1 << 30)),
-            )
-            write_scene(root / f"class_{c}" / f"v{v:02d}.mp4", scene)
+@dataclass(frozen=True)
+class Budget:
+    """Everything every arm shares: data, cache, training budget and evaluation."""
+
+    epochs: int
+    seeds: tuple[int, ...]
+    train_per_class: int = 30
+    test_per_class: int = 16
+    video_size: tuple[int, int] = (96, 128)  # frames (h, w) as written (width a multiple of 64: see bias_scenes)
+    size: tuple[int, int] = (48, 64)  # the cache's frame size (frames are resized whole to it)
+    n_frames: int = 36
+    period: float = 24.0  # frames per motion cycle, before the per-video speed jitter
+    clip_len: int = 8
+    stride: int = 2
+    clips_per_video: int = 2
+    batch_size: int = 16
+    queue_size: int = 64  # >= 2 x batch: a symmetric step enqueues 2 x batch keys
+    crop: int = 40
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    lr: float = 0.05
+    warmup_epochs: int = 2
+    moco_momentum: float = 0.99
+    loader_workers: int = 1
+    data_seed: int = 0  # both mover sizes draw the same videos (paths, backgrounds, pans), the mover's size aside
+
+    @property
+    def eval_size(self) -> tuple[int, int]:
+        """Evaluation resizes whole frames so the centre crop spans the height and the middle 3/4 of the width,
+        where the generator keeps every mover's path."""
+        h, w = self.size
+        return self.crop, round(self.crop * w / h)
+
+    @property
+    def eval_settings(self) -> EvalSettings:
+        """The clips the probe sees: the cache's clip shape, centre crops at the training crop's scale."""
+        return EvalSettings(
+            clip_len=self.clip_len,
+            stride=self.stride,
+            clips_per_video=self.clips_per_video,
+            size=self.eval_size,
+            crop=self.crop,
+        )
 
 
-def run(args) -> dict:
-    work = Path(tempfile.mkdtemp(prefix="fame-bias-"))
-    write_split(work / "train", args.per_class, swap=0, seed=1)
-    write_split(work / "test", max(2, args.per_class // 2), swap=1, seed=2)
-    cache = str(work / "cache.zarr")
-    build_cache(
-        str(work / "train"), cache, BuildParams(size=(64, 80), clip_len=8, stride=1, clips_per_video=2), progress=False
+FULL = Budget(epochs=12, seeds=(0, 1, 2, 3, 4))
+QUICK = Budget(epochs=8, seeds=(0, 1))
+
+
+# ---- arms -----------------------------------------------------------------------------------------------------------
+
+
+def check_arm(name: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Refuse unknown keys before any work starts, naming them and the allowed ones."""
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"loader", "cache", "out"}
+    loader_fields = {f.name for f in dataclasses.fields(LoaderParams)}
+    unknown = set(overrides) - train_fields - {"loader", "method"}
+    if unknown:
+        raise ValueError(f"arm {name}: unknown TrainConfig field(s) {sorted(unknown)}; allowed: {sorted(train_fields)}")
+    unknown = set(overrides.get("loader", {})) - loader_fields
+    if unknown:
+        raise ValueError(
+            f"arm {name}: unknown LoaderParams field(s) {sorted(unknown)}; allowed: {sorted(loader_fields)}"
+        )
+    if overrides.get("method", "motion") not in METHODS:
+        raise ValueError(f"arm {name}: method must be one of {', '.join(METHODS)}, got {overrides['method']!r}")
+    return overrides
+
+
+def parse_arm(text: str) -> tuple[str, dict[str, Any]]:
+    """'NAME=JSON' -> (NAME, overrides)."""
+    name, sep, body = text.partition("=")
+    if not sep or not name:
+        raise ValueError(f"--arm must be NAME=JSON, got {text!r}")
+    try:
+        overrides = json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--arm {name}: not valid JSON ({exc}): {body!r}") from exc
+    if not isinstance(overrides, dict):
+        raise ValueError(f"--arm {name}: JSON must be an object, got {body!r}")
+    return name, check_arm(name, overrides)
+
+
+def base_loader(budget: Budget) -> LoaderParams:
+    """The loader every arm starts from: project defaults with the budget's crop, one decoding worker and one DALI
+    thread (speed-only options: with the trainer's one torch thread, each process has a core of its own)."""
+    return LoaderParams(
+        crop=budget.crop, crop_scale=budget.crop_scale, num_workers=budget.loader_workers, num_threads=1
     )
-    settings = EvalSettings(clip_len=8, stride=1, clips_per_video=2, size=(64, 80), crop=56)
-    results: dict[str, dict] = {}
-    for arm, overrides in ARMS.items():
-        if args.arms and arm not in args.arms:
+
+
+def make_config(overrides: dict[str, Any], budget: Budget, cache: str, out: str, seed: int) -> TrainConfig:
+    """The arm's TrainConfig: the shared budget, then the arm's overrides (loader options merged, not replaced)."""
+    arm = {k: v for k, v in overrides.items() if k not in ("loader", "method")}
+    loader = dataclasses.replace(base_loader(budget), **overrides.get("loader", {}))
+    shared = {
+        "cache": cache,
+        "out": out,
+        "backbone": "small",
+        "epochs": budget.epochs,
+        "batch_size": budget.batch_size,
+        "queue_size": budget.queue_size,
+        "lr": budget.lr,
+        "warmup_epochs": budget.warmup_epochs,
+        "moco_momentum": budget.moco_momentum,
+        "seed": seed,
+        "checkpoint_every": 10_000,
+        "device": "cpu",
+    }
+    return TrainConfig(**{**shared, **arm, "loader": loader})
+
+
+# ---- one run --------------------------------------------------------------------------------------------------------
+
+
+def read_losses(run: Path) -> dict[str, list[float]]:
+    """Per-step 'loss' (and 'contrastive' when logged) from a run's log.jsonl."""
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+    curves = {"loss": [r["loss"] for r in records]}
+    if any("contrastive" in r for r in records):
+        curves["contrastive"] = [r.get("contrastive", math.nan) for r in records]
+    return curves
+
+
+def tail_mean(values: list[float], fraction: float = 0.1) -> float:
+    """Mean of the last `fraction` of the steps (at least one): the loss a run ended at, less one step's noise."""
+    n = max(1, round(len(values) * fraction))
+    return statistics.fmean(values[-n:])
+
+
+def run_one(config: TrainConfig, train_dir: Path, test_dir: Path, budget: Budget) -> tuple[dict, dict]:
+    """Pretrain, evaluate on the swapped test; returns (the run's record, its loss curves)."""
+    start = time.perf_counter()
+    final = pretrain(config, progress=False)
+    trained = time.perf_counter()
+    backbone, _ = load_backbone(final)
+    metrics = evaluate(backbone, str(train_dir), str(test_dir), ("linear", "knn"), budget.eval_settings)
+    curves = read_losses(Path(config.out))
+    record = {
+        "seed": config.seed,
+        "linear_top1": metrics["linear_top1"],
+        "knn_top1": metrics["knn_top1"],
+        "loss_end": tail_mean(curves["loss"]),
+        **({"contrastive_end": tail_mean(curves["contrastive"])} if "contrastive" in curves else {}),
+        "steps": len(curves["loss"]),
+        "seconds": time.perf_counter() - start,
+        "train_seconds": trained - start,
+    }
+    return record, curves
+
+
+# ---- statistics -----------------------------------------------------------------------------------------------------
+
+# Two-sided 95% quantiles of Student's t by degrees of freedom (scipy is not a dependency).
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+T975.update({11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093})
+T975.update({20: 2.086, 25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980})
+
+
+def t_quantile(df: int) -> float:
+    """t_{0.975, df}; between table rows the next smaller df (a slightly wider interval), 1.96 beyond 120."""
+    if df > 120:
+        return 1.96
+    return T975[max(k for k in T975 if k <= df)]
+
+
+def ci95(values: list[float], low: float = 0.0, high: float = 1.0) -> list[float] | None:
+    """95% t-interval of the mean, [low, high], clipped to the values' range (top-1 in [0, 1], a difference of
+    two in [-1, 1]); None for fewer than two values."""
+    if len(values) < 2:
+        return None
+    mean = statistics.fmean(values)
+    half = t_quantile(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return [max(low, mean - half), min(high, mean + half)]
+
+
+def summarise(runs: list[dict], setting: dict) -> dict:
+    """An arm's means and intervals over seeds."""
+    out: dict[str, Any] = {}
+    for key in ("linear_top1", "knn_top1"):
+        values = [r[key] for r in runs]
+        out[f"{key}_mean"] = statistics.fmean(values)
+        out[f"{key}_ci95"] = ci95(values)
+    out["loss_end_mean"] = statistics.fmean(r["loss_end"] for r in runs)
+    if all("contrastive_end" in r for r in runs):
+        out["contrastive_end_mean"] = statistics.fmean(r["contrastive_end"] for r in runs)
+    out["seconds_mean"] = statistics.fmean(r["seconds"] for r in runs)
+    return {**out, "runs": runs, "setting": setting}
+
+
+def add_gains(arms: dict[str, dict]) -> None:
+    """Each arm's paired per-seed difference from the baseline (linear and kNN top-1): mean and 95% interval."""
+    if BASELINE not in arms:
+        return
+    base = {r["seed"]: r for r in arms[BASELINE]["runs"]}
+    for name, arm in arms.items():
+        if name == BASELINE:
             continue
-        runs = []
-        for seed in args.seeds:
-            config = TrainConfig(
-                cache=cache,
-                out=str(work / f"{arm}-{seed}"),
-                backbone="small",
-                epochs=args.epochs,
-                batch_size=8,
-                crop=56,
-                crop_scale=(0.5, 1.0),
-                queue_size=32,
-                lr=0.05,
-                warmup_epochs=2,
-                workers=1,
-                seed=seed,
-                moco_momentum=0.99,
-                checkpoint_every=10_000,
-                **overrides,
+        for key, prefix in (("linear_top1", "gain_over_moco"), ("knn_top1", "knn_gain_over_moco")):
+            diffs = [r[key] - base[r["seed"]][key] for r in arm["runs"] if r["seed"] in base]
+            arm[f"{prefix}_mean"] = statistics.fmean(diffs) if diffs else None
+            arm[f"{prefix}_ci95"] = ci95(diffs, -1.0, 1.0)
+
+
+def mean_curve(curves: list[list[float]]) -> list[float]:
+    """Step-wise mean over seeds (runs of one arm take the same number of steps; the shortest bounds it)."""
+    n = min(len(c) for c in curves)
+    return [statistics.fmean(c[i] for c in curves) for i in range(n)]
+
+
+# ---- the benchmark --------------------------------------------------------------------------------------------------
+
+
+def build_caches(train_dir: Path, work: Path, budget: Budget, methods: set[str]) -> tuple[dict[str, str], dict]:
+    """One cache per mask method the arms need; returns {method: path} and the build seconds."""
+    caches, seconds = {}, {}
+    for method in sorted(methods):
+        params = BuildParams(
+            size=budget.size,
+            clip_len=budget.clip_len,
+            stride=budget.stride,
+            clips_per_video=budget.clips_per_video,
+            method=method,
+        )
+        start = time.perf_counter()
+        caches[method] = str(work / f"cache-{method}.zarr")
+        build_cache(str(train_dir), caches[method], params, workers=1, progress=False)
+        seconds[method] = time.perf_counter() - start
+    return caches, seconds
+
+
+def run_size(mover: str, arms: dict[str, dict], budget: Budget, work: Path, pool: list) -> tuple[dict, dict]:
+    """Generate, cache, train and evaluate every arm and seed for one mover size; returns (report, mean curves)."""
+    start = time.perf_counter()
+    train_dir, test_dir = write_bias_set(
+        work / "data",
+        mover,
+        budget.train_per_class,
+        budget.test_per_class,
+        size=budget.video_size,
+        n_frames=budget.n_frames,
+        period=budget.period,
+        seed=budget.data_seed,
+        pool=pool,
+    )
+    generate_seconds = time.perf_counter() - start
+    caches, build_seconds = build_caches(train_dir, work, budget, {a.get("method", "motion") for a in arms.values()})
+    runs: dict[str, list[dict]] = {name: [] for name in arms}
+    curves: dict[str, list[dict]] = {name: [] for name in arms}
+    for seed in budget.seeds:
+        for name, overrides in arms.items():
+            out = work / "runs" / f"{name}-{seed}"
+            config = make_config(overrides, budget, caches[overrides.get("method", "motion")], str(out), seed)
+            record, curve = run_one(config, train_dir, test_dir, budget)
+            runs[name].append(record)
+            curves[name].append(curve)
+            print(
+                f"{mover:6s} {name:18s} seed {seed}: linear {record['linear_top1']:.3f} knn {record['knn_top1']:.3f} "
+                f"loss_end {record['loss_end']:.3f} ({record['seconds']:.0f} s)",
+                flush=True,
             )
-            start = time.perf_counter()
-            final = pretrain(config, progress=False)
-            backbone, _ = load_backbone(final)
-            metrics = evaluate(backbone, str(work / "train"), str(work / "test"), ("linear", "knn"), settings)
-            metrics["seconds"] = time.perf_counter() - start
-            runs.append({"seed": seed, **metrics})
-            print(f"{arm:16s} seed {seed}: linear {metrics['linear_top1']:.3f} knn {metrics['knn_top1']:.3f}")
-        results[arm] = {
-            "runs": runs,
-            "linear_top1_mean": statistics.mean(r["linear_top1"] for r in runs),
-            "knn_top1_mean": statistics.mean(r["knn_top1"] for r in runs),
-        }
+    report_arms = {name: summarise(runs[name], arms[name]) for name in arms}
+    add_gains(report_arms)
+    mean_curves = {name: {key: mean_curve([c[key] for c in curves[name]]) for key in curves[name][0]} for name in arms}
+    seconds = {"generate": generate_seconds, "build": build_seconds, "total": time.perf_counter() - start}
+    return {"mover_area": list(MOVER_AREAS[mover]), "seconds": seconds, "arms": report_arms}, mean_curves
+
+
+def setting_of(budget: Budget, arms: dict[str, dict], sizes: list[str]) -> dict:
+    """Everything the numbers depend on, for the report."""
     return {
-        "setting": {
-            "epochs": args.epochs,
-            "seeds": args.seeds,
-            "per_class": args.per_class,
-            "classes": len(DIRECTIONS),
-            "chance": 1 / len(DIRECTIONS),
-        },
-        "arms": results,
+        **dataclasses.asdict(budget),
+        "eval_size": list(budget.eval_size),
+        "steps_per_epoch": (budget.train_per_class * len(CLASSES)) // budget.batch_size,
+        "classes": list(CLASSES),
+        "sizes": {s: list(MOVER_AREAS[s]) for s in sizes},
+        "backbone": "small",
+        "arms": arms,
+        "base_loader": base_loader(budget).to_dict(),
     }
 
 
-def table(report: dict) -> str:
-    """Means and every seed's score: single runs on a set this small range from 0 to 1, so the spread is the news."""
-    lines = [
-        "| arm | linear top-1 (swapped bg) | kNN top-1 (swapped bg) | linear, per seed |",
-        "| --- | --- | --- | --- |",
-    ]
-    for arm, res in report["arms"].items():
-        per_seed = " ".join(f"{r['linear_top1']:.2f}" for r in res["runs"])
-        lines.append(f"| {arm} | {res['linear_top1_mean']:.3f} | {res['knn_top1_mean']:.3f} | {per_seed} |")
+# ---- outputs --------------------------------------------------------------------------------------------------------
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def _with_ci(mean: float | None, ci: list[float] | None, signed: bool = False) -> str:
+    """'12.3 [4.5, 20.1]' in percent; signed for differences."""
+    if mean is None:
+        return "-"
+    fmt = "{:+.1f}" if signed else "{:.1f}"
+    text = fmt.format(100 * mean)
+    return text if ci is None else f"{text} [{fmt.format(100 * ci[0])}, {fmt.format(100 * ci[1])}]"
+
+
+def footer(report: dict) -> str:
+    """The budget in one line, under the tables."""
     s = report["setting"]
-    lines.append(
-        f"\nseeds {s['seeds']}, {s['epochs']} epochs, {s['per_class']} videos per class, chance {s['chance']:.3f}"
+    (vh, vw), (ch, cw) = s["video_size"], s["size"]
+    return (
+        f"seeds {list(s['seeds'])}, {s['epochs']} epochs x {s['steps_per_epoch']} steps, batch {s['batch_size']}, "
+        f"queue {s['queue_size']}, crop {s['crop']}, clips {s['clip_len']}x{s['stride']}, videos {vh}x{vw} cached "
+        f"at {ch}x{cw}, {s['train_per_class']}/{s['test_per_class']} train/test videos per class; "
+        f"{report['seconds'] / 60:.1f} min"
     )
-    return "\n".join(lines)
 
 
-def main() -> None:
+def table(report: dict) -> str:
+    """Per mover size: each arm's top-1 on the swapped test with 95% intervals, its paired gain over moco (an
+    interval above zero is a gain the seeds support), the final loss and every seed's linear score."""
+    lines = []
+    for mover, res in report["sizes"].items():
+        lo, hi = res["mover_area"]
+        lines += [
+            f"\n**{mover}** mover ({100 * lo:.0f}-{100 * hi:.0f}% of the frame); top-1 % on the swapped test, "
+            f"mean [95% CI] over seeds; chance {100 * report['chance']:.0f}",
+            "",
+            "| arm | linear | kNN | linear gain over moco | loss end | contrastive end | linear per seed |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for name, arm in res["arms"].items():
+            gain = _with_ci(arm.get("gain_over_moco_mean"), arm.get("gain_over_moco_ci95"), signed=True)
+            per_seed = " ".join(_pct(r["linear_top1"]) for r in arm["runs"])
+            lines.append(
+                f"| {name} | {_with_ci(arm['linear_top1_mean'], arm['linear_top1_ci95'])} "
+                f"| {_with_ci(arm['knn_top1_mean'], arm['knn_top1_ci95'])} | {gain if name != BASELINE else ''} "
+                f"| {arm['loss_end_mean']:.3f} | {arm.get('contrastive_end_mean', arm['loss_end_mean']):.3f} "
+                f"| {per_seed} |"
+            )
+    lines.append("\n" + footer(report))
+    return "\n".join(lines).lstrip("\n")
+
+
+def plot_losses(curves: dict[str, dict[str, dict[str, list[float]]]], queue_size: int, path: Path) -> None:
+    """Per size, each arm's mean contrastive loss by step (the micro term, where on, is left out: the table has the
+    whole loss), and ln(queue + 1) dashed: the loss of a query that cannot tell its key from the queue's keys."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(5.5 * len(curves), 3.8), squeeze=False)
+    chance = math.log(queue_size + 1)
+    for ax, (mover, arms) in zip(axes[0], curves.items(), strict=True):
+        for name, arm in arms.items():
+            contrastive = arm.get("contrastive", arm["loss"])
+            ax.plot(range(1, len(contrastive) + 1), contrastive, lw=1.2, label=name)
+        ax.axhline(chance, ls="--", color="grey", lw=1, label=f"ln(queue+1) = {chance:.2f}")
+        # The queue starts as random vectors, so the first steps' loss is near 0: leave them out of the scale.
+        settled = [v for arm in arms.values() for v in arm.get("contrastive", arm["loss"])[3:]]
+        if settled:
+            ax.set_ylim(min(settled) - 0.2, max(max(settled), chance) + 0.2)
+        ax.set_title(f"{mover} mover: contrastive loss, mean over seeds", fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_outputs(report: dict, curves: dict, json_path: Path) -> None:
+    """The JSON, the Markdown table beside it (same stem) and the loss figure (`<stem>_loss.png`)."""
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    json_path.with_suffix(".md").write_text(table(report) + "\n")
+    plot_losses(curves, report["setting"]["queue_size"], json_path.with_name(f"{json_path.stem}_loss.png"))
+
+
+# ---- command line ---------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--json", default="benchmarks/results/bias.json")
-    parser.add_argument("--epochs", type=int, default=80)
-    parser.add_argument("--per-class", type=int, default=8)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--arms", nargs="*", default=None, help=f"subset of {', '.join(ARMS)}")
-    args = parser.parse_args()
-    report = run(args)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=2))
-    Path(args.json).with_suffix(".md").write_text(table(report) + "\n")
+    parser.add_argument(
+        "--json", default=None, help="default benchmarks/results/bias.json (bias_quick.json with --quick)"
+    )
+    parser.add_argument("--quick", action="store_true", help=f"fewer epochs and seeds, arms {', '.join(QUICK_ARMS)}")
+    parser.add_argument("--sizes", nargs="+", choices=list(MOVER_AREAS), default=list(MOVER_AREAS))
+    parser.add_argument("--arms", nargs="+", default=None, help="named arms to run (default: all, or the quick set)")
+    parser.add_argument("--arm", action="append", default=[], metavar="NAME=JSON", help="an ad-hoc arm (repeatable)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None)
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--keep", action="store_true", help="keep the working folder (videos, caches, runs)")
+    return parser.parse_args(argv)
+
+
+def select_arms(args: argparse.Namespace) -> dict[str, dict]:
+    """Named arms (all, the quick set, or --arms), then the ad-hoc --arm ones."""
+    adhoc = dict(parse_arm(text) for text in args.arm)
+    known = {**ARMS, **adhoc}
+    names = args.arms or (list(QUICK_ARMS) if args.quick else list(ARMS))
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"--arms: unknown arm(s) {unknown}; named arms: {', '.join(known)}")
+    chosen = {n: known[n] for n in names}
+    chosen.update(adhoc)
+    return chosen
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        arms = select_arms(args)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from exc
+    budget = QUICK if args.quick else FULL
+    budget = dataclasses.replace(
+        budget,
+        epochs=args.epochs or budget.epochs,
+        seeds=tuple(args.seeds) if args.seeds else budget.seeds,
+    )
+    torch.set_num_threads(1)  # 2 threads on 2 shared cores stall at OpenMP barriers (steps of 0.4 s took 2-5 s)
+    start = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="fame-bias-"))
+    pool = load_real_frames(seed=budget.data_seed)
+    report: dict[str, Any] = {"chance": CHANCE, "setting": setting_of(budget, arms, args.sizes), "sizes": {}}
+    curves: dict[str, dict] = {}
+    try:
+        for mover in args.sizes:
+            report["sizes"][mover], curves[mover] = run_size(mover, arms, budget, work / mover, pool)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    report["seconds"] = time.perf_counter() - start
+    write_outputs(report, curves, Path(args.json or f"benchmarks/results/bias{'_quick' if args.quick else ''}.json"))
     print(table(report))
+    if args.keep:
+        print(f"working folder kept: {work}")
 
 
 if __name__ == "__main__":
