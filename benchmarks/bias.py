@@ -16,6 +16,7 @@ probe and kNN are fitted on the training videos and scored on the swapped test. 
 - fame: FAME with the project's defaults (`motion` masks, default LoaderParams).
 - fame+semi: defaults + semi-negatives.
 - fame+semi+micro: defaults + semi-negatives + the micro-bias term (weight 0.5).
+- fame+bgneg: defaults + the merged query's own background as an extra negative.
 
 Seeds run in the outer loop, arms in the inner one, so a slow spell of a shared machine hits every arm alike; the
 gain of an arm over moco is the paired per-seed difference, with a 95% t-interval.
@@ -28,14 +29,15 @@ and "method" ("motion" or "fame") choosing the cache. Outputs: the JSON, a Markd
 `<stem>_loss.png` (each arm's mean contrastive loss by step, per size, with ln(queue + 1), the loss of a query
 that cannot tell its key from the queue, dashed). `--quick` writes `bias_quick.*` unless `--json` is given.
 
-Time, on the 2 CPU cores of the development machine while other jobs kept its load average at 4-7: a run
-(pretrain + evaluation) costs ~8 s plus 0.39-0.47 s a step (batch 16, crop 40, clips of 8); videos and caches ~20 s
-per mover size. `--quick` (3 arms x 2 seeds x 2 sizes, 72 steps a run) took 8.9 min at a load average of 6-7; the
-full benchmark (5 arms x 5 seeds x 2 sizes = 50 runs of 108 steps, ~50-58 s each) takes ~43-50 min. The
-budget was cut to fit, seeds kept: 40 px crops of a 48x64 cache (the model's step is 0.29 s on one core at 40 px,
-0.57 s at 56) and 12 epochs of 9 steps. The process runs torch on one thread: two threads on two shared cores, beside
-the loader's worker, stalled at OpenMP barriers (0.4 s steps took 2-5 s). Videos are written at 96x128 (a width
-PyAV and x264 encode deterministically, see `bias_scenes`) and cached at 48x64.
+Time, on 2 CPU cores: a run (pretrain + evaluation) costs ~60 s (108 steps of batch 16, crop 40, clips of 8, and the
+evaluation); videos and caches ~20 s per mover size. The two mover sizes run side by side, each in a process of its
+own with one torch thread (`--jobs`, default up to 2): the full benchmark (6 arms x 5 seeds x 2 sizes) takes ~32
+min, `--quick` (3 arms x 2 seeds x 2 sizes, 72 steps a run) under 10 min. The budget was cut to fit, seeds kept: 40
+px crops of a 48x64 cache (the model's step is 0.29 s on one core at 40 px, 0.57 s at 56) and 12 epochs of 9 steps.
+One torch thread per process: two threads on two shared cores, beside the loader's worker, stalled at OpenMP
+barriers (0.4 s steps took 2-5 s). `--merge A.json B.json --json F` joins reports of other mover sizes made with the
+same budget. Videos are written at 96x128 (a width PyAV and x264 encode deterministically, see `bias_scenes`) and
+cached at 48x64.
 """
 
 from __future__ import annotations
@@ -44,8 +46,10 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -81,6 +85,7 @@ ARMS: dict[str, dict[str, Any]] = {
     "fame": {},
     "fame+semi": {"semi_negatives": True},
     "fame+semi+micro": {"semi_negatives": True, "micro": True, "micro_weight": 0.5},
+    "fame+bgneg": {"background_negatives": True},
 }
 
 
@@ -348,7 +353,8 @@ def run_size(mover: str, arms: dict[str, dict], budget: Budget, work: Path, pool
     add_gains(report_arms)
     mean_curves = {name: {key: mean_curve([c[key] for c in curves[name]]) for key in curves[name][0]} for name in arms}
     seconds = {"generate": generate_seconds, "build": build_seconds, "total": time.perf_counter() - start}
-    return {"mover_area": list(MOVER_AREAS[mover]), "seconds": seconds, "arms": report_arms}, mean_curves
+    report = {"mover_area": list(MOVER_AREAS[mover]), "seconds": seconds, "arms": report_arms, "curves": mean_curves}
+    return report, mean_curves
 
 
 def setting_of(budget: Budget, arms: dict[str, dict], sizes: list[str]) -> dict:
@@ -447,12 +453,52 @@ def plot_losses(curves: dict[str, dict[str, dict[str, list[float]]]], queue_size
     plt.close(fig)
 
 
-def write_outputs(report: dict, curves: dict, json_path: Path) -> None:
-    """The JSON, the Markdown table beside it (same stem) and the loss figure (`<stem>_loss.png`)."""
+def write_outputs(report: dict, json_path: Path) -> None:
+    """The JSON, the Markdown table beside it (same stem) and the loss figure (`<stem>_loss.png`) from each size's
+    mean curves."""
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(report, indent=2) + "\n")
     json_path.with_suffix(".md").write_text(table(report) + "\n")
-    plot_losses(curves, report["setting"]["queue_size"], json_path.with_name(f"{json_path.stem}_loss.png"))
+    curves = {mover: res["curves"] for mover, res in report["sizes"].items() if "curves" in res}
+    if curves:
+        plot_losses(curves, report["setting"]["queue_size"], json_path.with_name(f"{json_path.stem}_loss.png"))
+
+
+def merge_reports(reports: list[dict], seconds: float) -> dict:
+    """One report from reports of the same budget and arms over other mover sizes (sizes run side by side)."""
+    merged = {**reports[0], "sizes": {}, "seconds": seconds}
+    merged["setting"] = {**reports[0]["setting"], "sizes": {}}
+    for report in reports:
+        merged["sizes"].update(report["sizes"])
+        merged["setting"]["sizes"].update(report["setting"]["sizes"])
+    return merged
+
+
+def child_flags(args: argparse.Namespace) -> list[str]:
+    """The command-line options a per-size child process shares with this one."""
+    flags = ["--quick"] if args.quick else []
+    flags += ["--arms", *args.arms] if args.arms else []
+    for arm in args.arm:
+        flags += ["--arm", arm]
+    flags += ["--seeds", *map(str, args.seeds)] if args.seeds else []
+    flags += ["--epochs", str(args.epochs)] if args.epochs else []
+    return flags + (["--keep"] if args.keep else [])
+
+
+def run_sizes_side_by_side(args: argparse.Namespace, work: Path) -> dict:
+    """Each mover size in a process of its own (one torch thread each): on 2 cores the sizes run in half the time
+    of one after the other."""
+    start = time.perf_counter()
+    children = {}
+    for mover in args.sizes:
+        out = work / f"{mover}.json"
+        command = [sys.executable, __file__, *child_flags(args), "--sizes", mover, "--jobs", "1", "--json", str(out)]
+        children[mover] = (subprocess.Popen(command), out)
+    failed = [mover for mover, (child, _) in children.items() if child.wait() != 0]
+    if failed:
+        raise SystemExit(f"error: the run of mover size(s) {', '.join(failed)} failed (see its output above)")
+    reports = [json.loads(out.read_text()) for _, out in children.values()]
+    return merge_reports(reports, time.perf_counter() - start)
 
 
 # ---- command line ---------------------------------------------------------------------------------------------------
@@ -470,6 +516,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the working folder (videos, caches, runs)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="mover sizes run side by side in this many processes (default: up to 2, one per core)",
+    )
+    parser.add_argument("--merge", nargs="+", metavar="JSON", help="only merge reports of other sizes into --json")
     return parser.parse_args(argv)
 
 
@@ -499,19 +552,25 @@ def main(argv: list[str] | None = None) -> None:
         seeds=tuple(args.seeds) if args.seeds else budget.seeds,
     )
     torch.set_num_threads(1)  # 2 threads on 2 shared cores stall at OpenMP barriers (steps of 0.4 s took 2-5 s)
+    json_path = Path(args.json or f"benchmarks/results/bias{'_quick' if args.quick else ''}.json")
     start = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="fame-bias-"))
-    pool = load_real_frames(seed=budget.data_seed)
-    report: dict[str, Any] = {"chance": CHANCE, "setting": setting_of(budget, arms, args.sizes), "sizes": {}}
-    curves: dict[str, dict] = {}
     try:
-        for mover in args.sizes:
-            report["sizes"][mover], curves[mover] = run_size(mover, arms, budget, work / mover, pool)
+        if args.merge:
+            reports = [json.loads(Path(path).read_text()) for path in args.merge]
+            report = merge_reports(reports, max(r["seconds"] for r in reports))  # run side by side
+        elif args.jobs > 1 and len(args.sizes) > 1:
+            report = run_sizes_side_by_side(args, work)
+        else:
+            pool = load_real_frames(seed=budget.data_seed)
+            report = {"chance": CHANCE, "setting": setting_of(budget, arms, args.sizes), "sizes": {}}
+            for mover in args.sizes:
+                report["sizes"][mover], _ = run_size(mover, arms, budget, work / mover, pool)
+            report["seconds"] = time.perf_counter() - start
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    report["seconds"] = time.perf_counter() - start
-    write_outputs(report, curves, Path(args.json or f"benchmarks/results/bias{'_quick' if args.quick else ''}.json"))
+    write_outputs(report, json_path)
     print(table(report))
     if args.keep:
         print(f"working folder kept: {work}")
