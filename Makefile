@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO := out/demo
 REAL_VIDEOS := ../shared/data/real_videos
 
-.PHONY: setup test lint format demo bench bench-preprocess bench-masks bench-loader bench-bias bench-wait gpu-check clean
+.PHONY: setup test lint format demo bench bench-preprocess bench-masks bench-loader bench-bias bench-bias-quick bench-wait gpu-check clean
 
 setup: $(STAMP)
 
@@ -69,6 +69,9 @@ bench-wait: $(STAMP)
 
 bench-bias: $(STAMP)
 	$(PY) benchmarks/bias.py --json benchmarks/results/bias.json
+
+bench-bias-quick: $(STAMP)
+	$(PY) benchmarks/bias.py --quick --json benchmarks/results/bias_quick.json
 
 clean:
 	rm -rf out runs .pytest_cache
