@@ -110,7 +110,7 @@ def test_key_starts_cover_the_whole_video(cache_url):
     loader = FameLoader(cache_url, 2, params=LoaderParams(crop=24, num_workers=0), seed=3)
     catalog = loader.catalog
     index = ClipIndex.from_table(catalog.clip_video, catalog.readable, catalog.labels, catalog.n_frames)
-    span = (catalog.clip_len - 1) * catalog.stride + 1
+    span = catalog.span
     n = int(index.n_frames[0])
     starts = {
         plan_sample(index, loader.params, catalog.size, 3, epoch, 0, key_span=span).key_start for epoch in range(200)

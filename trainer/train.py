@@ -56,11 +56,7 @@ def lr_at(step: int, total: int, warmup: int, base: float) -> float:
 def compute_loss(model, batch: dict[str, torch.Tensor], config: TrainConfig) -> tuple[torch.Tensor, dict[str, float]]:
     """The dual loss: MoCo cross-entropy (with the semi-negative and background-negative columns when on) + weight x
     micro term (when on)."""
-    extra = [
-        batch[name]
-        for name, on in (("partner", config.semi_negatives), ("background", config.background_negatives))
-        if on
-    ]
+    extra = [batch[name] for name in config.loader_params().extra_views]
     block = config.micro_block if config.micro else None
     logits, labels, *maps = model(batch["query"], batch["key"], extra, block)
     contrastive = F.cross_entropy(logits.float(), labels)

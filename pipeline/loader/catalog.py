@@ -39,6 +39,11 @@ class Catalog:
     n_frames: np.ndarray  # (V,) frames a key clip may start in (decoded count when built)
     cache_url: str | None  # None: no cache, masks are computed per sample
 
+    @property
+    def span(self) -> int:
+        """Source frames covered by one clip (as `BuildParams.span`)."""
+        return (self.clip_len - 1) * self.stride + 1
+
     def video_path(self, video: int) -> str:
         return join(self.root, str(self.paths[video]))
 

@@ -122,7 +122,7 @@ def build_pipeline(source: SampleSource, batch_size: int, device_id: int | None,
         merged = compose(a, m, bg, fame)
         key = crop_flip(clip_b, rois[1], flips[1], crop)
         outputs = [normalise(augment(merged, colour[0])), normalise(augment(key, colour[1])), data["meta"]]
-        if params.return_partner:
+        if params.return_partner:  # the extra views in `LoaderParams.extra_views` order
             outputs.append(normalise(augment(partner, colour[2])))
         if params.return_background:  # the query without its foreground: same crop, flip and colours
             outputs.append(normalise(augment(over_time(bg, a), colour[0])))

@@ -42,10 +42,10 @@ class FameLoader:
         self.params = params or LoaderParams()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if batch_size < 2 and (self.params.fame_p > 0 or self.params.return_partner or self.params.return_background):
+        if batch_size < 2 and (self.params.fame_p > 0 or self.params.extra_views):
             raise ValueError(
-                f"batch_size must be >= 2 with FAME (fame_p > 0) or return_partner, got {batch_size}: "
-                "each clip's partner is another clip of its batch"
+                f"batch_size must be >= 2 with FAME (fame_p > 0), return_partner or return_background, "
+                f"got {batch_size}: each clip's partner is another clip of its batch"
             )
         if not 0 <= shard_id < num_shards:
             raise ValueError(f"shard_id must be in [0, {num_shards}), got {shard_id}")
@@ -157,7 +157,7 @@ class FameLoader:
         source.params = params
         pipe = build_pipeline(source, self.batch_size, None, debug_outputs=True)
         outputs = pipe.run()
-        n_main = 3 + int(params.return_partner) + int(params.return_background)
+        n_main = 3 + len(params.extra_views)
         names = ("clip", "mask", "background", "merged", "key")
         batch = {name: _as_array(out) for name, out in zip(names, outputs[n_main:], strict=True)}
         meta = _as_array(outputs[2])
@@ -165,11 +165,7 @@ class FameLoader:
         return batch
 
     def _to_torch(self, outputs) -> dict[str, torch.Tensor]:
-        names = ["query", "key", "meta"] + [
-            name
-            for name, on in (("partner", self.params.return_partner), ("background", self.params.return_background))
-            if on
-        ]
+        names = ["query", "key", "meta", *self.params.extra_views]
         batch: dict[str, torch.Tensor] = {}
         for name, out in zip(names, outputs, strict=False):
             # A copy on the device the output lives on (GPU outputs stay on the GPU, on torch's current stream).

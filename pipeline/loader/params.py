@@ -64,6 +64,13 @@ class LoaderParams:
         if self.num_workers < 0 or self.prefetch < 1:
             raise ValueError("num_workers must be >= 0 and prefetch >= 1")
 
+    @property
+    def extra_views(self) -> tuple[str, ...]:
+        """Names of the views output after query and key, in the graph's order: the partner's, the background's."""
+        return tuple(
+            name for name, on in (("partner", self.return_partner), ("background", self.return_background)) if on
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -123,8 +123,8 @@ class SampleSource:
         )
 
     def _plan(self, epoch: int, video_pos: int) -> SamplePlan:
-        span = (self.catalog.clip_len - 1) * self.catalog.stride + 1
-        return plan_sample(self.index, self.params, self.catalog.size, self.seed, epoch, video_pos, key_span=span)
+        catalog = self.catalog
+        return plan_sample(self.index, self.params, catalog.size, self.seed, epoch, video_pos, key_span=catalog.span)
 
     @property
     def merges_plates(self) -> bool:
@@ -137,7 +137,7 @@ class SampleSource:
         crop = self.params.crop
         if not plan.fame or mask is None:
             return np.zeros((self.catalog.clip_len, crop, crop, 1), np.uint8)
-        return np.ascontiguousarray(query_alpha(mask, plan.crop_a, self.params)[..., None])
+        return query_alpha(mask, plan.crop_a, self.params)[..., None]
 
     def _cached_alpha_and_plate(self, plan: SamplePlan, partner: SamplePlan) -> tuple[np.ndarray, np.ndarray]:
         """Clip a's alpha from its cached mask and the partner's plate, read only when this sample is merged."""
