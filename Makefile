@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO := out/demo
 REAL_VIDEOS := ../shared/data/real_videos
 
-.PHONY: setup test lint format demo bench bench-preprocess bench-masks bench-loader bench-bias bench-bias-quick bench-wait gpu-check clean
+.PHONY: setup test lint format demo bench bench-preprocess bench-masks bench-loader bench-bias bench-bias-quick bench-faults bench-wait gpu-check clean
 
 setup: $(STAMP)
 
@@ -48,7 +48,7 @@ demo: $(STAMP)
 	@echo "demo outputs in $(DEMO)/: cache.zarr, build.json, clip.png, batch.png, run/checkpoint.pt," \
 		"run/log.jsonl, run/curves.png, metrics.json, heatmap.png"
 
-bench: bench-preprocess bench-masks bench-loader bench-wait bench-bias
+bench: bench-preprocess bench-masks bench-loader bench-wait bench-bias bench-faults
 
 bench-preprocess: $(STAMP)
 	$(PY) benchmarks/preprocess.py --json benchmarks/results/preprocess.json
@@ -72,6 +72,10 @@ bench-bias: $(STAMP)
 
 bench-bias-quick: $(STAMP)
 	$(PY) benchmarks/bias.py --quick --json benchmarks/results/bias_quick.json
+
+# Every kind of cache damage: detected, never read silently, repaired to a clean build's bytes.
+bench-faults: $(STAMP)
+	$(PY) benchmarks/faults.py --json benchmarks/results/faults.json
 
 clean:
 	rm -rf out runs .pytest_cache

@@ -7,7 +7,8 @@ import os
 import fsspec
 import numpy as np
 
-from pipeline.sources import is_url, join
+from pipeline.layout import MetadataError, check_metadata
+from pipeline.sources import SourceError, is_url, join
 from pipeline.store import DONE, Cache, CacheError
 
 
@@ -16,9 +17,23 @@ def normalise_url(path: str) -> str:
     return path.rstrip("/") if is_url(path) else os.path.abspath(path)
 
 
-def open_cache(path: str) -> Cache:
-    """Open a cache (local path or fsspec URL such as s3://bucket/c.zarr) read-only; CacheError says why not."""
-    return Cache.open(normalise_url(path), mode="r")
+def open_cache(path: str, check: bool = True) -> Cache:
+    """Open a cache (local path or fsspec URL such as s3://bucket/c.zarr) read-only; CacheError says why not.
+
+    With check (the default), a cache whose metadata files are damaged or edited is refused, naming them: every
+    read would go through them. `verify` opens without the check: it reports and repairs them."""
+    cache = Cache.open(normalise_url(path), mode="r")
+    if check:
+        try:
+            problems = [str(p) for p in check_metadata(cache.url, cache.attrs)]
+        except MetadataError as exc:
+            raise CacheError(str(exc)) from exc
+        if problems:
+            raise CacheError(
+                f"{cache.url}: damaged metadata: {'; '.join(problems[:3])}"
+                f"{f' (and {len(problems) - 3} more)' if len(problems) > 3 else ''}; run `fame-cache verify --fix`"
+            )
+    return cache
 
 
 def video_index(cache: Cache, path: str) -> int:
@@ -48,8 +63,12 @@ def is_readable(cache: Cache, clip: int) -> bool:
 
 
 def source_path(cache: Cache, video: int) -> str:
-    """Where the video's source file is now: the cache's source root joined with its relative path."""
-    return join(cache.source_root, str(cache.root["videos/path"][video]))
+    """Where the video's source file is now: the cache's source root joined with its relative path. A path that
+    leads outside the root (an edited `videos/path`, a link out) is refused with CacheError."""
+    try:
+        return join(cache.source_root, str(cache.root["videos/path"][video]))
+    except SourceError as exc:
+        raise CacheError(f"{cache.url}: video {video}: {exc}") from exc
 
 
 def disk_bytes(url: str) -> int:

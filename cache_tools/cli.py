@@ -1,7 +1,8 @@
 """`fame-cache` (also `python -m cache_tools`): inspect, verify, show, diff, list and clean FAME caches.
 
 Exit codes: 0 fine; 1 `verify` found problems (also after `--fix` marked them) or `diff` found no clip in common;
-2 usage error; 3 a cache could not be opened or the work failed (the message says which file and why).
+2 usage error; 3 a cache could not be opened or the work failed (the message says which file and why); 130 / 143
+stopped by Ctrl-C / SIGTERM.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
+FORCE_UNLOCK_HELP = "remove the cache's writer lock first: only when the process it names is known to be dead"
 
 
 def _print_json(data: object) -> None:
@@ -29,28 +32,39 @@ def _info(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     from cache_tools.api import open_cache
-    from cache_tools.verify import fix_cache, verify_cache
+    from cache_tools.verify import verify_and_fix, verify_cache
+    from pipeline.lock import writer_lock
 
-    cache = open_cache(args.cache)
-    problems = verify_cache(cache, sources=not args.no_sources, progress=not args.quiet and not args.json)
-    fixed = fix_cache(cache.url, problems) if args.fix and problems else []
+    if args.force_unlock and not args.fix:
+        raise ValueError("--force-unlock goes with --fix: verify alone writes nothing")
+    cache = open_cache(args.cache, check=False)  # verify reports and repairs damaged metadata itself
+    progress = not args.quiet and not args.json
+    rewritten: list[str] = []
+    if args.fix:
+        with writer_lock(cache.url, "fame-cache verify --fix", force=args.force_unlock):
+            repair = verify_and_fix(cache.url, sources=not args.no_sources, progress=progress)
+        problems, rewritten, fixed = repair.problems, repair.rewritten, repair.marked
+    else:
+        problems, fixed = verify_cache(cache, sources=not args.no_sources, progress=progress), []
     if args.json:
-        _print_json({"url": cache.url, "ok": not problems, "problems": [p.to_dict() for p in problems], "fixed": fixed})
+        report = {"url": cache.url, "ok": not problems, "problems": [p.to_dict() for p in problems], "fixed": fixed}
+        _print_json({**report, "rewritten": rewritten})
     else:
         for p in problems:
             print(p)
-        checked = len(cache.readable_clips())
         if not problems:
-            print(f"ok: {checked} clips and their sources check out ({cache.url})")
+            print(f"ok: {len(cache.readable_clips())} clips and their sources check out ({cache.url})")
         else:
             print(f"{len(problems)} problem(s) in {cache.url}", file=sys.stderr)
+        if rewritten:
+            print(f"rewrote {len(rewritten)} metadata file(s): {', '.join(rewritten)}", file=sys.stderr)
         if fixed:
             print(
                 f"marked {len(fixed)} video(s) pending; recompute them with "
                 f"`fame-pipeline build SRC --out {cache.url} --resume`",
                 file=sys.stderr,
             )
-        unfixable = [p for p in problems if p.video is None]
+        unfixable = [p for p in problems if p.video is None and p.kind != "metadata"]
         if args.fix and unfixable:
             print("structural problems cannot be fixed in place: rebuild the cache", file=sys.stderr)
     return EXIT_PROBLEMS if problems else EXIT_OK
@@ -83,7 +97,8 @@ def _diff(args: argparse.Namespace) -> int:
     from cache_tools.api import open_cache
     from cache_tools.diff import diff_caches, format_diff
 
-    d = diff_caches(open_cache(args.a), open_cache(args.b), worst=args.worst, progress=not args.json)
+    a, b = open_cache(args.a), open_cache(args.b)
+    d = diff_caches(a, b, worst=args.worst, progress=not args.json, any_source=args.any_source)
     _print_json(d) if args.json else print(format_diff(d))
     return EXIT_OK if d["mean_iou"] is not None else EXIT_PROBLEMS
 
@@ -98,6 +113,9 @@ def _ls(args: argparse.Namespace) -> int:
     if not entries:
         print(f"no caches under {args.root}")
     for e in entries:
+        if e.problem:
+            print(f"BROKEN  {e.url}: {e.problem}")
+            continue
         p = e.params
         print(
             f"{e.params_hash}  {e.method:<6}  {p['size'][0]}x{p['size'][1]}  T={p['clip_len']}  stride={p['stride']}  "
@@ -110,9 +128,14 @@ def _gc(args: argparse.Namespace) -> int:
     from cache_tools.api import normalise_url, open_cache
     from cache_tools.gc import gc_cache
     from cache_tools.info import human_bytes
+    from pipeline.lock import writer_lock
 
+    if args.force_unlock and args.dry_run:
+        raise ValueError("--force-unlock goes with a real run: --dry-run writes nothing")
     open_cache(args.cache)  # a clear error before any work
-    report = gc_cache(normalise_url(args.cache), dry_run=args.dry_run, progress=not args.quiet and not args.json)
+    url = normalise_url(args.cache)
+    with nullcontext() if args.dry_run else writer_lock(url, "fame-cache gc", force=args.force_unlock):
+        report = gc_cache(url, dry_run=args.dry_run, progress=not args.quiet and not args.json)
     if args.json:
         _print_json(report.to_dict())
         return EXIT_OK
@@ -144,6 +167,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-sources", action="store_true", help="skip the source files' size/mtime check")
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--force-unlock", action="store_true", help=FORCE_UNLOCK_HELP)
     p.set_defaults(func=_verify)
 
     p = sub.add_parser("show", help="a picture of one clip: frames, mask overlay, plate, merged example")
@@ -161,6 +185,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("a")
     p.add_argument("b")
     p.add_argument("--worst", type=int, default=5, help="worst videos listed (%(default)s)")
+    p.add_argument("--any-source", action="store_true", help="compare caches built from different sources too")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_diff)
 
@@ -174,17 +199,25 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="say what would be dropped; write nothing")
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--force-unlock", action="store_true", help=FORCE_UNLOCK_HELP)
     p.set_defaults(func=_gc)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from pipeline.signals import handle_signals, interrupted
     from pipeline.store import CacheError
 
     parser = make_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args))
+        with handle_signals():
+            return int(args.func(args))
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: exit 130 or 143
+        stop = interrupted(exc)
+        fix = "; the marks are written whole or not at all: run it again" if getattr(args, "fix", False) else ""
+        print(f"fame-cache {args.command}: {stop}{fix}", file=sys.stderr)
+        return stop.exit_code
     except ValueError as exc:
         parser.error(str(exc))  # exits 2
     except (CacheError, OSError) as exc:

@@ -2,7 +2,8 @@
 
 Clips are matched by (video path, source frame numbers), so caches built with other sizes or methods still compare
 where they cover the same frames. Agreement is the IoU of the binary masks (>= 128); masks of another size are
-resized (nearest) to the first cache's size.
+resized (nearest) to the first cache's size. Caches of different sources (other source roots, or a video of the same
+path whose file had another size) would be compared as if of the same videos, so they are refused unless asked for.
 """
 
 from __future__ import annotations
@@ -38,8 +39,32 @@ def _clip_keys(cache: Cache) -> dict[tuple[str, tuple[int, ...]], int]:
     return {(str(paths[clip_video[c]]), tuple(frames[c].tolist())): int(c) for c in cache.readable_clips()}
 
 
-def diff_caches(a: Cache, b: Cache, worst: int = 5, progress: bool = False) -> dict[str, Any]:
-    """Parameter differences and mask agreement (mean IoU over matched clips, per-video means, worst videos)."""
+def source_differences(a: Cache, b: Cache) -> list[str]:
+    """Why two caches look built from different videos: other source roots, or videos of the same path whose files
+    had other sizes at build time. [] when nothing says so."""
+    notes = []
+    if a.source_root != b.source_root:
+        notes.append(f"source roots differ: {a.source_root} vs {b.source_root}")
+    sizes = {str(p): int(n) for p, n in zip(b.videos("path"), b.videos("bytes"), strict=True)}
+    other = [
+        str(p)
+        for p, n in zip(a.videos("path"), a.videos("bytes"), strict=True)
+        if int(n) and sizes.get(str(p)) and sizes[str(p)] != int(n)
+    ]
+    if other:
+        notes.append(f"{len(other)} video(s) of the same path were files of another size, e.g. {other[:3]}")
+    return notes
+
+
+def diff_caches(a: Cache, b: Cache, worst: int = 5, progress: bool = False, any_source: bool = False) -> dict[str, Any]:
+    """Parameter differences and mask agreement (mean IoU over matched clips, per-video means, worst videos).
+    Raises ValueError for caches of different sources (`source_differences`) unless any_source."""
+    sources = source_differences(a, b)
+    if sources and not any_source:
+        raise ValueError(
+            f"{a.url} and {b.url} were built from different sources ({'; '.join(sources)}): their masks would be "
+            "compared as if of the same videos; pass --any-source to compare them anyway"
+        )
     params = {k: list(v) for k, v in a.params.differences(b.params).items()}
     keys_a, keys_b = _clip_keys(a), _clip_keys(b)
     common = sorted(set(keys_a) & set(keys_b))
@@ -56,6 +81,7 @@ def diff_caches(a: Cache, b: Cache, worst: int = 5, progress: bool = False) -> d
         "b": b.url,
         "params_hash": [a.params_hash, b.params_hash],
         "params": params,
+        "sources": sources,
         "clips": {"a": len(keys_a), "b": len(keys_b), "matched": len(common)},
         "videos_matched": len(per_video),
         "threshold": THRESHOLD,
@@ -73,6 +99,9 @@ def format_diff(d: dict[str, Any]) -> str:
         lines += [f"  {k}: {a!r} vs {b!r}" for k, (a, b) in d["params"].items()]
     else:
         lines.append("parameters: the same")
+    if d.get("sources"):
+        lines.append("note: built from different sources (--any-source):")
+        lines += [f"  {note}" for note in d["sources"]]
     c = d["clips"]
     lines.append(f"clips       {c['matched']} matched by video and frames ({c['a']} in A, {c['b']} in B)")
     if d["mean_iou"] is None:

@@ -57,30 +57,36 @@ class CacheEntry:
     n_done: int
     n_clips: int
     created: str
+    problem: str = ""  # why the entry cannot be read (a half-made or damaged cache); "" when it can
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
+def _entry(url: str) -> CacheEntry:
+    cache = Cache.open(url)
+    status = cache.videos("status")
+    return CacheEntry(
+        url=url,
+        params_hash=cache.params_hash,
+        method=str(cache.attrs.get("method", "")),
+        params=cache.params.output_params(),
+        n_videos=len(status),
+        n_done=int((status == DONE).sum()),
+        n_clips=len(cache.readable_clips()),
+        created=str(cache.attrs.get("created", "")),
+    )
+
+
 def list_caches(root: str) -> list[CacheEntry]:
-    """Every cache directly under root; entries that are not caches are skipped."""
+    """Every `*.zarr` entry directly under root. One that cannot be read (half made, damaged, not a FAME cache) is
+    listed with the reason in `problem`, so it neither hides nor ends the listing."""
     out = []
     for url in _children(root):
         try:
-            cache = Cache.open(url)
-        except CacheError:
-            continue
-        status = cache.videos("status")
-        out.append(
-            CacheEntry(
-                url=url,
-                params_hash=cache.params_hash,
-                method=str(cache.attrs.get("method", "")),
-                params=cache.params.output_params(),
-                n_videos=len(status),
-                n_done=int((status == DONE).sum()),
-                n_clips=len(cache.readable_clips()),
-                created=str(cache.attrs.get("created", "")),
-            )
-        )
+            out.append(_entry(url))
+        except Exception as exc:  # any failure of one entry is that entry's, named in the listing
+            reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, CacheError) else str(exc)
+            reason = reason.removeprefix(f"{url}: ")
+            out.append(CacheEntry(url, "", "", {}, 0, 0, 0, "", problem=reason))
     return out

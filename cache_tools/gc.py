@@ -3,11 +3,14 @@
 Dropped: videos not `done` (failed, pending, half written), videos whose source is gone, and videos with a clip that
 fails its checksum (their bytes are not trusted, so they are not copied under a fresh checksum). The kept videos are
 copied, shard by shard, into a new cache beside the old one with the same parameters and layout; then the new one
-replaces the old (two renames on a local disk; a copy then delete on object stores, which have no rename).
+replaces the old (two renames on a local disk; a copy then delete on object stores, which have no rename). The
+folders beside it carry a suffix made unique for this run (`<cache>.gc-tmp-<id>`, `<cache>.gc-old-<id>`): gc deletes
+only what it made, never a folder that happens to have such a name.
 """
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 
 import fsspec
@@ -15,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cache_tools.api import disk_bytes
-from cache_tools.verify import Problem, _clips, _sources
+from cache_tools.verify import Problem, _clips, _sources, _statuses, _unreadable_table
 from pipeline.store import DONE, Cache
 
 PLATE_REENCODE_TOLERANCE = 1.0  # mean grey levels a JPEG plate may move when copied (decoded and encoded again)
@@ -50,10 +53,13 @@ def plan_gc(cache: Cache, progress: bool = False) -> tuple[np.ndarray, list[tupl
     """(videos to keep, [(video, why dropped)])."""
     status = cache.videos("status")
     why: dict[int, str] = {int(v): f"status {status[v]}" for v in np.flatnonzero(status != DONE)}
-    clip_video, _ = cache.clip_table()
+    clip_video, frames, bad_chunks = cache.read_clip_table()
     stored = cache.root["clips/checksum"][:]
-    found: list[Problem] = _sources(cache, progress) + _clips(
-        cache, cache.readable_clips(), stored, clip_video, progress
+    found: list[Problem] = (
+        _statuses(status, cache.videos("path"))
+        + _unreadable_table(cache, bad_chunks)
+        + _sources(cache, progress)
+        + _clips(cache, cache.readable_clips(), stored, clip_video, progress, frames)
     )
     for p in found:
         if p.video is not None:
@@ -110,15 +116,25 @@ def _copy(cache: Cache, keep: np.ndarray, url: str, progress: bool) -> Cache:
     return new
 
 
+def _unused_name(fs: fsspec.AbstractFileSystem, inner: str, kind: str) -> str:
+    """`<inner>.gc-<kind>-<random id>`, checked to be free: the only names gc deletes are ones it made this run."""
+    name = f"{inner.rstrip('/')}.gc-{kind}-{uuid.uuid4().hex[:12]}"
+    if fs.exists(name):
+        raise OSError(f"{name}: exists already; gc will not write over it")
+    return name
+
+
 def _swap(url: str, tmp: str) -> None:
-    """Put tmp where url is: rename url away, rename tmp in, delete the old one."""
+    """Put tmp where url is: rename url away, rename tmp in (or the old one back, if that fails), delete the old."""
     fs, inner = fsspec.core.url_to_fs(url)
     _, tmp_inner = fsspec.core.url_to_fs(tmp)
-    old = inner.rstrip("/") + ".gc-old"
-    if fs.exists(old):
-        fs.rm(old, recursive=True)
+    old = _unused_name(fs, inner, "old")
     fs.mv(inner, old, recursive=True)
-    fs.mv(tmp_inner, inner, recursive=True)
+    try:
+        fs.mv(tmp_inner, inner, recursive=True)
+    except BaseException:
+        fs.mv(old, inner, recursive=True)
+        raise
     fs.rm(old, recursive=True)
 
 
@@ -134,11 +150,15 @@ def gc_cache(url: str, dry_run: bool = True, progress: bool = False) -> GcReport
         return report
     if len(keep) == 0:
         raise ValueError(f"{url}: gc would drop every video ({len(dropped)}); delete the cache instead")
-    tmp = url.rstrip("/") + ".gc-tmp"
-    fs, tmp_inner = fsspec.core.url_to_fs(tmp)
-    if fs.exists(tmp_inner):
-        fs.rm(tmp_inner, recursive=True)
-    _copy(cache, keep, tmp, progress)
-    _swap(url, tmp)
+    fs, inner = fsspec.core.url_to_fs(url)
+    tmp_inner = _unused_name(fs, inner, "tmp")
+    tmp = url.rstrip("/") + tmp_inner[len(inner.rstrip("/")) :]
+    try:
+        _copy(cache, keep, tmp, progress)
+        _swap(url, tmp)
+    except BaseException:
+        if fs.exists(tmp_inner):  # made by this run, under a name no one else has
+            fs.rm(tmp_inner, recursive=True)
+        raise
     report.bytes_after = disk_bytes(url)
     return report

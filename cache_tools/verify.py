@@ -1,9 +1,16 @@
-"""`fame-cache verify`: re-check every committed clip and the source files; `--fix` marks bad videos `pending`.
+"""`fame-cache verify`: re-check the metadata, every committed clip and the source files; `--fix` repairs.
 
-A deleted shard reads back as zeros and flipped bytes either fail to decompress or change the data, so the stored
-CRC32 (mask bytes then plate bytes) catches both. Sources are compared by size and modification time with the
-values recorded at build time. Fixing only rewrites the status/error columns (in one go), so a later
-`fame-pipeline build SRC --out CACHE --resume` recomputes exactly the marked videos' groups.
+Metadata first: every node's `zarr.json` must be the document the cache's numbers give (`pipeline.layout`), or the
+reads that follow would be misread (a fill value edited to 255 turns a missing shard into a full mask). Then the
+status column (only pending, done, failed), the clip table chunk by chunk, and every committed clip: a deleted shard
+reads back as the fill value and flipped bytes either fail to decode or change the data, so the stored CRC32 (mask,
+plate, frame numbers) catches both. Sources are compared by size and modification time with the values recorded at
+build time.
+
+Fixing rewrites damaged metadata files from their definition (the data chunks are untouched), rebuilds the clip-to-
+video column from the video table, and marks the videos behind every other problem `pending` (status and error
+columns, in one go), so a later `fame-pipeline build SRC --out CACHE --resume` recomputes exactly their groups,
+writing their shards whole.
 """
 
 from __future__ import annotations
@@ -15,29 +22,16 @@ import fsspec
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.sources import is_url, join, stat_source
-from pipeline.store import DONE, PENDING, Cache, clip_checksum
-
-REQUIRED = (
-    "videos/path",
-    "videos/status",
-    "videos/error",
-    "videos/first_clip",
-    "videos/n_clips",
-    "videos/n_frames",
-    "videos/bytes",
-    "videos/mtime",
-    "clips/video",
-    "clips/frames",
-    "clips/checksum",
-    "masks",
-    "plates",
-)
+from pipeline.layout import MetadataError, check_metadata, rewrite_metadata
+from pipeline.signals import deferred
+from pipeline.sources import SourceError, is_url, join, stat_source
+from pipeline.store import DONE, PENDING, STATUSES, Cache
 
 
 @dataclass(frozen=True)
 class Problem:
-    """One thing wrong. kind: structure, layout, unreadable, checksum, frames, source-missing, source-changed."""
+    """One thing wrong. kind: metadata, structure, status, clip-table, layout, unreadable, checksum, frames,
+    source-missing, source-changed, source-escape. Metadata problems name the file in `path`."""
 
     kind: str
     detail: str
@@ -54,27 +48,33 @@ class Problem:
         return dict(self.__dict__)
 
 
-def _structure(cache: Cache) -> list[Problem]:
-    problems = [Problem("structure", f"missing array {name}") for name in REQUIRED if name not in cache.root]
-    if problems:
-        return problems
-    n, t, (h, w) = cache.n_slots, cache.clip_len, cache.size
-    expect = {"masks": (n, t, h, w), "plates": (n, h, w, 3), "clips/frames": (n, t), "clips/checksum": (n,)}
-    for name, shape in expect.items():
-        arr = cache.root[name]
-        if tuple(arr.shape) != shape:
-            problems.append(Problem("structure", f"{name} has shape {tuple(arr.shape)}, expected {shape}"))
-    for name in ("masks", "plates"):
-        if cache.root[name].dtype != np.uint8:
-            problems.append(Problem("structure", f"{name} has dtype {cache.root[name].dtype}, expected uint8"))
-    nv = cache.n_videos
-    for name in ("status", "error", "first_clip", "n_clips", "n_frames", "bytes", "mtime"):
-        if cache.root[f"videos/{name}"].shape != (nv,):
-            problems.append(
-                Problem(
-                    "structure", f"videos/{name} has {cache.root[f'videos/{name}'].shape[0]} rows, videos/path {nv}"
-                )
-            )
+def _metadata(cache: Cache) -> list[Problem]:
+    """Metadata files that are missing, unreadable or not what the cache's numbers give."""
+    try:
+        found = check_metadata(cache.url, cache.attrs)
+    except MetadataError as exc:
+        return [Problem("structure", str(exc))]
+    return [Problem("metadata", p.detail, path=p.file) for p in found]
+
+
+def _statuses(status: np.ndarray, paths: np.ndarray) -> list[Problem]:
+    """Status values other than pending, done and failed (readers would silently skip those videos)."""
+    return [
+        Problem("status", f"status {str(status[v])!r} is not one of {', '.join(STATUSES)}", int(v), str(paths[v]))
+        for v, value in enumerate(status)
+        if str(value) not in STATUSES
+    ]
+
+
+def _unreadable_table(cache: Cache, bad: list[tuple[range, str]]) -> list[Problem]:
+    """A problem for every done video with a clip in an unreadable clip-table chunk."""
+    status, paths = cache.videos("status"), cache.videos("path")
+    first, count = cache.videos("first_clip"), cache.videos("n_clips")
+    problems = []
+    for slots, why in bad:
+        for v in np.flatnonzero((status == DONE) & (first < slots.stop) & (first + count > slots.start)):
+            detail = f"clip table chunk {slots.start}..{slots.stop - 1} cannot be read ({why})"
+            problems.append(Problem("clip-table", detail, int(v), str(paths[v])))
     return problems
 
 
@@ -105,11 +105,17 @@ def _read(cache: Cache, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _clips(
-    cache: Cache, clips: np.ndarray, stored: np.ndarray, clip_video: np.ndarray, progress: bool
+    cache: Cache,
+    clips: np.ndarray,
+    stored: np.ndarray,
+    clip_video: np.ndarray,
+    progress: bool,
+    frames: np.ndarray | None = None,
 ) -> list[Problem]:
     """Read the readable clips shard by shard (one request per shard); a shard that fails is re-read clip by clip."""
     problems = []
     paths = cache.videos("path")
+    frames = cache.root["clips/frames"][:] if frames is None else frames
     per_shard = int(cache.root["masks"].shards[0]) if cache.root["masks"].shards else 1
     shards = np.unique(clips // per_shard)
     wanted = set(clips.tolist())
@@ -137,7 +143,7 @@ def _clips(
                 exc = item[1]
                 problems.append(Problem("unreadable", f"{type(exc).__name__}: {exc}"[:200], v, str(paths[v]), c))
                 continue
-            got = clip_checksum(item[1], item[2])
+            got = cache.checksum(item[1], item[2], frames[c])
             if got != int(stored[c]):
                 problems.append(
                     Problem("checksum", f"stored {int(stored[c]):08x}, bytes give {got:08x}", v, str(paths[v]), c)
@@ -160,6 +166,9 @@ def _sources(cache: Cache, progress: bool) -> list[Problem]:
         except FileNotFoundError:
             problems.append(Problem("source-missing", f"not found under {root}", int(v), path))
             continue
+        except SourceError as exc:  # an edited path or a link out of the root: never read
+            problems.append(Problem("source-escape", str(exc), int(v), path))
+            continue
         if size != int(sizes[v]):
             problems.append(Problem("source-changed", f"size {size} bytes, built from {int(sizes[v])}", int(v), path))
         elif mtimes[v] and mtime and abs(mtime - float(mtimes[v])) > 1e-3:
@@ -170,24 +179,65 @@ def _sources(cache: Cache, progress: bool) -> list[Problem]:
 
 
 def verify_cache(cache: Cache, sources: bool = True, progress: bool = False) -> list[Problem]:
-    """Every problem found, in the order structure, layout, clip data, sources. [] means the cache is sound."""
-    problems = _structure(cache)
+    """Every problem found, in the order metadata, status, clip table, clip data, sources. [] means the cache is
+    sound. Damaged metadata stops the check there: what follows would read through it."""
+    problems = _metadata(cache)
     if problems:
         return problems
-    clip_video, frames = cache.clip_table()
+    problems = _statuses(cache.videos("status"), cache.videos("path"))
+    clip_video, frames, bad_chunks = cache.read_clip_table()
+    problems += _unreadable_table(cache, bad_chunks)
     stored = cache.root["clips/checksum"][:]
     problems += _layout(cache, clip_video, frames)
-    problems += _clips(cache, cache.readable_clips(), stored, clip_video, progress)
+    done = cache.videos("status") == DONE
+    readable = np.flatnonzero((clip_video >= 0) & done[np.maximum(clip_video, 0)])
+    problems += _clips(cache, readable, stored, clip_video, progress, frames)
     if sources:
         problems += _sources(cache, progress)
     return problems
 
 
-def fix_cache(url: str, problems: Iterable[Problem]) -> list[int]:
+def repair_metadata(cache: Cache, problems: Iterable[Problem]) -> list[str]:
+    """Rewrite every damaged metadata file from its definition; returns the files rewritten."""
+    files = sorted({p.path for p in problems if p.kind == "metadata" and p.path})
+    rewrite_metadata(cache.url, cache.attrs, [f.removesuffix("/zarr.json") for f in files])
+    return files
+
+
+def repair_clip_video(cache: Cache) -> None:
+    """Rewrite clips/video from the video table (first clip and clip count of each video), the data it derives from."""
+    first, count = cache.videos("first_clip"), cache.videos("n_clips")
+    clip_video = np.full(cache.n_slots, -1, np.int32)
+    for v in range(len(first)):
+        clip_video[int(first[v]) : int(first[v]) + int(count[v])] = v
+    cache.root["clips/video"][:] = clip_video
+
+
+@dataclass
+class Repair:
+    """What `verify --fix` found and did: problems as first found, metadata files rewritten, videos marked pending."""
+
+    problems: list[Problem]
+    rewritten: list[str]
+    marked: list[int]
+
+
+def verify_and_fix(url: str, sources: bool = True, progress: bool = False) -> Repair:
+    """Verify, rewrite damaged metadata, verify again what the metadata hid, and mark the videos behind every
+    problem pending."""
+    cache = Cache.open(url, mode="r+")
+    problems = verify_cache(cache, sources, progress)
+    rewritten = repair_metadata(cache, problems)
+    later = verify_cache(Cache.open(url, mode="r+"), sources, progress) if rewritten else []
+    return Repair(problems + later, rewritten, fix_cache(url, problems + later))
+
+
+def fix_cache(url: str, problems: list[Problem]) -> list[int]:
     """Mark the videos behind `problems` pending, with the reason in videos/error; returns the videos marked.
 
-    The whole status and error columns are rewritten in one go (error first, status last), so run it while no build
-    writes to the cache. Structural problems cannot be fixed this way: rebuild the cache.
+    The whole status and error columns are rewritten in one go (error first, status last), so hold the writer lock
+    around it (`pipeline.lock.writer_lock`, as `fame-cache verify --fix` does). Structural problems cannot be fixed
+    this way: rebuild the cache.
     """
     reasons: dict[int, str] = {}
     for p in problems:
@@ -200,6 +250,9 @@ def fix_cache(url: str, problems: Iterable[Problem]) -> list[int]:
     status, errors = cache.videos("status"), cache.videos("error")
     for v, reason in reasons.items():
         status[v], errors[v] = PENDING, reason
-    cache.root["videos/error"][:] = np.asarray(errors, dtype=object)
-    cache.root["videos/status"][:] = np.asarray(status, dtype=object)
+    with deferred():  # Ctrl-C or SIGTERM waits: no column is left half-written (one file per chunk)
+        if any(p.kind == "clip-table" for p in problems):
+            repair_clip_video(cache)
+        cache.root["videos/error"][:] = np.asarray(errors, dtype=object)
+        cache.root["videos/status"][:] = np.asarray(status, dtype=object)
     return sorted(reasons)

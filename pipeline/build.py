@@ -19,9 +19,11 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.job import GroupResult, GroupTask, InProcessRunner, RayRunner, VideoResult
+from pipeline.layout import MetadataError, check_metadata, has_computed_data
+from pipeline.lock import LockError, is_lock_file, writer_lock
 from pipeline.params import BuildParams
 from pipeline.plan import MIN_FRAMES, clip_count, clip_frames
-from pipeline.report import BuildReport
+from pipeline.report import BuildReport, check_report_path
 from pipeline.sources import Source, SourceError, is_url, list_source, stat_source
 from pipeline.store import DONE, FAILED, PENDING, Cache, CacheError
 from pipeline.video import VideoError, decode, probe
@@ -110,16 +112,23 @@ def _exists_non_empty(url: str) -> bool:
     fs, inner = fsspec.core.url_to_fs(url)
     if not fs.exists(inner):
         return False
-    return not fs.isdir(inner) or bool(fs.ls(inner, detail=False))
+    return not fs.isdir(inner) or any(not is_lock_file(e) for e in fs.ls(inner, detail=False))
 
 
-def _complete(cache: Cache) -> bool:
-    """Whether Cache.create finished (it was not killed half way through making the arrays)."""
-    names = ("videos/status", "videos/error", "clips/checksum", "masks", "plates")
+def _sound_metadata(cache: Cache) -> bool:
+    """Whether every node's metadata is what the cache's numbers give. When it is not, the cache was either killed
+    while Cache.create made its arrays (nothing computed yet: plan again) or damaged since (refuse: see below)."""
     try:
-        return all(name in cache.root for name in names) and "layout" in cache.attrs
-    except Exception:
-        return False
+        problems = check_metadata(cache.url, cache.attrs)
+    except MetadataError as exc:
+        problems = [str(exc)]
+    if problems and has_computed_data(cache.url):
+        raise BuildError(
+            f"{cache.url}: {problems[0]}{f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''}; "
+            f"refusing to re-plan a cache that holds computed clips. Run `fame-cache verify --fix {cache.url}`, "
+            "which rewrites damaged metadata, then --resume"
+        )
+    return not problems
 
 
 def _check_same_videos(cache: Cache, source: Source) -> None:
@@ -165,7 +174,7 @@ def open_or_create(out: str, source: Source, params: BuildParams, resume: bool, 
             raise BuildError(f"{out}: existing cache was built with other parameters ({shown}); choose another --out")
         if not resume:
             raise BuildError(f"{out}: a cache already exists here; pass --resume to finish it, or choose another --out")
-        if _complete(cache):
+        if _sound_metadata(cache):
             _check_same_videos(cache, source)
             _check_sources_unchanged(cache, source)
             return cache, True
@@ -253,10 +262,19 @@ def build_cache(
     videos_root: str | None = None,
     progress: bool = True,
     report_path: str | None = None,
+    force_unlock: bool = False,
 ) -> BuildReport:
-    """Build (or with resume, finish) the cache of `src` at `out` and return what happened."""
+    """Build (or with resume, finish) the cache of `src` at `out` and return what happened.
+
+    The cache's writer lock (see `pipeline.lock`) is held from before the cache is opened or created to the end, so a
+    second build of the same cache is refused before it touches anything; force_unlock removes a dead holder's lock."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if report_path:
+        try:
+            check_report_path(report_path)  # now, not after the whole build
+        except ValueError as exc:
+            raise BuildError(str(exc)) from exc
     start = time.perf_counter()
     out = _absolute(out)
     try:
@@ -265,6 +283,25 @@ def build_cache(
         raise BuildError(str(exc)) from exc
     if not source.entries:
         raise BuildError(f"{src}: no videos found (extensions: .mp4, .avi, .mkv, .webm, ...)")
+    try:
+        with writer_lock(out, "fame-pipeline build", force=force_unlock):
+            return _fill(source, out, params, start, workers, address, resume, progress, report_path)
+    except LockError as exc:
+        raise BuildError(str(exc)) from exc
+
+
+def _fill(
+    source: Source,
+    out: str,
+    params: BuildParams,
+    start: float,
+    workers: int,
+    address: str | None,
+    resume: bool,
+    progress: bool,
+    report_path: str | None,
+) -> BuildReport:
+    """The build proper, run while holding the writer lock: open or create the cache, compute what is missing."""
     try:
         cache, existed = open_or_create(out, source, params, resume, progress)
     except CacheError as exc:
@@ -299,6 +336,7 @@ def build_cache(
 
     status, errors, paths = cache.videos("status"), cache.videos("error"), cache.videos("path")
     failures = [(str(paths[v]), str(errors[v])) for v in np.flatnonzero(status == FAILED)]
+    failures += list(source.left_out)  # listed but never planned: reported with the failed videos
     report = BuildReport(
         n_videos=len(status),
         n_done=int((status == DONE).sum()),

@@ -1,7 +1,7 @@
 """`fame-pipeline` (also `python -m pipeline`): build a cache, write a generated dataset, preview a loader.
 
 Exit codes: 0 every video done, 3 some videos failed (the cache is still usable), 2 usage error, 1 the job could not
-run (bad source, a cache it must not touch, a store error).
+run (bad source, a cache it must not touch, a store error), 130 / 143 stopped by Ctrl-C / SIGTERM (`--resume` goes on).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from pipeline.params import BuildParams, parse_clips_per_video, parse_size
+from pipeline.signals import handle_signals, interrupted
 
 EXIT_OK, EXIT_FAILED_JOB, EXIT_USAGE, EXIT_SOME_FAILED = 0, 1, 2, 3
 
@@ -47,11 +48,17 @@ def _add_build_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="finish an existing cache: recompute videos not 'done'")
     p.add_argument("--report", help="write the build report as JSON to this file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--force-unlock",
+        action="store_true",
+        help="remove the cache's writer lock first: only when the process it names is known to be dead",
+    )
     p.set_defaults(func=_run_build, subparser=p)
 
 
 def _run_build(args: argparse.Namespace) -> int:
     from pipeline.build import BuildError, build_cache, resolve_out
+    from pipeline.report import check_report_path
 
     try:
         params = BuildParams(
@@ -69,6 +76,8 @@ def _run_build(args: argparse.Namespace) -> int:
             raise ValueError("give either --out or --cache-root, not both")
         if not args.out and not args.cache_root:
             raise ValueError("give --out CACHE.zarr or --cache-root ROOT")
+        if args.report:
+            check_report_path(args.report)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     try:
@@ -83,10 +92,19 @@ def _run_build(args: argparse.Namespace) -> int:
             videos_root=args.videos_root,
             progress=not args.quiet,
             report_path=args.report,
+            force_unlock=args.force_unlock,
         )
     except BuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED_JOB
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (see pipeline.signals)
+        stop = interrupted(exc)
+        print(
+            f"fame-pipeline build: {stop}; the groups written so far are kept: "
+            "run the same command with --resume to finish the cache",
+            file=sys.stderr,
+        )
+        return stop.exit_code
     print(report.summary(), file=sys.stderr)
     return report.exit_code
 
@@ -143,7 +161,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser(with_preview=command not in ("build", "synth"))
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with handle_signals():
+            return int(args.func(args) or 0)
+    except KeyboardInterrupt as exc:
+        stop = interrupted(exc)
+        print(f"fame-pipeline {args.command}: {stop}", file=sys.stderr)
+        return stop.exit_code
     except UsageError as exc:
         getattr(args, "subparser", parser).error(str(exc))  # exits 2
         return EXIT_USAGE

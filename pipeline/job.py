@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -21,11 +22,21 @@ import numpy as np
 
 from pipeline.params import BuildParams
 from pipeline.plan import clip_count, clip_frames
+from pipeline.signals import keep_handlers
 from pipeline.sources import join, stat_source
 from pipeline.store import DONE, FAILED, Cache, Group
 from pipeline.video import VideoError, decode
 
 TASK_RETRIES = 3  # a task whose worker dies (killed, out of memory) runs again; video errors are never retried
+
+
+class Cancelled(Exception):
+    """The build is stopping (Ctrl-C, SIGTERM): the group gave up before its commit, so its videos stay pending."""
+
+
+def _check(stop: threading.Event | None) -> None:
+    if stop is not None and stop.is_set():
+        raise Cancelled
 
 
 @dataclass(frozen=True)
@@ -112,18 +123,19 @@ def _clip_outputs(clips: np.ndarray, mask_fn: Callable, plate_fn: Callable, path
     return masks, plates
 
 
-def run_group(task: GroupTask) -> GroupResult:
-    """Compute and commit one group. Per-video errors are recorded, not raised; store errors raise."""
+def run_group(task: GroupTask, stop: threading.Event | None = None) -> GroupResult:
+    """Compute and commit one group. Per-video errors are recorded, not raised; store errors raise. Once `stop` is
+    set the group raises `Cancelled` before its next video and before its commit: it is written whole or not at all."""
     before = cv2.getNumThreads()
     if task.threads:
         cv2.setNumThreads(task.threads)  # a Ray worker is one core: parallelism comes from groups side by side
     try:
-        return _run_group(task)
+        return _run_group(task, stop)
     finally:
         cv2.setNumThreads(before)
 
 
-def _run_group(task: GroupTask) -> GroupResult:
+def _run_group(task: GroupTask, stop: threading.Event | None) -> GroupResult:
     from pipeline.masks import get_method
     from pipeline.plates import background_plate
 
@@ -132,7 +144,7 @@ def _run_group(task: GroupTask) -> GroupResult:
     t, (h, w) = params.clip_len, params.size
     n_slots = len(group.clips)
     cache = Cache.open(task.cache_url, mode="r+")
-    frames_out = cache.root["clips/frames"][group.clips.start : group.clips.stop]
+    frames_out = np.zeros((n_slots, t), np.int32)  # every video's rows are set below; padding stays 0 as created
     masks = np.zeros((n_slots, t, h, w), np.uint8)
     plates = np.zeros((n_slots, h, w, 3), np.uint8)
     n_frames = np.asarray(task.n_frames, np.int32).copy()
@@ -142,6 +154,7 @@ def _run_group(task: GroupTask) -> GroupResult:
     mask_fn = get_method(params.method)
     result = GroupResult(group.index)
     for i, rel in enumerate(task.paths):
+        _check(stop)
         n_clips = int(task.n_clips[i])
         video = group.videos.start + i
         if n_clips == 0:  # refused when planned (probe failed, too short, over limits): nothing to compute
@@ -168,6 +181,7 @@ def _run_group(task: GroupTask) -> GroupResult:
             status[i], errors[i] = FAILED, reason
         result.videos.append(VideoResult(video, rel, status[i], errors[i], n_clips))
     updates = {"n_frames": n_frames, "bytes": size_col, "mtime": mtime_col, "status": status, "error": errors}
+    _check(stop)
     cache.write_group(group, masks, plates, frames_out, updates)
     result.seconds = time.perf_counter() - start
     return result
@@ -177,7 +191,10 @@ def _run_group(task: GroupTask) -> GroupResult:
 
 
 class RayRunner:
-    """Ray tasks, one per group, streamed back as they finish. Starts a quiet local Ray unless one is running."""
+    """Ray tasks, one per group, streamed back as they finish. Starts a quiet local Ray unless one is running.
+
+    `close` cancels the tasks not finished (a cancelled group is not committed, or committed whole: status goes
+    last) and shuts down the Ray it started, workers included."""
 
     def __init__(self, workers: int, address: str | None = None) -> None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -187,18 +204,21 @@ class RayRunner:
 
         self.ray = ray
         self.started = False
+        self.pending: dict[object, GroupTask] = {}  # ref -> task, of the tasks not finished
         if not ray.is_initialized():
             quiet = {"logging_level": logging.ERROR, "log_to_driver": False, "configure_logging": True}
-            if address:
-                ray.init(address=address, **quiet)
-            else:
-                ray.init(num_cpus=workers, include_dashboard=False, object_store_memory=128 * 1024 * 1024, **quiet)
+            with keep_handlers():  # ray.init would make SIGTERM exit at once, with status 15
+                if address:
+                    ray.init(address=address, **quiet)
+                else:
+                    memory = 128 * 1024 * 1024
+                    ray.init(num_cpus=workers, include_dashboard=False, object_store_memory=memory, **quiet)
             self.started = True
         self.remote = ray.remote(num_cpus=1, max_retries=TASK_RETRIES, retry_exceptions=False)(run_group)
 
     def run(self, tasks: Sequence[GroupTask]) -> Iterator[tuple[GroupTask, GroupResult | BaseException]]:
         ordered = sorted(tasks, key=lambda task: -task.cost)  # biggest first: better balance at the end
-        pending = {self.remote.remote(dataclasses.replace(task, threads=1)): task for task in ordered}
+        self.pending = pending = {self.remote.remote(dataclasses.replace(task, threads=1)): task for task in ordered}
         while pending:
             done, _ = self.ray.wait(list(pending), num_returns=1)
             for ref in done:
@@ -209,6 +229,10 @@ class RayRunner:
                     yield task, exc
 
     def close(self) -> None:
+        if self.pending and self.ray.is_initialized():
+            for ref in self.pending:
+                self.ray.cancel(ref)
+        self.pending = {}
         if self.started:
             self.ray.shutdown()
 
@@ -217,10 +241,15 @@ class InProcessRunner:
     """The same group function, called in this process: no start-up cost for small jobs.
 
     Two groups run side by side in threads: PyAV, OpenCV and NumPy release the GIL, so one group's decoding overlaps
-    the other's masks and writes. Groups own disjoint shards, so the bytes are those of a one-at-a-time run."""
+    the other's masks and writes. Groups own disjoint shards, so the bytes are those of a one-at-a-time run.
+
+    `close` (also when the caller stops iterating, e.g. on Ctrl-C) drops the groups not started and tells the running
+    ones to stop before their next video; it returns when their threads have ended, with no group half-committed."""
 
     def __init__(self, threads: int = 2) -> None:
         self.threads = threads
+        self.stop = threading.Event()
+        self.pool: ThreadPoolExecutor | None = None
 
     def run(self, tasks: Sequence[GroupTask]) -> Iterator[tuple[GroupTask, GroupResult | BaseException]]:
         ordered = sorted(tasks, key=lambda task: -task.cost)  # biggest first: no long task left alone at the end
@@ -228,17 +257,22 @@ class InProcessRunner:
         if min(self.threads, len(ordered)) > 1:  # one decoding and OpenCV thread per group: groups fill the cores
             ordered = [dataclasses.replace(task, threads=1) for task in ordered]
             cv2.setNumThreads(1)  # process-wide: set once here, not by tasks racing each other
+        self.stop = threading.Event()
+        self.pool = ThreadPoolExecutor(max_workers=self.threads)
         try:
-            with ThreadPoolExecutor(max_workers=self.threads) as pool:
-                futures = {pool.submit(run_group, task): task for task in ordered}
-                for future in as_completed(futures):
-                    task = futures[future]
-                    try:
-                        yield task, future.result()
-                    except Exception as exc:
-                        yield task, exc
+            futures = {self.pool.submit(run_group, task, self.stop): task for task in ordered}
+            for future in as_completed(futures):
+                task = futures[future]
+                try:
+                    yield task, future.result()
+                except Exception as exc:
+                    yield task, exc
         finally:
+            self.close()
             cv2.setNumThreads(before)
 
     def close(self) -> None:
-        pass
+        if self.pool is not None:
+            self.stop.set()
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None

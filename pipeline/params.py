@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 METHODS = ("motion", "fame")
-FORMAT_VERSION = 1
+JPEG_MAX_SIDE = 65_500  # the largest side a JPEG (the plates' codec) can hold
+MAX_CHUNK_BYTES = 2**31 - 17  # the largest buffer Blosc compresses: one clip's masks, T x h x w bytes
+FORMAT_VERSION = 2  # 2: the clip checksum covers the frame numbers too (format 1 caches still read)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -60,6 +62,24 @@ class BuildParams:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.max_pixels < 1 or self.max_frames < 1:
             raise ValueError("max-pixels and max-frames must be positive")
+        # Found here, before any video is read, rather than as the same failure on every video.
+        if h * w > self.max_pixels:
+            raise ValueError(
+                f"size {h}x{w} is {h * w} pixels per frame, over max-pixels {self.max_pixels}; "
+                "choose a smaller size (or raise max-pixels)"
+            )
+        if max(h, w) > JPEG_MAX_SIDE:
+            raise ValueError(f"size {h}x{w}: plates are JPEG, whose sides are at most {JPEG_MAX_SIDE}")
+        if self.span > self.max_frames:
+            raise ValueError(
+                f"clip-len {self.clip_len} at stride {self.stride} spans {self.span} source frames, over max-frames "
+                f"{self.max_frames}: no video accepted could hold one clip"
+            )
+        if self.clip_len * h * w > MAX_CHUNK_BYTES:
+            raise ValueError(
+                f"clip-len {self.clip_len} at size {h}x{w} makes {self.clip_len * h * w} bytes of masks per clip, "
+                f"over the {MAX_CHUNK_BYTES} one chunk can hold; choose a shorter clip or a smaller size"
+            )
 
     @property
     def span(self) -> int:

@@ -3,10 +3,30 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import fsspec
+
+from pipeline.sources import is_url
+
+
+def check_report_path(path: str) -> None:
+    """Refuse, before a build starts rather than after it, a report path that cannot be written: a folder, or a file
+    in a folder that is missing or read-only. Object stores are asked only whether the path is a folder."""
+    if is_url(path):
+        fs, inner = fsspec.core.url_to_fs(path)
+        if fs.isdir(inner):
+            raise ValueError(f"--report {path}: is a folder; give a file name, e.g. {path.rstrip('/')}/report.json")
+        return
+    if os.path.isdir(path):
+        raise ValueError(f"--report {path}: is a folder; give a file name, e.g. {os.path.join(path, 'report.json')}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"--report {path}: folder {folder} does not exist")
+    if not os.access(path if os.path.exists(path) else folder, os.W_OK):
+        raise ValueError(f"--report {path}: not writable (permissions)")
 
 
 @dataclass

@@ -33,6 +33,8 @@ class VideoEntry:
 class Source:
     root: str  # local absolute path or URL
     entries: tuple[VideoEntry, ...]
+    # Files found but left out, as (path as shown, why): a name that is not valid UTF-8 cannot be stored in a cache.
+    left_out: tuple[tuple[str, str], ...] = ()
 
     def full_path(self, rel: str) -> str:
         return join(self.root, rel)
@@ -47,9 +49,27 @@ def is_url(path: str) -> bool:
 
 
 def join(root: str, rel: str) -> str:
-    if is_url(root):
+    """The full path of a video given relative to `root`: the one way builds and readers turn a list's or a cache's
+    relative path into a file to open, so neither can be made to open files elsewhere.
+
+    Refuses (SourceError, naming the path and the root) a path that leads outside the root: an absolute path or a
+    `..` segment by its text, and on a local disk a symbolic link out of the root, found by comparing real paths.
+    Object stores have no links, so the text check is the whole check there.
+    """
+    parts = rel.split("/")
+    if rel.startswith("/") or ".." in parts:
+        raise SourceError(f"{rel!r} escapes the source root {root!r} (a video path must be relative, without '..')")
+    if is_url(root) and not root.startswith("file://"):
         return root.rstrip("/") + "/" + rel
-    return os.path.join(root, *rel.split("/"))
+    local = root.removeprefix("file://")
+    full = os.path.join(local, *parts)
+    real, real_root = os.path.realpath(full), os.path.realpath(local)
+    if os.path.commonpath([real, real_root]) != real_root:
+        raise SourceError(
+            f"{rel!r} resolves to {real!r}, outside the source root {root!r} (a symbolic link out of it); "
+            "use a source root that holds the file itself"
+        )
+    return root.rstrip("/") + "/" + rel if is_url(root) else full
 
 
 def _normalise_root(path: str) -> str:
@@ -75,6 +95,19 @@ def _relative(path: str, root: str, list_file: str, line_no: int) -> str:
 def _parent_label(rel: str) -> str:
     parent = posixpath.basename(posixpath.dirname(rel))
     return parent or ""
+
+
+def _printable(rel: str) -> str:
+    """A path whose undecodable bytes (kept by Python as surrogates) are shown as \\xNN escapes."""
+    return rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _valid_utf8(rel: str) -> bool:
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _list_folder(root: str) -> list[VideoEntry]:
@@ -162,8 +195,15 @@ def list_source(src: str, root: str | None = None) -> Source:
             raise SourceError(f"{src}: no such folder or list file")
         base = _normalise_root(src)
         entries = _list_folder(base)
-    unique = {e.path: e for e in entries}
-    return Source(root=base, entries=tuple(unique[p] for p in sorted(unique)))
+    unique = {e.path: e for e in entries if _valid_utf8(e.path)}
+    left_out = tuple(
+        (_printable(e.path), "the file name is not valid UTF-8 (a cache stores names as UTF-8): rename the file")
+        for e in entries
+        if not _valid_utf8(e.path)
+    )
+    for rel in unique:
+        join(base, rel)  # refuses links out of the root
+    return Source(root=base, entries=tuple(unique[p] for p in sorted(unique)), left_out=left_out)
 
 
 def stat_source(path: str) -> tuple[int, float]:

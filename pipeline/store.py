@@ -17,13 +17,16 @@ Layout (a public contract, documented in the README):
     videos/error     (V,)  str     why it failed, empty otherwise
     clips/video      (N,)  int32   index into videos; -1 for padding slots that hold no clip
     clips/frames     (N,T) int32   source frame numbers
-    clips/checksum   (N,)  uint32  CRC32 of the clip's mask bytes followed by its plate bytes
+    clips/checksum   (N,)  uint32  CRC32 of the clip's mask bytes, its plate bytes, then its frame numbers (int32
+                                   little-endian; format 1 caches: mask and plate only)
     masks            (N,T,h,w) uint8  soft foreground probability x 255
     plates           (N,h,w,3) uint8  RGB background plate (JPEG quality 90 per chunk, codec "fame.jpeg")
 
 Videos are cut into groups of `videos_per_group`; each group's clips start on a shard boundary and fill whole shards
 (padding slots at the end), so one writer owns every shard it touches, in every array. A group is committed by
-writing its clips first and its videos' status last: a clip is readable only once its video says `done`.
+writing its clips first and its videos' status last: a clip is readable only once its video says `done`. A group is
+always written whole, over whatever its shards held: a damaged shard is replaced, never read back and patched.
+Every node's metadata is defined once, in `pipeline.layout`.
 """
 
 from __future__ import annotations
@@ -37,40 +40,35 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, BloscShuffle
 from zarr.core.sync import sync
 
-from pipeline.codecs import JpegCodec, jpeg_roundtrip
+from pipeline.codecs import jpeg_roundtrip
+from pipeline.layout import MASK_COMPRESSOR, PLATE_QUALITY, VIDEO_FIELDS, CacheShape, array_specs
+from pipeline.lock import remove_all_but_lock
 from pipeline.params import FORMAT_VERSION, BuildParams
 
+__all__ = ["MASK_COMPRESSOR", "PLATE_QUALITY", "VIDEO_FIELDS", "Cache", "CacheError", "ClipDamaged", "clip_checksum"]
+
 TOOL_VERSION = "0.1.0"
-PLATE_QUALITY = 90  # plates are JPEG (see pipeline.codecs); masks are lossless
-# Masks: zstd level 5 over the whole chunk as one Blosc block. On real masks that is within 2% of level 7's size at
-# less than half its time; level 3 is faster again but 11% larger.
-MASK_COMPRESSOR = BloscCodec(cname="zstd", clevel=5, shuffle=BloscShuffle.noshuffle, blocksize=1 << 22)
 PENDING, DONE, FAILED = "pending", "done", "failed"
-VIDEO_FIELDS: dict[str, Any] = {
-    "path": str,
-    "label": str,
-    "n_frames": np.int32,
-    "fps": np.float32,
-    "height": np.int32,
-    "width": np.int32,
-    "bytes": np.int64,
-    "mtime": np.float64,
-    "first_clip": np.int64,
-    "n_clips": np.int32,
-    "status": str,
-    "error": str,
-}
+STATUSES = (PENDING, DONE, FAILED)
+FRAMES_CHECKED_FROM = 2  # the first format whose checksum covers the clip's frame numbers
 
 
 class CacheError(Exception):
     """A cache that cannot be used as asked, with the path and the reason."""
 
 
-def clip_checksum(mask: np.ndarray, plate: np.ndarray) -> int:
-    return zlib.crc32(np.ascontiguousarray(plate).tobytes(), zlib.crc32(np.ascontiguousarray(mask).tobytes()))
+class ClipDamaged(CacheError):
+    """A committed clip whose bytes cannot be read or do not match their checksum."""
+
+
+def clip_checksum(mask: np.ndarray, plate: np.ndarray, frames: np.ndarray | None = None) -> int:
+    """CRC32 of the mask bytes, the plate bytes and (format 2 on) the frame numbers the mask was computed from."""
+    crc = zlib.crc32(np.ascontiguousarray(plate).tobytes(), zlib.crc32(np.ascontiguousarray(mask).tobytes()))
+    if frames is not None:
+        crc = zlib.crc32(np.ascontiguousarray(frames, dtype="<i4").tobytes(), crc)
+    return crc
 
 
 @dataclass(frozen=True)
@@ -134,6 +132,11 @@ class Cache:
             group = zarr.open_group(url, mode=mode)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
             raise CacheError(f"{url}: no cache here (not a Zarr group)") from exc
+        except ValueError as exc:  # the root's zarr.json is not valid JSON, or not Zarr metadata
+            raise CacheError(
+                f"{url}/zarr.json: the cache's root metadata cannot be read ({exc}); its parameters are lost with it: "
+                "rebuild the cache"
+            ) from exc
         attrs = dict(group.attrs)
         if "format_version" not in attrs or "params_hash" not in attrs:
             raise CacheError(f"{url}: a Zarr group, but not a FAME cache (attrs lack format_version/params_hash)")
@@ -173,7 +176,9 @@ class Cache:
         first, n_clips = plan_layout(clip_counts, videos_per_group, clips_per_shard)
         h, w = params.size
         t = params.clip_len
-        group = zarr.open_group(url, mode="w")
+        shape = CacheShape(n_videos, n_clips, t, (h, w), videos_per_group, clips_per_shard)
+        remove_all_but_lock(url)  # what Zarr's mode "w" does, except that the writer lock held on the folder stays
+        group = zarr.open_group(url, mode="a")
         group.attrs.update(
             {
                 "format_version": FORMAT_VERSION,
@@ -200,54 +205,36 @@ class Cache:
             clip_video[start : start + count] = v
             if count:
                 frames[start : start + count] = clip_frames[v]
-        videos = group.create_group("videos")._async_group
-        clips = group.create_group("clips")._async_group
+        values = {f"videos/{name}": table.get(name) for name in VIDEO_FIELDS}
+        values.update({"clips/video": clip_video, "clips/frames": frames})
+        specs = array_specs(shape)
+        plates_spec = specs.pop("plates")
+        for name in ("videos", "clips"):
+            group.create_group(name)
         root = group._async_group
 
-        async def column(name: str, dtype: Any) -> None:
-            values = table.get(name)
-            values = np.zeros(n_videos, dtype=dtype) if values is None else values
-            arr = await videos.create_array(name, shape=(n_videos,), chunks=(videos_per_group,), dtype=dtype)
-            await arr.setitem(slice(None), np.asarray(values, dtype=object if dtype is str else dtype))
+        async def create(name: str, spec: dict[str, Any]) -> None:
+            arr = await root.create_array(name, **spec)
+            data = values.get(name)
+            if name.startswith("videos/"):
+                dtype = spec["dtype"]
+                data = np.zeros(n_videos, dtype=dtype) if data is None else data
+                data = np.asarray(data, dtype=object if dtype is str else dtype)
+            if data is not None:
+                await arr.setitem(slice(None), data)
 
-        async def clip_array(name: str, values: np.ndarray) -> None:
-            chunks = (clips_per_shard, *values.shape[1:])
-            arr = await clips.create_array(name, shape=values.shape, chunks=chunks, dtype=values.dtype)
-            await arr.setitem(slice(None), values)
-
-        together(
-            *(column(name, dtype) for name, dtype in VIDEO_FIELDS.items()),
-            clip_array("video", clip_video),
-            clip_array("frames", frames),
-            clips.create_array("checksum", shape=(n_clips,), chunks=(clips_per_shard,), dtype=np.uint32, fill_value=0),
-            root.create_array(
-                "masks",
-                shape=(n_clips, t, h, w),
-                chunks=(1, t, h, w),
-                shards=(clips_per_shard, t, h, w),
-                dtype=np.uint8,
-                compressors=MASK_COMPRESSOR,
-                fill_value=0,
-            ),
-        )
-        sync(  # last: a cache whose plates array exists was created in full (see build._complete)
-            root.create_array(
-                "plates",
-                shape=(n_clips, h, w, 3),
-                chunks=(1, h, w, 3),
-                shards=(clips_per_shard, h, w, 3),
-                dtype=np.uint8,
-                serializer=JpegCodec(quality=PLATE_QUALITY),
-                compressors=None,
-                fill_value=0,
-            ),
-        )
+        together(*(create(name, spec) for name, spec in specs.items()))
+        sync(create("plates", plates_spec))  # last: a cache whose plates array exists was created in full
         return cls(group, url)
 
     # ---- metadata ---------------------------------------------------------------------------------------------
     @property
     def attrs(self) -> dict[str, Any]:
         return dict(self.root.attrs)
+
+    @property
+    def format_version(self) -> int:
+        return int(self.attrs["format_version"])
 
     @property
     def params(self) -> BuildParams:
@@ -303,12 +290,33 @@ class Cache:
         return out
 
     def clip_table(self) -> tuple[np.ndarray, np.ndarray]:
-        """(clips/video, clips/frames) for all slots."""
-        return self.root["clips/video"][:], self.root["clips/frames"][:]
+        """(clips/video, clips/frames) of all slots; an unreadable chunk's slots hold no clip (see read_clip_table)."""
+        clip_video, frames, _ = self.read_clip_table()
+        return clip_video, frames
+
+    def read_clip_table(self) -> tuple[np.ndarray, np.ndarray, list[tuple[range, str]]]:
+        """(clips/video, clips/frames, [(slots of an unreadable chunk, why)]). When the table does not read whole, it
+        is read chunk by chunk: a damaged chunk costs its own slots (video -1: no clip), not the whole table."""
+        try:
+            return self.root["clips/video"][:], self.root["clips/frames"][:], []
+        except Exception:  # a damaged chunk somewhere: find it
+            pass
+        n, t = self.n_slots, self.clip_len
+        per_chunk = int(self.root["clips/frames"].chunks[0])
+        clip_video, frames = np.full(n, -1, np.int32), np.zeros((n, t), np.int32)
+        bad = []
+        for lo in range(0, n, per_chunk):
+            hi = min(lo + per_chunk, n)
+            try:
+                clip_video[lo:hi], frames[lo:hi] = self.root["clips/video"][lo:hi], self.root["clips/frames"][lo:hi]
+            except Exception as exc:  # a codec or a store error: the chunk's bytes are not what was written
+                clip_video[lo:hi] = -1
+                bad.append((range(lo, hi), f"{type(exc).__name__}: {exc}"[:200]))
+        return clip_video, frames, bad
 
     def readable_clips(self) -> np.ndarray:
         """Indices of clips whose video is done: the only ones a reader may use."""
-        clip_video = self.root["clips/video"][:]
+        clip_video, _, _ = self.read_clip_table()
         done = self.videos("status") == DONE
         ok = clip_video >= 0
         ok[ok] = done[clip_video[ok]]
@@ -321,10 +329,31 @@ class Cache:
     def plate(self, clip: int) -> np.ndarray:
         return self.root["plates"][clip]
 
+    def checksum(self, mask: np.ndarray, plate: np.ndarray, frames: np.ndarray) -> int:
+        """The checksum of a clip's bytes as this cache's format defines it."""
+        return clip_checksum(mask, plate, frames if self.format_version >= FRAMES_CHECKED_FROM else None)
+
     def check_clip(self, clip: int) -> bool:
         """Whether the stored checksum matches the clip's bytes."""
         stored = int(self.root["clips/checksum"][clip])
-        return stored == clip_checksum(self.mask(clip), self.plate(clip))
+        return stored == self.checksum(self.mask(clip), self.plate(clip), self.root["clips/frames"][clip])
+
+    def read_clip(self, clip: int, frames: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(mask, plate) of a committed clip, checked against its checksum (with `frames`, the frame numbers the
+        reader will decode, else the stored ones). Raises ClipDamaged: a missing shard reads as Zarr's fill value
+        and a damaged one may decode to other bytes, and neither may pass for the clip."""
+        try:
+            mask, plate = self.mask(clip), self.plate(clip)
+            stored = int(self.root["clips/checksum"][clip])
+            frames = self.root["clips/frames"][clip] if frames is None else frames
+        except Exception as exc:  # a codec, a shard index, a store: anything that stops the bytes coming back
+            raise ClipDamaged(f"{self.url}: clip {clip} cannot be read ({type(exc).__name__}: {exc})") from exc
+        got = self.checksum(mask, plate, frames)
+        if got != stored:
+            raise ClipDamaged(
+                f"{self.url}: clip {clip} does not match its checksum (stored {stored:08x}, read {got:08x})"
+            )
+        return mask, plate
 
     # ---- writing (one writer per group) -----------------------------------------------------------------------
     def write_group(
@@ -342,8 +371,11 @@ class Cache:
         """
         sl = slice(group.clips.start, group.clips.stop)
         stored = [jpeg_roundtrip(p[None], PLATE_QUALITY)[0] for p in plates]  # what a reader gets back (lossy)
-        checksums = np.array([clip_checksum(m, p) for m, p in zip(masks, stored, strict=True)], dtype=np.uint32)
+        checksums = np.array(
+            [self.checksum(m, p, f) for m, p, f in zip(masks, stored, frames, strict=True)], dtype=np.uint32
+        )
         root = self.root._async_group
+        self._drop_chunks(group.clips)
         together(
             _write(root, "masks", sl, masks),
             _write(root, "plates", sl, plates),
@@ -355,6 +387,19 @@ class Cache:
         together(*(_write(root, f"videos/{k}", vs, np.asarray(v, dtype=VIDEO_FIELDS[k])) for k, v in columns.items()))
         self.root["videos/error"][vs] = np.asarray(video_updates["error"], dtype=object)
         self.root["videos/status"][vs] = np.asarray(video_updates["status"], dtype=object)
+
+    def _drop_chunks(self, clips: range) -> None:
+        """Delete the stored chunks of a clip range's whole shards in every clip array, so the write that follows
+        starts from nothing: Zarr reads an existing shard back before writing into it, and a damaged one fails."""
+        keys = []
+        for name in ("masks", "plates", "clips/frames", "clips/checksum"):
+            arr = self.root[name]
+            per_chunk = int((arr.shards or arr.chunks)[0])
+            for index in range(clips.start // per_chunk, -(-clips.stop // per_chunk)):
+                coords = (index, *([0] * (arr.ndim - 1)))
+                keys.append(f"{arr.path}/{arr.metadata.encode_chunk_key(coords)}")
+        store = self.root.store
+        together(*(store.delete(key) for key in keys))
 
     def set_status(self, videos: Sequence[int], status: str, error: str = "") -> None:
         """Mark videos (e.g. for recomputation by --resume). Callers must own the videos' groups."""

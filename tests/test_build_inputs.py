@@ -137,3 +137,21 @@ def test_missing_source_and_empty_folder_cannot_run(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["build", str(tmp_path / "empty"), "--out", str(tmp_path / "c.zarr"), "--quiet"]) == 1
     assert "no videos found" in capsys.readouterr().err
+
+
+def test_a_file_name_that_is_not_utf8_is_reported_and_the_build_goes_on(tiny_dataset, tmp_path, capsys):
+    import os
+    import shutil
+
+    src = tmp_path / "videos"
+    shutil.copytree(tiny_dataset, src)
+    first = sorted(src.rglob("*.mp4"))[0]
+    shutil.copy(first, os.path.join(os.fsencode(first.parent), b"bad\xff\xfename.mp4"))
+    out = tmp_path / "c.zarr"
+    report = tmp_path / "report.json"
+    code = main(["build", str(src), "--out", str(out), "--size", "32x40", "--clip-len", "4", "--report", str(report)])
+    assert code == 3  # the cache is usable; one file was not
+    failures = json.loads(report.read_text())["failures"]
+    assert [f["path"] for f in failures] == [f"{first.parent.name}/bad\\xff\\xfename.mp4"]
+    assert "not valid UTF-8" in failures[0]["reason"] and "bad\\xff\\xfename.mp4" in capsys.readouterr().err
+    assert (Cache.open(str(out)).videos("status") == DONE).sum() == 6

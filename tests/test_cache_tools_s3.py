@@ -95,3 +95,21 @@ def test_build_info_verify_ls_show_on_s3(s3, tmp_path, capsys):
     again = build_cache(videos, url, PARAMS, resume=True, progress=False)
     assert again.n_done == 6 and again.n_computed >= 1
     assert verify_cache(open_cache(url)) == []
+
+
+def test_writer_lock_on_s3_is_a_conditional_write(s3):
+    """S3 refuses a second create of the lock object (If-None-Match: *), so one writer wins without a race window."""
+    from pipeline.lock import LOCK_NAME, LockError, read_holder, writer_lock
+
+    url = f"s3://{BUCKET}/locked.zarr"
+    key = f"{BUCKET}/locked.zarr/{LOCK_NAME}"
+    with writer_lock(url, "fame-pipeline build") as mine:
+        assert read_holder(url) == mine
+        with pytest.raises(OSError, match="pre-conditions you specified did not hold"):
+            s3.pipe_file(key, b"{}", mode="create")
+        busy = pytest.raises(LockError, match="another process is writing this cache: fame-pipeline build")
+        with busy, writer_lock(url, "fame-cache gc"):
+            pass
+        assert read_holder(url) == mine
+    s3.invalidate_cache()
+    assert not s3.exists(key)

@@ -24,7 +24,7 @@ def test_parse_size_names_bad_value():
 
 def test_params_hash_tracks_output_fields_only():
     base = BuildParams()
-    assert base.params_hash() == BuildParams(max_pixels=10).params_hash()
+    assert base.params_hash() == BuildParams(max_pixels=100_000).params_hash()
     assert base.params_hash() != BuildParams(method="fame").params_hash()
     assert base.differences(BuildParams(clip_len=8)) == {"clip_len": (16, 8)}
     assert BuildParams.from_dict(base.to_dict()) == base

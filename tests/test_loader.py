@@ -175,5 +175,5 @@ def test_refuses_mismatch_and_empty_and_warns_on_failed(tmp_path, cache_url):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         loader = FameLoader(url, 3, params=quick())
-    assert any("video 1.mp4 (broken on purpose)" in str(w.message) for w in caught)
+    assert any("video 1.mp4 (failed: broken on purpose)" in str(w.message) for w in caught)
     assert 1 not in {int(v) for b in loader for v in b["video"]}

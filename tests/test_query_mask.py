@@ -10,7 +10,7 @@ import pytest
 from helpers import make_cache
 
 from pipeline.loader import FameLoader, LoaderParams
-from pipeline.loader.query_mask import crop_mask, query_alpha, top_fraction
+from pipeline.loader.query_mask import centre_on_mask, crop_mask, query_alpha, top_fraction
 from pipeline.loader.sampling import ClipIndex, key_clip_frames, plan_sample
 
 WHOLE = np.array([0.0, 0.0, 1.0, 1.0], np.float32)
@@ -136,3 +136,32 @@ def test_background_view_is_the_query_without_its_foreground(cache_url):
     assert shown.mean() > 0.3
     np.testing.assert_array_equal(query[shown], background[shown])
     assert not np.array_equal(query[~shown], background[~shown])
+
+
+def test_centre_on_mask_moves_the_window_to_the_mass_and_keeps_its_size():
+    mask = np.zeros((2, 40, 40), np.uint8)
+    mask[:, 28:34, 4:10] = 255  # mass centre (31, 7) px
+    window = np.array([0.0, 0.5, 0.5, 1.0], np.float32)
+    moved = centre_on_mask(window, mask)
+    assert np.allclose(moved[2:] - moved[:2], window[2:] - window[:2])
+    assert np.allclose(moved, [0.5, 0.0, 1.0, 0.5])  # clamped: centred at 31/40 would leave the frame
+    small = np.array([0.0, 0.0, 0.2, 0.2], np.float32)
+    assert np.allclose((centre_on_mask(small, mask)[:2] + 0.1) * 40, [31, 7])
+    assert np.array_equal(centre_on_mask(window, np.zeros_like(mask)), window)
+
+
+def test_mover_crops_centre_the_query_on_its_mask(cache_url):
+    """With query_crop="mover" the query's alpha (its mask inside the crop) is centred in the view."""
+    settings = {"crop": 24, "num_workers": 0, "augment": False, "own_floor": 0.0, "query_crop_scale": (0.2, 0.3)}
+    offsets = {}
+    for mode in ("random", "mover"):
+        loader = FameLoader(cache_url, 4, params=LoaderParams(query_crop=mode, **settings), seed=3)
+        alpha = loader.debug_batch()["mask"][..., 0].astype(float)  # (B, T, crop, crop)
+        weights = alpha.sum(axis=1)  # (B, crop, crop)
+        total = weights.sum(axis=(1, 2))
+        has = total > 0
+        rows, cols = weights.sum(axis=2), weights.sum(axis=1)
+        centre = np.stack([rows @ np.arange(24), cols @ np.arange(24)], 1)[has] / total[has, None]
+        offsets[mode] = (np.abs(centre - 11.5).max(axis=1), has.mean())
+    assert offsets["mover"][1] == 1.0 and offsets["mover"][0].max() < 3  # every view holds its mover, centred
+    assert offsets["random"][1] < 1.0 or offsets["random"][0].max() > 3

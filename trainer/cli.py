@@ -10,14 +10,21 @@ import sys
 import types
 import typing
 
-from pipeline.loader.params import BACKGROUNDS, KEY_STARTS, MASK_MODES, LoaderParams
+from pipeline.loader.params import BACKGROUNDS, KEY_STARTS, MASK_MODES, ON_DAMAGE, QUERY_CROPS, LoaderParams
+from pipeline.signals import handle_signals, interrupted
 from trainer.config import TrainConfig
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 LOADER_DEST = "loader__"  # argparse dest prefix of the loader's flags
 # Set through other flags: the loader's own, --semi-negatives, --background-negatives.
 DERIVED = {"loader", "return_partner", "return_background"}
-CHOICES = {"background": BACKGROUNDS, "mask_mode": MASK_MODES, "key_start": KEY_STARTS}
+CHOICES = {
+    "background": BACKGROUNDS,
+    "mask_mode": MASK_MODES,
+    "key_start": KEY_STARTS,
+    "on_damage": ON_DAMAGE,
+    "query_crop": QUERY_CROPS,
+}
 ALIASES = {"num_workers": ["--workers"]}
 
 
@@ -152,10 +159,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"pretrain": _pretrain, "eval": _eval, "plot": _plot, "heatmap": _heatmap}
     try:
-        return handlers[args.command](args)
+        with handle_signals():
+            return handlers[args.command](args)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"fame-train {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: exit 130 or 143
+        stop = interrupted(exc)
+        hint = "; run the same command with --resume to continue" if args.command == "pretrain" else ""
+        print(f"fame-train {args.command}: {stop}{hint}", file=sys.stderr)
+        return stop.exit_code
 
 
 if __name__ == "__main__":

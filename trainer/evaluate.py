@@ -156,6 +156,8 @@ def evaluate(
     if unknown:
         raise EvalError(f"unknown protocol(s) {sorted(unknown)}; choose from {', '.join(PROTOCOLS)}")
     device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise EvalError(f"--device {device}: torch finds no CUDA GPU on this machine; use --device cpu")
     train, test = list_source(train_src), list_source(test_src)
     for name, source in (("train", train), ("test", test)):
         if not source.entries:

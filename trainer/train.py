@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from pipeline.loader import FameLoader
+from pipeline.signals import Interrupted, deferred, interrupted
 from trainer.backbones import build_backbone
 from trainer.checkpoint import load_checkpoint, save_checkpoint
 from trainer.config import TrainConfig
@@ -38,6 +39,8 @@ def _setup_distributed(device: torch.device) -> tuple[int, int]:
 
 
 def _device(config: TrainConfig) -> torch.device:
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise TrainError("--device cuda: torch finds no CUDA GPU on this machine; use --device cpu or auto")
     if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()):
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
@@ -67,6 +70,24 @@ def compute_loss(model, batch: dict[str, torch.Tensor], config: TrainConfig) -> 
     micro = micro_loss(query_map.float(), key_map.float())
     parts["micro"] = float(micro.detach())
     return contrastive + config.micro_weight * micro, parts
+
+
+def _trim_log(path: Path, step: int) -> None:
+    """Keep the log's records of steps 1..step, the steps the checkpoint holds: a run stopped between checkpoints
+    takes the later steps again after --resume, and a line torn by a kill is dropped. A fresh run starts it empty."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and int(record.get("step", 0)) <= step:
+            kept.append(line + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
 
 
 def _write_config(config: TrainConfig, out: Path) -> None:
@@ -137,53 +158,65 @@ def pretrain(config: TrainConfig, resume: bool = False, progress: bool = True, m
         step = int(state["step"])
     if rank == 0:
         _write_config(config, out)
+        _trim_log(out / "log.jsonl", step)
     log = open(out / "log.jsonl", "a") if rank == 0 else None  # noqa: SIM115 - kept open for the run
     bar = tqdm(total=total, initial=step, desc="pretrain", unit="step", disable=not progress or rank != 0)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and config.amp)
     model.train()
     final = out / "checkpoint.pt"
+    trained = loader.state_dict()  # the loader's position after the last step taken
     try:
         while step < total and (max_steps is None or step < max_steps):
             epoch = loader.state_dict()["epoch"]
             waited = time.perf_counter()
             for batch in loader:
-                start = time.perf_counter()
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                lr = lr_at(step, total, warmup, config.lr)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                with autocast:
-                    loss, parts = compute_loss(ddp if world > 1 else model, batch, config)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                end = time.perf_counter()
-                step += 1
-                record = {
-                    "step": step,
-                    "epoch": epoch,
-                    "loss": float(loss.detach()),
-                    **parts,
-                    "lr": lr,
-                    "clips_per_s": config.batch_size * world / max(end - waited, 1e-9),
-                    "data_wait": (start - waited) / max(end - waited, 1e-9),
-                }
-                if log:
-                    log.write(json.dumps(record) + "\n")
-                    log.flush()
-                bar.update(1)
-                bar.set_postfix(loss=f"{record['loss']:.3f}", wait=f"{record['data_wait']:.0%}")
-                if rank == 0 and step % config.checkpoint_every == 0:
-                    save_checkpoint(final, model, optimizer, loader, config, step)
+                with deferred():  # a step is taken whole or not at all: Ctrl-C or SIGTERM stops the run after it
+                    start = time.perf_counter()
+                    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                    lr = lr_at(step, total, warmup, config.lr)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    with autocast:
+                        loss, parts = compute_loss(ddp if world > 1 else model, batch, config)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
+                    end = time.perf_counter()
+                    step += 1
+                    trained = loader.state_dict()
+                    record = {
+                        "step": step,
+                        "epoch": epoch,
+                        "loss": float(loss.detach()),
+                        **parts,
+                        "lr": lr,
+                        "clips_per_s": config.batch_size * world / max(end - waited, 1e-9),
+                        "data_wait": (start - waited) / max(end - waited, 1e-9),
+                    }
+                    if log:
+                        log.write(json.dumps(record) + "\n")
+                        log.flush()
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{record['loss']:.3f}", wait=f"{record['data_wait']:.0%}")
+                    if rank == 0 and step % config.checkpoint_every == 0:
+                        save_checkpoint(final, model, optimizer, loader, config, step)
                 if step >= total or (max_steps is not None and step >= max_steps):
                     break
                 waited = time.perf_counter()
+    except KeyboardInterrupt as exc:  # between steps: the model, optimizer and log are those of `step`
+        signum = interrupted(exc).signum
+        loader.load_state_dict(trained)  # a batch fetched but not trained on is fetched again on resume
+        if rank == 0:
+            with deferred():
+                save_checkpoint(final, model, optimizer, loader, config, step)
+        raise Interrupted(signum, f"stopped after step {step}, saved in {final}") from None
     finally:
         bar.close()
         if log:
             log.close()
+        loader.close()  # DALI's worker processes go now, not at exit
     if rank == 0:
         save_checkpoint(final, model, optimizer, loader, config, step)
         from trainer.plot import plot_run

@@ -1,7 +1,8 @@
 """What the loader may read: videos, labels and clips, from a cache (checked) or straight from videos (no cache).
 
-The checks live here so a bad cache is refused before any worker starts: changed or vanished source videos, a clip
-length or frame size other than asked, failed videos (skipped with a warning), nothing left to read.
+The checks live here so a bad cache is refused before any worker starts: video paths that lead outside the source
+root, changed or vanished source videos, a clip length or frame size other than asked, failed videos (skipped with a
+warning), nothing left to read.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.layout import MetadataError, check_metadata
 from pipeline.loader.params import LoaderParams
 from pipeline.params import BuildParams
 from pipeline.plan import clip_frames
-from pipeline.sources import is_url, join, list_source
-from pipeline.store import DONE, FAILED, Cache
+from pipeline.sources import SourceError, is_url, join, list_source
+from pipeline.store import DONE, Cache
 from pipeline.video import VideoError, probe
 
 
@@ -45,7 +47,11 @@ class Catalog:
         return (self.clip_len - 1) * self.stride + 1
 
     def video_path(self, video: int) -> str:
-        return join(self.root, str(self.paths[video]))
+        """The video's file; refuses a path that leads outside the root (`..`, a link out: see `sources.join`)."""
+        try:
+            return join(self.root, str(self.paths[video]))
+        except SourceError as exc:
+            raise LoaderError(f"{self.cache_url or self.root}: video {video}: {exc}") from exc
 
 
 def _label_index(names: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
@@ -57,12 +63,18 @@ def _label_index(names: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
 def _check_sources(
     url: str, root: str, paths: np.ndarray, sizes: np.ndarray, mtimes: np.ndarray, done: np.ndarray
 ) -> None:
-    """Refuse a cache whose source videos vanished or changed since the build (size, then mtime)."""
-    if is_url(root):
-        return  # remote stores: checked by `fame-cache verify`, too slow to stat here per video
-    problems = []
+    """Refuse a cache whose video paths lead outside the source root, or whose source videos vanished or changed
+    since the build (size, then mtime; not on remote stores: `fame-cache verify` checks those, too slow to stat here
+    per video)."""
+    escapes, problems = [], []
     for v in np.flatnonzero(done):
-        full = join(root, str(paths[v]))
+        try:
+            full = join(root, str(paths[v]))
+        except SourceError as exc:
+            escapes.append(str(exc))
+            continue
+        if is_url(root):
+            continue
         try:
             stat = os.stat(full)
         except FileNotFoundError:
@@ -72,6 +84,9 @@ def _check_sources(
             problems.append(f"{paths[v]}: size changed ({int(sizes[v])} -> {stat.st_size} bytes)")
         elif mtimes[v] and abs(stat.st_mtime - float(mtimes[v])) > 1e-3:
             problems.append(f"{paths[v]}: modified since the cache was built")
+    if escapes:
+        shown = "; ".join(escapes[:3]) + (f"; and {len(escapes) - 3} more" if len(escapes) > 3 else "")
+        raise LoaderError(f"{url}: {len(escapes)} video path(s) lead outside the source root, refused: {shown}")
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
         raise LoaderError(
@@ -90,22 +105,41 @@ def _key_range(n_frames: np.ndarray, clip_video: np.ndarray, frames: np.ndarray)
     return np.where(n_frames > 0, n_frames.astype(np.int64), planned)
 
 
+def _check_metadata(cache: Cache) -> None:
+    """Refuse a cache whose metadata was damaged or edited: every read would go through it."""
+    try:
+        problems = [str(p) for p in check_metadata(cache.url, cache.attrs)]
+    except MetadataError as exc:
+        problems = [str(exc)]
+    if problems:
+        raise LoaderError(
+            f"{cache.url}: {problems[0]}{f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''}; "
+            "run `fame-cache verify --fix` to rewrite damaged metadata"
+        )
+
+
 def from_cache(url: str, params: LoaderParams, videos_root: str | None = None) -> Catalog:
     cache = Cache.open(url)
+    _check_metadata(cache)
     if params.clip_len is not None and params.clip_len != cache.clip_len:
         raise LoaderError(f"{url}: cache clip length is {cache.clip_len}, the loader was asked for {params.clip_len}")
     if params.size is not None and tuple(params.size) != cache.size:
         raise LoaderError(f"{url}: cache frame size is {cache.size}, the loader was asked for {tuple(params.size)}")
     table = cache.video_table()
     status = table["status"]
-    failed = np.flatnonzero(status == FAILED)
-    if failed.size:
-        names = ", ".join(f"{table['path'][v]} ({table['error'][v]})" for v in failed[:5])
-        warnings.warn(f"{url}: skipping {failed.size} failed video(s): {names}", stacklevel=3)
+    skipped = np.flatnonzero(status != DONE)
+    if skipped.size:
+        names = ", ".join(f"{table['path'][v]} ({status[v]}: {table['error'][v]})" for v in skipped[:5])
+        warnings.warn(f"{url}: skipping {skipped.size} video(s) not done: {names}", stacklevel=3)
     root = videos_root or cache.source_root
     _check_sources(url, root, table["path"], table["bytes"], table["mtime"], status == DONE)
-    clip_video, frames = cache.clip_table()
-    readable = cache.readable_clips()
+    clip_video, frames, bad_chunks = cache.read_clip_table()
+    for slots, why in bad_chunks:
+        warnings.warn(
+            f"{url}: skipping clips {slots.start}..{slots.stop - 1}, their table cannot be read ({why})", stacklevel=3
+        )
+    done = status == DONE
+    readable = np.flatnonzero((clip_video >= 0) & done[np.maximum(clip_video, 0)])
     if readable.size == 0:
         raise LoaderError(f"{url}: no readable clips (no video is done; is the build finished?)")
     labels, classes = _label_index(table["label"])

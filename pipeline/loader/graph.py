@@ -17,6 +17,7 @@ from nvidia.dali.pipeline import do_not_convert
 from pipeline.loader.params import LoaderParams
 from pipeline.loader.sampling import NO_BLUR
 from pipeline.loader.source import CPU_OUTPUTS, GPU_OUTPUTS, PARAM_OUTPUTS, SampleSource
+from pipeline.signals import quiet_children
 
 MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
 STD = [0.229 * 255, 0.224 * 255, 0.225 * 255]
@@ -131,7 +132,10 @@ def build_pipeline(source: SampleSource, batch_size: int, device_id: int | None,
         return tuple(outputs)
 
     pipe = fame_pipeline()
-    with warnings.catch_warnings():
+    # The worker processes start here, deaf to Ctrl-C and SIGTERM: a terminal's Ctrl-C reaches the whole process
+    # group, and workers dying under a running pipeline would make it fail with their tracebacks. They stop when this
+    # process lets the pipeline go (`FameLoader.close`, or at exit).
+    with warnings.catch_warnings(), quiet_children():
         # Frames backgrounds need no plate: DALI warns of unused source outputs.
         warnings.filterwarnings("ignore", message=".*(is|are) not used.*")
         pipe.build()

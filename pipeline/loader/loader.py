@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +18,19 @@ from pipeline.loader.source import SampleSource
 from pipeline.params import BuildParams
 
 # clip_b is -1 and key_start the key clip's first source frame when keys start anywhere (key_start="any").
-META_FIELDS = ("video", "label", "clip_a", "clip_b", "partner_video", "partner_clip", "key_start")
+# skipped_video/skipped_clip: what the sample left out (on_damage="skip"): a damaged cache clip (clip >= 0) or a
+# video that does not decode (clip -1); -1 when nothing was.
+META_FIELDS = (
+    "video",
+    "label",
+    "clip_a",
+    "clip_b",
+    "partner_video",
+    "partner_clip",
+    "key_start",
+    "skipped_video",
+    "skipped_clip",
+)
 
 
 class FameLoader:
@@ -65,6 +79,7 @@ class FameLoader:
         self.shard_id, self.num_shards, self.seed = shard_id, num_shards, seed
         self.epoch = 0
         self.position = 0  # samples of the current epoch already handed out
+        self.skipped: Counter[tuple[int, int]] = Counter()  # (video, clip) left out -> samples (on_damage="skip")
         self._pipe = None
         self._pipe_key: tuple[int, int] | None = None
         self._batches_seen_by_pipe = 0
@@ -112,9 +127,11 @@ class FameLoader:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
-        self._close()
+        self.close()
 
-    def _close(self) -> None:
+    def close(self) -> None:
+        """Let the DALI pipeline go, and with it its worker processes (DALI stops them when the pipeline is freed,
+        or at exit); an iteration in progress ends. The next iteration builds a new one."""
         self._pipe = None
         self._pipe_key = None
 
@@ -122,7 +139,7 @@ class FameLoader:
         """Reuse the running pipeline when it is where we are; rebuild it after a jump (resume, set_epoch)."""
         expected = (self.epoch, self.position)
         if self._pipe is None or self._pipe_key != expected:
-            self._close()
+            self.close()
             device_id = torch.cuda.current_device() if self.gpu else None
             pipe = build_pipeline(self._source(self.epoch, self.position), self.batch_size, device_id)
             self._pipe = pipe
@@ -132,16 +149,15 @@ class FameLoader:
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         if self.position >= self._samples_per_epoch:
             self.epoch, self.position = self.epoch + 1, 0
-        pipe = self._pipeline()
-        while True:
+        self._pipeline()
+        while self._pipe is not None:  # no reference kept here: `close` frees the pipeline and its workers
             try:
-                outputs = pipe.run()
+                batch = self._to_torch(self._pipe.run())
             except StopIteration:
-                pipe.reset()
+                self._pipe.reset()
                 self.epoch, self.position = self.epoch + 1, 0
                 self._pipe_key = (self.epoch, 0)
                 return
-            batch = self._to_torch(outputs)
             self.position += self.batch_size
             self._pipe_key = (self.epoch, self.position)
             yield batch
@@ -173,9 +189,24 @@ class FameLoader:
             if name == "meta":
                 for i, field in enumerate(META_FIELDS):
                     batch[field] = tensor[:, i].to(torch.int64)
+                self._count_skipped(batch["skipped_video"].tolist(), batch["skipped_clip"].tolist())
             else:
                 batch[name] = tensor
         return batch
+
+    def _count_skipped(self, videos: list[int], clips: list[int]) -> None:
+        """Count what samples left out; warn once per damaged clip or undecodable video, naming the file."""
+        for video, clip in zip(videos, clips, strict=True):
+            if video < 0:
+                continue
+            if (video, clip) not in self.skipped:
+                what = f"its cached clip {clip} is damaged" if clip >= 0 else "it does not decode"
+                warnings.warn(
+                    f"{self.catalog.video_path(video)}: {what}; left out, other samples stand in "
+                    f"(`fame-cache verify --fix` then `fame-pipeline build --resume` repairs a cache)",
+                    stacklevel=3,
+                )
+            self.skipped[(video, clip)] += 1
 
 
 def _as_array(out) -> np.ndarray:

@@ -9,6 +9,8 @@ from typing import Any
 BACKGROUNDS = ("plate", "frames")
 MASK_MODES = ("soft", "threshold", "area")
 KEY_STARTS = ("any", "cached")
+ON_DAMAGE = ("skip", "stop")
+QUERY_CROPS = ("random", "mover")
 
 
 @dataclass(frozen=True)
@@ -16,6 +18,10 @@ class LoaderParams:
     crop: int = 112  # output H = W of both views
     crop_scale: tuple[float, float] = (0.2, 1.0)  # area fraction of the random resized crop (MoCo v2)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    # Where the query's crop lies: anywhere ("random", MoCo's rule), or centred on its clip's moving foreground
+    # ("mover": the mask's mass, so a small mover fills more of the view), with its own area range (None: crop_scale).
+    query_crop: str = "random"
+    query_crop_scale: tuple[float, float] | None = None
     # Probability that the query view is a FAME view: 1.0 as in the original code (Mark12Ding/FAME, train.py),
     # which merges every query; lower values keep some queries plain.
     fame_p: float = 1.0
@@ -29,6 +35,9 @@ class LoaderParams:
     # Where the key clip starts: anywhere in the video ("any", drawn per epoch: more temporal variety, the key needs
     # no mask) or at one of the cache's clip positions ("cached").
     key_start: str = "any"
+    # A damaged cache clip or a video that no longer decodes: left out, another sample standing in, and counted
+    # ("skip"), or the end of the run ("stop").
+    on_damage: str = "skip"
     use_cache: bool = True  # False: compute `fame` masks per sample from the decoded clip, like the original code
     augment: bool = True  # MoCo v2 colour jitter, grayscale, blur (flip always follows the crop)
     jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
@@ -59,6 +68,12 @@ class LoaderParams:
             raise ValueError(f"own_floor must be in [0, 1), got {self.own_floor}")
         if self.key_start not in KEY_STARTS:
             raise ValueError(f"key_start must be one of {', '.join(KEY_STARTS)}, got {self.key_start!r}")
+        if self.query_crop not in QUERY_CROPS:
+            raise ValueError(f"query_crop must be one of {', '.join(QUERY_CROPS)}, got {self.query_crop!r}")
+        if self.query_crop_scale is not None and not 0 < self.query_crop_scale[0] <= self.query_crop_scale[1] <= 1:
+            raise ValueError(f"query_crop_scale must be 0 < low <= high <= 1, got {self.query_crop_scale}")
+        if self.on_damage not in ON_DAMAGE:
+            raise ValueError(f"on_damage must be one of {', '.join(ON_DAMAGE)}, got {self.on_damage!r}")
         if not 0 <= self.threshold <= 255:
             raise ValueError(f"threshold must be in [0, 255], got {self.threshold}")
         if self.num_workers < 0 or self.prefetch < 1:

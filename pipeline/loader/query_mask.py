@@ -33,6 +33,22 @@ def crop_mask(mask: np.ndarray, roi: np.ndarray, crop: int) -> np.ndarray:
     return np.ascontiguousarray(resized.reshape(crop, crop, -1).transpose(2, 0, 1))
 
 
+def centre_on_mask(roi: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The window `roi` (relative [y0, x0, y1, x1]) moved, its size kept, so its centre is the soft mask's mass
+    centre over the clip (clamped to stay in the frame); a mask with no mass leaves it where it was."""
+    weights = mask.astype(np.float32).sum(axis=0)
+    total = float(weights.sum())
+    if total <= 0:
+        return roi
+    h, w = weights.shape
+    cy = float((weights.sum(axis=1) * (np.arange(h) + 0.5)).sum()) / total / h
+    cx = float((weights.sum(axis=0) * (np.arange(w) + 0.5)).sum()) / total / w
+    ch, cw = float(roi[2] - roi[0]), float(roi[3] - roi[1])
+    y0 = min(max(cy - ch / 2, 0.0), 1.0 - ch)
+    x0 = min(max(cx - cw / 2, 0.0), 1.0 - cw)
+    return np.array([y0, x0, y0 + ch, x0 + cw], np.float32)
+
+
 def _tie_break(mask: np.ndarray) -> np.ndarray:
     """(T, H, W) float32 in [0, 1): nearness to the mask's mass (blurred mask), then to the crop's centre."""
     t, h, w = mask.shape

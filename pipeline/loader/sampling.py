@@ -63,12 +63,14 @@ def batches_per_epoch(n_videos: int, batch_size: int, num_shards: int) -> int:
     return (n_videos // num_shards) // batch_size
 
 
-def _crop_window(rng: np.random.Generator, params: LoaderParams, h: int, w: int) -> np.ndarray:
+def _crop_window(
+    rng: np.random.Generator, params: LoaderParams, h: int, w: int, scale: tuple[float, float] | None = None
+) -> np.ndarray:
     """A random resized crop (torchvision's rule), as relative [y0, x0, y1, x1]."""
     area = h * w
     log_ratio = (math.log(params.crop_ratio[0]), math.log(params.crop_ratio[1]))
     for _ in range(10):
-        target = area * rng.uniform(*params.crop_scale)
+        target = area * rng.uniform(*(scale or params.crop_scale))
         ratio = math.exp(rng.uniform(*log_ratio))
         cw = round(math.sqrt(target * ratio))
         ch = round(math.sqrt(target / ratio))
@@ -140,7 +142,7 @@ def plan_sample(
         a = b = 0
     h, w = size
     fame = bool(rng.random() < params.fame_p)
-    crop_a, crop_b = _crop_window(rng, params, h, w), _crop_window(rng, params, h, w)
+    crop_a, crop_b = _crop_window(rng, params, h, w, params.query_crop_scale), _crop_window(rng, params, h, w)
     flip = (rng.random(2) < 0.5).astype(np.int32)
     colour = np.stack([_colour(rng, params) for _ in range(3)])
     anywhere = params.key_start == "any"

@@ -5,19 +5,25 @@ decodes clips with PyAV (DALI's CPU decoder cannot read H.264); on the GPU path 
 the frame numbers, and DALI's NVDEC decoder does the rest. A sample's partner is another sample of its batch
 (`batch_partners`): its plate is read from the cache, its frames are taken from the batch by the graph, so no sample
 decodes more than its own two clips.
+
+Nothing is read unchecked: every mask and plate is checked against its clip's checksum, and a clip that fails (or a
+video that no longer decodes) is either left out, the sample taken from the next video of the epoch's order (or the
+next partner of the batch) and reported in the sample's `skipped_video`/`skipped_clip`, or it stops the loader
+(`on_damage`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
 import numpy as np
 
-from pipeline.loader.catalog import Catalog
+from pipeline.loader.catalog import Catalog, LoaderError
 from pipeline.loader.params import LoaderParams
-from pipeline.loader.query_mask import query_alpha
+from pipeline.loader.query_mask import centre_on_mask, query_alpha
 from pipeline.loader.sampling import (
     ClipIndex,
     SamplePlan,
@@ -27,13 +33,23 @@ from pipeline.loader.sampling import (
     plan_sample,
     shard_order,
 )
-from pipeline.video import decode_clips
+from pipeline.store import Cache, ClipDamaged
+from pipeline.video import VideoError, decode_clips
 
 # Output order of the callable; the pipeline definition reads the same list.
 CPU_OUTPUTS = ("clip_a", "alpha", "plate", "clip_b")
 GPU_OUTPUTS = ("enc_a", "frames_a", "alpha", "plate", "enc_b", "frames_b")
 PARAM_OUTPUTS = ("rois", "flips", "colour", "fame", "partner_slot", "meta")
 PLACEHOLDER_PLATE = np.zeros((1, 1, 3), np.uint8)  # shapes the plate output of samples that merge no plate
+MAX_SUBSTITUTES = 8  # unusable samples in a row before the loader gives up on the cache
+
+
+class UnusableClip(LoaderError):
+    """A sample's clip that cannot be used: damaged in the cache (clip >= 0) or its video does not decode (-1)."""
+
+    def __init__(self, video: int, clip: int, reason: str) -> None:
+        super().__init__(reason)
+        self.video, self.clip = video, clip
 
 
 @dataclass
@@ -67,14 +83,18 @@ class SampleSource:
             self._orders = {epoch: shard_order(len(self.index), self.seed, epoch, self.shard_id, self.num_shards)}
         return self._orders[epoch]
 
-    def _store(self) -> dict[str, Any]:
-        """The cache's `masks` and `plates` arrays, opened once per worker (not once per sample)."""
+    def _store(self) -> Cache:
+        """The cache, opened once per worker (not once per sample)."""
         if self._cache is None:
-            import zarr
-
-            group = zarr.open_group(self.catalog.cache_url, mode="r")
-            self._cache = {name: group[name] for name in ("masks", "plates")}
+            self._cache = Cache.open(self.catalog.cache_url)
         return self._cache
+
+    def _read_clip(self, plan: SamplePlan) -> tuple[np.ndarray, np.ndarray]:
+        """(mask, plate) of the plan's clip a, checked against its checksum and the frame numbers the loader uses."""
+        try:
+            return self._store().read_clip(plan.clip_a, self.catalog.clip_frames[plan.clip_a])
+        except ClipDamaged as exc:
+            raise UnusableClip(plan.video, plan.clip_a, str(exc)) from exc
 
     def _clip_frames(self, plan: SamplePlan) -> list[np.ndarray]:
         """Source frame numbers of the query's clip a and of the key clip."""
@@ -89,12 +109,19 @@ class SampleSource:
         """Clips a and b of a sample's video, from one decoding pass."""
         threads = 1 if self.params.num_workers > 0 else 0  # parallel workers: one decoding thread each
         path = self.catalog.video_path(plan.video)
-        return decode_clips(path, self._clip_frames(plan), self.catalog.size, threads=threads)
+        try:
+            return decode_clips(path, self._clip_frames(plan), self.catalog.size, threads=threads)
+        except VideoError as exc:
+            raise UnusableClip(plan.video, -1, str(exc)) from exc
 
     def _encoded(self, plan: SamplePlan) -> tuple[np.ndarray, list[np.ndarray]]:
         """The encoded file of the sample's video (read once for clips a and b) and each clip's frame numbers."""
-        with fsspec.open(self.catalog.video_path(plan.video), "rb") as handle:
-            data = np.frombuffer(handle.read(), dtype=np.uint8)
+        path = self.catalog.video_path(plan.video)
+        try:
+            with fsspec.open(path, "rb") as handle:
+                data = np.frombuffer(handle.read(), dtype=np.uint8)
+        except OSError as exc:
+            raise UnusableClip(plan.video, -1, f"{path}: {exc}") from exc
         return data, self._clip_frames(plan)
 
     def __call__(self, info) -> tuple[np.ndarray, ...]:
@@ -104,13 +131,41 @@ class SampleSource:
         if position >= self.samples_per_epoch:
             raise StopIteration
         order = self._order(epoch)
-        plan = self._plan(epoch, int(order[position]))
         batch, slot = divmod(position, self.batch_size)
-        partner_slot = int(batch_partners(self.batch_size, self.seed, epoch, self.shard_id, batch)[slot])
-        partner = self._plan(epoch, int(order[batch * self.batch_size + partner_slot]))
-        data = self._gpu_outputs(plan, partner) if self.gpu else self._cpu_outputs(plan, partner)
+        # A batch of one merges nothing (FameLoader refuses it with FAME): the sample stands in as its own partner.
+        single = self.batch_size == 1
+        partners = [0] if single else batch_partners(self.batch_size, self.seed, epoch, self.shard_id, batch)
+        partner_slot = int(partners[slot])
+        own, skipped, partners_tried = position, None, 0
+        for _ in range(MAX_SUBSTITUTES + 1):
+            plan = self._plan(epoch, int(order[own % len(order)]))
+            if partners_tried >= self.batch_size - 1:  # no partner of the batch has a sound plate: merge nothing
+                plan = dataclasses.replace(plan, fame=False)
+            partner = self._plan(epoch, int(order[batch * self.batch_size + partner_slot]))
+            try:
+                data = self._gpu_outputs(plan, partner) if self.gpu else self._cpu_outputs(plan, partner)
+                break
+            except UnusableClip as exc:
+                if self.params.on_damage == "stop":
+                    raise UnusableClip(exc.video, exc.clip, f"{exc} (on_damage='stop')") from exc
+                skipped = skipped or exc
+                if exc.video == plan.video or single:  # another video of the epoch stands in
+                    own += 1
+                else:  # another clip of the batch gives the background
+                    partners_tried += 1
+                    partner_slot = (partner_slot + 1) % self.batch_size
+                    partner_slot = (partner_slot + 1) % self.batch_size if partner_slot == slot else partner_slot
+        else:
+            raise UnusableClip(
+                skipped.video,
+                skipped.clip,
+                f"{MAX_SUBSTITUTES + 1} unusable samples in a row at position {position} of epoch {epoch}, first: "
+                f"{skipped}; run `fame-cache verify --fix` on {self.catalog.cache_url}",
+            )
+        lost = (skipped.video, skipped.clip) if skipped else (-1, -1)
         meta = np.array(
-            [plan.video, plan.label, plan.clip_a, plan.clip_b, partner.video, partner.clip_a, plan.key_start], np.int64
+            [plan.video, plan.label, plan.clip_a, plan.clip_b, partner.video, partner.clip_a, plan.key_start, *lost],
+            np.int64,
         )
         return (
             *data,
@@ -140,9 +195,12 @@ class SampleSource:
         return query_alpha(mask, plan.crop_a, self.params)[..., None]
 
     def _cached_alpha_and_plate(self, plan: SamplePlan, partner: SamplePlan) -> tuple[np.ndarray, np.ndarray]:
-        """Clip a's alpha from its cached mask and the partner's plate, read only when this sample is merged."""
-        mask = self._store()["masks"][plan.clip_a] if plan.fame else None
-        plate = self._store()["plates"][partner.clip_a] if plan.fame and self.merges_plates else PLACEHOLDER_PLATE
+        """Clip a's alpha from its cached mask and the partner's plate, read (and checked) only when this sample is
+        merged."""
+        mask = self._read_clip(plan)[0] if plan.fame else None
+        plate = self._read_clip(partner)[1] if plan.fame and self.merges_plates else PLACEHOLDER_PLATE
+        if mask is not None and self.params.query_crop == "mover":
+            plan.crop_a[:] = centre_on_mask(plan.crop_a, mask)  # the plan's window: the graph crops the clip there
         return self._alpha(plan, mask), plate[None]
 
     def _cpu_outputs(self, plan: SamplePlan, partner: SamplePlan) -> tuple[np.ndarray, ...]:
@@ -152,7 +210,10 @@ class SampleSource:
         else:  # the original code's way: the mask from the decoded clip, every time
             from pipeline.masks import get_method
 
-            alpha = self._alpha(plan, get_method("fame")(clip_a) if plan.fame else None)
+            mask = get_method("fame")(clip_a) if plan.fame else None
+            if mask is not None and self.params.query_crop == "mover":
+                plan.crop_a[:] = centre_on_mask(plan.crop_a, mask)
+            alpha = self._alpha(plan, mask)
             plate = PLACEHOLDER_PLATE[None]
         return clip_a, alpha, plate, clip_b
 

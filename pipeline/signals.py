@@ -1,0 +1,130 @@
+"""Ctrl-C and SIGTERM as one exception in the main thread, so `finally` blocks and shut-downs run.
+
+Python turns SIGINT into KeyboardInterrupt but lets SIGTERM end the process on the spot: no `finally`, no atexit,
+so worker processes (DALI's, Ray's) are left running. `handle_signals` makes both raise `Interrupted`; `deferred`
+holds them over a few lines that must not stop half-way (a commit, a training step); `quiet_children` makes worker
+processes started inside it ignore both, so a terminal's Ctrl-C (sent to the whole process group) is handled once,
+by the parent, which then stops its workers itself.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from multiprocessing import resource_tracker
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM received; `exit_code` is the shell's convention (130, 143). A KeyboardInterrupt, so the
+    `except Exception` of per-item error handling never swallows it."""
+
+    def __init__(self, signum: int, detail: str = "") -> None:
+        super().__init__(signum, detail)
+        self.signum = signum
+        self.detail = detail
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    def __str__(self) -> str:
+        name = signal.Signals(self.signum).name
+        return f"interrupted by {name}" + (f": {self.detail}" if self.detail else "")
+
+
+class _State:
+    depth = 0  # open `deferred` blocks
+    pending: int | None = None  # a signal held by them
+    last: int | None = None  # the latest signal received
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    _State.last = signum
+    if _State.depth:
+        _State.pending = _State.pending or signum
+        return
+    raise Interrupted(signum)
+
+
+def interrupted(exc: KeyboardInterrupt) -> Interrupted:
+    """The `Interrupted` behind a KeyboardInterrupt: some blocking calls (Ray's `wait`) raise a KeyboardInterrupt of
+    their own in place of the exception the handler raised, so the signal is taken from the handler's record."""
+    if isinstance(exc, Interrupted):
+        return exc
+    return Interrupted(_State.last or signal.SIGINT)
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+@contextmanager
+def handle_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM raise `Interrupted` inside the block (main thread only; a signal the process was told to
+    ignore, as `cmd &` in a script does for SIGINT, stays ignored). The previous handlers come back after."""
+    if not _main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in SIGNALS}
+    for s, handler in previous.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(s, _on_signal)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@contextmanager
+def deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends, then raise `Interrupted`: the block runs whole or not at all.
+    Only for short blocks; a no-op outside the main thread (signals are delivered there only)."""
+    if not _main_thread():
+        yield
+        return
+    with handle_signals():
+        _State.depth += 1
+        try:
+            yield
+        finally:
+            _State.depth -= 1
+        if not _State.depth and _State.pending is not None:
+            signum, _State.pending = _State.pending, None
+            raise Interrupted(signum)
+
+
+@contextmanager
+def quiet_children() -> Iterator[None]:
+    """Processes started inside the block begin with SIGINT and SIGTERM blocked (a blocked mask survives fork and
+    exec): their parent stops them. This process still gets the signals (through another of its threads, or when
+    the block ends): none is lost."""
+    if not _main_thread():
+        yield
+        return
+    # multiprocessing's resource tracker, started on first use, unblocks both signals once it has started: start it
+    # before blocking them.
+    resource_tracker.ensure_running()
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+@contextmanager
+def keep_handlers() -> Iterator[None]:
+    """Put back the SIGINT and SIGTERM handlers a library call replaced (ray.init makes SIGTERM exit with status 15)."""
+    if not _main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
