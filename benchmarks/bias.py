@@ -57,6 +57,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
@@ -66,9 +67,10 @@ from benchmarks.bias_scenes import CLASSES, MOVER_AREAS, load_real_frames, write
 from pipeline.build import build_cache  # noqa: E402
 from pipeline.loader.params import LoaderParams  # noqa: E402
 from pipeline.params import METHODS, BuildParams  # noqa: E402
+from pipeline.sources import list_source  # noqa: E402
 from trainer.checkpoint import load_backbone  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
-from trainer.evaluate import EvalSettings, evaluate  # noqa: E402
+from trainer.evaluate import EvalSettings, evaluate, extract, linear_probe  # noqa: E402
 from trainer.train import pretrain  # noqa: E402
 
 CHANCE = 1 / len(CLASSES)
@@ -218,6 +220,30 @@ def tail_mean(values: list[float], fraction: float = 0.1) -> float:
     return statistics.fmean(values[-n:])
 
 
+def cv_top1(features: torch.Tensor, labels: np.ndarray, folds: int = 5, seed: int = 0) -> float:
+    """Top-1 of the evaluation's linear probe under k-fold cross-validation inside one set of videos."""
+    order = np.random.default_rng(seed).permutation(len(labels))
+    correct = 0.0
+    for held in np.array_split(order, folds):
+        fit = np.setdiff1d(order, held)
+        y = torch.as_tensor(labels)
+        correct += linear_probe(features[fit], y[fit], features[held], y[held]) * len(held)
+    return correct / len(labels)
+
+
+def decodability(backbone: torch.nn.Module, test_dir: Path, budget: Budget) -> dict[str, float]:
+    """What the features hold, told apart from what a probe fitted on biased training videos picks: the motion class
+    and the background family, each decoded by cross-validation inside the swapped test, where the two are
+    independent of each other. A representation that learned motion scores high on `motion_cv_top1` whatever the
+    probe trained on the correlated set does; chance is 1 / classes for both."""
+    source = list_source(str(test_dir))
+    manifest = {row["path"]: row for row in json.loads((test_dir / "manifest.json").read_text())}
+    features, _, _ = extract(backbone.eval(), source, budget.eval_settings, torch.device("cpu"), "test features")
+    motion = np.array([manifest[e.path]["motion"] for e in source.entries])
+    family = np.array([manifest[e.path]["family"] for e in source.entries])
+    return {"motion_cv_top1": cv_top1(features, motion), "scene_cv_top1": cv_top1(features, family)}
+
+
 def run_one(config: TrainConfig, train_dir: Path, test_dir: Path, budget: Budget) -> tuple[dict, dict]:
     """Pretrain, evaluate on the swapped test; returns (the run's record, its loss curves)."""
     start = time.perf_counter()
@@ -225,11 +251,14 @@ def run_one(config: TrainConfig, train_dir: Path, test_dir: Path, budget: Budget
     trained = time.perf_counter()
     backbone, _ = load_backbone(final)
     metrics = evaluate(backbone, str(train_dir), str(test_dir), ("linear", "knn"), budget.eval_settings)
+    metrics.update(decodability(backbone, test_dir, budget))
     curves = read_losses(Path(config.out))
     record = {
         "seed": config.seed,
         "linear_top1": metrics["linear_top1"],
         "knn_top1": metrics["knn_top1"],
+        "motion_cv_top1": metrics["motion_cv_top1"],
+        "scene_cv_top1": metrics["scene_cv_top1"],
         "loss_end": tail_mean(curves["loss"]),
         **({"contrastive_end": tail_mean(curves["contrastive"])} if "contrastive" in curves else {}),
         "steps": len(curves["loss"]),
@@ -267,8 +296,10 @@ def ci95(values: list[float], low: float = 0.0, high: float = 1.0) -> list[float
 def summarise(runs: list[dict], setting: dict) -> dict:
     """An arm's means and intervals over seeds."""
     out: dict[str, Any] = {}
-    for key in ("linear_top1", "knn_top1"):
-        values = [r[key] for r in runs]
+    for key in ("linear_top1", "knn_top1", "motion_cv_top1", "scene_cv_top1"):
+        values = [r[key] for r in runs if key in r]
+        if not values:
+            continue
         out[f"{key}_mean"] = statistics.fmean(values)
         out[f"{key}_ci95"] = ci95(values)
     out["loss_end_mean"] = statistics.fmean(r["loss_end"] for r in runs)
@@ -409,8 +440,9 @@ def table(report: dict) -> str:
             f"\n**{mover}** mover ({100 * lo:.0f}-{100 * hi:.0f}% of the frame); top-1 % on the swapped test, "
             f"mean [95% CI] over seeds; chance {100 * report['chance']:.0f}",
             "",
-            "| arm | linear | kNN | linear gain over moco | loss end | contrastive end | linear per seed |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
+            "| arm | linear | kNN | linear gain over moco | motion CV | scene CV | loss end | contrastive end "
+            "| linear per seed |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for name, arm in res["arms"].items():
             gain = _with_ci(arm.get("gain_over_moco_mean"), arm.get("gain_over_moco_ci95"), signed=True)
@@ -418,6 +450,8 @@ def table(report: dict) -> str:
             lines.append(
                 f"| {name} | {_with_ci(arm['linear_top1_mean'], arm['linear_top1_ci95'])} "
                 f"| {_with_ci(arm['knn_top1_mean'], arm['knn_top1_ci95'])} | {gain if name != BASELINE else ''} "
+                f"| {_with_ci(arm.get('motion_cv_top1_mean'), arm.get('motion_cv_top1_ci95'))} "
+                f"| {_with_ci(arm.get('scene_cv_top1_mean'), arm.get('scene_cv_top1_ci95'))} "
                 f"| {arm['loss_end_mean']:.3f} | {arm.get('contrastive_end_mean', arm['loss_end_mean']):.3f} "
                 f"| {per_seed} |"
             )

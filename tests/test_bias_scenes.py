@@ -92,3 +92,16 @@ def test_same_seed_same_videos_and_layout(pool, tmp_path):
 def test_widths_that_encode_differently_from_run_to_run_are_refused(pool, tmp_path):
     with pytest.raises(ValueError, match="multiple of 64"):
         write_bias_set(tmp_path, "small", 1, 1, size=(64, 80), pool=pool)
+
+
+def test_cross_validated_decodability_tells_held_information_from_none():
+    import torch
+
+    from benchmarks.bias import cv_top1
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(5), 20)
+    held = torch.as_tensor(np.eye(5)[labels] + 0.1 * rng.standard_normal((100, 5)), dtype=torch.float32)
+    noise = torch.as_tensor(rng.standard_normal((100, 16)), dtype=torch.float32)
+    assert cv_top1(held, labels) == 1.0
+    assert cv_top1(noise, labels) < 0.4  # chance is 0.2: nothing to decode, nothing decoded

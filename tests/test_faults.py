@@ -130,3 +130,27 @@ def test_tools_name_a_damaged_metadata_file_instead_of_a_usage_error(clean, tmp_
     assert main(["verify", copy, "--quiet"]) == 1 and "masks/zarr.json" in capsys.readouterr().out
     Path(copy, "zarr.json").write_text("{")
     assert main(["verify", copy]) == 3 and "c.zarr/zarr.json: the cache's root metadata" in capsys.readouterr().err
+
+
+def test_pretrain_goes_past_damaged_clips_and_says_how_many_it_left_out(clean, tmp_path, capsys):
+    from trainer.config import TrainConfig
+    from trainer.train import pretrain
+
+    _, _, url, _ = clean
+    copy = str(tmp_path / "c.zarr")
+    shutil.copytree(url, copy)
+    for shard in faults._shards(copy, "masks")[:3]:
+        shard.unlink()
+    config = TrainConfig(
+        cache=copy,
+        out=str(tmp_path / "run"),
+        backbone="small",
+        epochs=2,
+        batch_size=2,
+        queue_size=4,
+        checkpoint_every=1000,
+        loader=LoaderParams(crop=16, num_workers=0, num_threads=1),
+    )
+    with pytest.warns(UserWarning, match="is damaged; left out"):
+        pretrain(config, progress=False)
+    assert "damaged clip(s) or undecodable video(s); `fame-cache verify" in capsys.readouterr().err

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -219,6 +220,12 @@ def pretrain(config: TrainConfig, resume: bool = False, progress: bool = True, m
         loader.close()  # DALI's worker processes go now, not at exit
     if rank == 0:
         save_checkpoint(final, model, optimizer, loader, config, step)
+        if loader.skipped:  # each was warned about when first met; the total goes at the end, where it is read
+            print(
+                f"left out {sum(loader.skipped.values())} sample(s) of {len(loader.skipped)} damaged clip(s) or "
+                f"undecodable video(s); `fame-cache verify {config.cache}` names them",
+                file=sys.stderr,
+            )
         from trainer.plot import plot_run
 
         plot_run(out)
