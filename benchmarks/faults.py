@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cache_tools.verify import verify_and_fix, verify_cache
 from pipeline.build import BuildError, build_cache
+from pipeline.cache import DONE, Cache, CacheError
 from pipeline.loader import FameLoader, LoaderParams
 from pipeline.params import BuildParams
-from pipeline.store import DONE, Cache, CacheError
 
 PARAMS = BuildParams(size=(32, 40), clip_len=4, stride=2, clips_per_video=2)
 ARRAYS = ("masks", "plates", "clips/checksum", "clips/frames", "clips/video", "videos/status")

@@ -45,10 +45,10 @@ sys.path.insert(0, str(REPO))
 from benchmarks.targets import as_json, print_table, target_rows, write_results  # noqa: E402
 from benchmarks.videos import make_source  # noqa: E402
 from pipeline.build import build_cache  # noqa: E402
+from pipeline.cache import Cache  # noqa: E402
 from pipeline.loader import FameLoader, LoaderParams  # noqa: E402
 from pipeline.masks import get_method  # noqa: E402
 from pipeline.params import BuildParams  # noqa: E402
-from pipeline.store import Cache  # noqa: E402
 from pipeline.synthetic import Scene, render, write_video  # noqa: E402
 from pipeline.video import decode_clip, decode_clips  # noqa: E402
 

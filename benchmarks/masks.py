@@ -7,7 +7,7 @@ Quality: mean per-frame IoU of mask >= 128 against the truth of generated clips 
 that change shape, one clip written as H.264 and decoded). `fame` is also scored at the threshold that suits it
 best, so the comparison is not lost to the choice of 128. Cost: median milliseconds per 16 x 128 x 171 clip on one
 core (OpenCV single-threaded), mask then plate, the camera-motion memo cleared before every clip. Size: masks of
-real clips compressed as the cache stores them (`pipeline.store.MASK_COMPRESSOR`).
+real clips compressed as the cache stores them (`pipeline.cache.MASK_COMPRESSOR`).
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.targets import as_json, print_table, target_rows, write_results  # noqa: E402
 from benchmarks.videos import REAL  # noqa: E402
+from pipeline.cache import MASK_COMPRESSOR  # noqa: E402
 from pipeline.masks import get_method  # noqa: E402
 from pipeline.masks.motion import _MEMO  # noqa: E402
 from pipeline.plates import background_plate  # noqa: E402
-from pipeline.store import MASK_COMPRESSOR  # noqa: E402
 from pipeline.synthetic import MASK_SCENES, Scene, render, write_video  # noqa: E402
 from pipeline.video import decode  # noqa: E402
 

@@ -34,8 +34,8 @@ sys.path.insert(0, str(REPO))
 from benchmarks.targets import as_json, print_table, target_rows, write_results  # noqa: E402
 from benchmarks.videos import make_source  # noqa: E402
 from pipeline.build import build_cache  # noqa: E402
+from pipeline.cache import DONE, Cache  # noqa: E402
 from pipeline.params import BuildParams, parse_size  # noqa: E402
-from pipeline.store import DONE, Cache  # noqa: E402
 from pipeline.video import decode  # noqa: E402
 
 TARGETS = {"build_over_decode": ("<=", 1.3), "speedup_2_workers": (">=", 1.7), "cache_over_source": ("<=", 0.25)}

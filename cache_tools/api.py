@@ -7,9 +7,9 @@ import os
 import fsspec
 import numpy as np
 
-from pipeline.layout import MetadataError, check_metadata
+from pipeline.cache import DONE, Cache, CacheError
+from pipeline.cache.layout import MetadataError, check_metadata
 from pipeline.sources import SourceError, is_url, join
-from pipeline.store import DONE, Cache, CacheError
 
 
 def normalise_url(path: str) -> str:

@@ -33,7 +33,7 @@ def _info(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from cache_tools.api import open_cache
     from cache_tools.verify import verify_and_fix, verify_cache
-    from pipeline.lock import writer_lock
+    from pipeline.cache.lock import writer_lock
 
     if args.force_unlock and not args.fix:
         raise ValueError("--force-unlock goes with --fix: verify alone writes nothing")
@@ -128,7 +128,7 @@ def _gc(args: argparse.Namespace) -> int:
     from cache_tools.api import normalise_url, open_cache
     from cache_tools.gc import gc_cache
     from cache_tools.info import human_bytes
-    from pipeline.lock import writer_lock
+    from pipeline.cache.lock import writer_lock
 
     if args.force_unlock and args.dry_run:
         raise ValueError("--force-unlock goes with a real run: --dry-run writes nothing")
@@ -205,8 +205,8 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from pipeline.cache import CacheError
     from pipeline.signals import handle_signals, interrupted
-    from pipeline.store import CacheError
 
     parser = make_parser()
     args = parser.parse_args(argv)

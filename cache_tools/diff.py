@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.store import Cache
+from pipeline.cache import Cache
 
 THRESHOLD = 128
 

@@ -1,48 +1,11 @@
-"""Finding a cache again by its parameters, so experiments with the same parameters share one cache."""
+"""`fame-cache ls`: every cache under a root (finding one by its parameters lives with the format, `pipeline.cache`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-import fsspec
-
-from pipeline.params import BuildParams
-from pipeline.store import DONE, Cache, CacheError
-
-
-def default_cache_path(root: str, params: BuildParams) -> str:
-    """Where a new cache for `params` goes under `root`: ROOT/<params_hash>.zarr."""
-    return f"{root.rstrip('/')}/{params.params_hash()}.zarr"
-
-
-def _children(root: str) -> list[str]:
-    """URLs of the *.zarr entries directly under root (a folder or a bucket prefix); [] when root is missing."""
-    fs, inner = fsspec.core.url_to_fs(root)
-    try:
-        if not fs.isdir(inner):
-            return []
-        fs.invalidate_cache(inner)
-        entries = fs.ls(inner, detail=False)
-    except FileNotFoundError:
-        return []
-    base = root.rstrip("/")
-    names = sorted({e.rstrip("/").rsplit("/", 1)[-1] for e in entries})
-    return [f"{base}/{n}" for n in names if n.endswith(".zarr")]
-
-
-def find_cache(root: str, params: BuildParams) -> str | None:
-    """The cache under `root` built with the same output parameters (ROOT/<hash>.zarr first), or None."""
-    wanted = params.params_hash()
-    preferred = default_cache_path(root, params)
-    children = _children(root)
-    for url in sorted(children, key=lambda u: u != preferred):
-        try:
-            if Cache.open(url).params_hash == wanted:
-                return url
-        except CacheError:
-            continue
-    return None
+from pipeline.cache import DONE, Cache, CacheError, cache_urls
 
 
 @dataclass(frozen=True)
@@ -82,7 +45,7 @@ def list_caches(root: str) -> list[CacheEntry]:
     """Every `*.zarr` entry directly under root. One that cannot be read (half made, damaged, not a FAME cache) is
     listed with the reason in `problem`, so it neither hides nor ends the listing."""
     out = []
-    for url in _children(root):
+    for url in cache_urls(root):
         try:
             out.append(_entry(url))
         except Exception as exc:  # any failure of one entry is that entry's, named in the listing

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from cache_tools.api import disk_bytes
 from cache_tools.verify import Problem, _clips, _sources, _statuses, _unreadable_table
-from pipeline.store import DONE, Cache
+from pipeline.cache import DONE, Cache
 
 PLATE_REENCODE_TOLERANCE = 1.0  # mean grey levels a JPEG plate may move when copied (decoded and encoded again)
 

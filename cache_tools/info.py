@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from cache_tools.api import disk_bytes
-from pipeline.store import DONE, FAILED, PENDING, Cache
+from pipeline.cache import DONE, FAILED, PENDING, Cache
 
 
 def cache_info(cache: Cache, with_bytes: bool = True) -> dict[str, Any]:

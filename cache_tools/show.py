@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from cache_tools.api import is_readable, source_path, video_clips, video_index
-from pipeline.store import Cache, CacheError
+from pipeline.cache import Cache, CacheError
 from pipeline.video import VideoError, decode_clip
 
 TINT = np.array([255, 60, 200], np.float32)  # magenta: rare in natural video, visible on green and on skin

@@ -1,6 +1,6 @@
 """`fame-cache verify`: re-check the metadata, every committed clip and the source files; `--fix` repairs.
 
-Metadata first: every node's `zarr.json` must be the document the cache's numbers give (`pipeline.layout`), or the
+Metadata first: every node's `zarr.json` must be the document the cache's numbers give (`pipeline.cache.layout`), or the
 reads that follow would be misread (a fill value edited to 255 turns a missing shard into a full mask). Then the
 status column (only pending, done, failed), the clip table chunk by chunk, and every committed clip: a deleted shard
 reads back as the fill value and flipped bytes either fail to decode or change the data, so the stored CRC32 (mask,
@@ -18,14 +18,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import fsspec
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.layout import MetadataError, check_metadata, rewrite_metadata
+from pipeline.cache import DONE, PENDING, STATUSES, Cache
+from pipeline.cache.fingerprint import source_changes
+from pipeline.cache.layout import MetadataError, check_metadata, rewrite_metadata
 from pipeline.signals import deferred
-from pipeline.sources import SourceError, is_url, join, stat_source
-from pipeline.store import DONE, PENDING, STATUSES, Cache
 
 
 @dataclass(frozen=True)
@@ -152,30 +151,14 @@ def _clips(
 
 
 def _sources(cache: Cache, progress: bool) -> list[Problem]:
-    """Done videos whose source file vanished or is no longer the file the cache was built from."""
-    problems = []
-    status, paths = cache.videos("status"), cache.videos("path")
-    sizes, mtimes = cache.videos("bytes"), cache.videos("mtime")
-    root = cache.source_root
-    if is_url(root):  # listings cached by this process may predate the check: ask the store again
-        fsspec.core.url_to_fs(root)[0].invalidate_cache()
-    for v in tqdm(np.flatnonzero(status == DONE), desc="sources", unit="video", disable=not progress, leave=False):
-        path = str(paths[v])
-        try:
-            size, mtime = stat_source(join(root, path))
-        except FileNotFoundError:
-            problems.append(Problem("source-missing", f"not found under {root}", int(v), path))
-            continue
-        except SourceError as exc:  # an edited path or a link out of the root: never read
-            problems.append(Problem("source-escape", str(exc), int(v), path))
-            continue
-        if size != int(sizes[v]):
-            problems.append(Problem("source-changed", f"size {size} bytes, built from {int(sizes[v])}", int(v), path))
-        elif mtimes[v] and mtime and abs(mtime - float(mtimes[v])) > 1e-3:
-            problems.append(
-                Problem("source-changed", f"modified at {mtime:.3f}, built from {float(mtimes[v]):.3f}", int(v), path)
-            )
-    return problems
+    """Done videos whose path leads outside the source root, or whose source file vanished or is no longer the file
+    the cache was built from."""
+    status = cache.videos("status")
+    done = tqdm(np.flatnonzero(status == DONE), desc="sources", unit="video", disable=not progress, leave=False)
+    changes = source_changes(
+        cache.source_root, cache.videos("path"), cache.videos("bytes"), cache.videos("mtime"), done
+    )
+    return [Problem(c.kind, c.detail, c.video, c.path) for c in changes]
 
 
 def verify_cache(cache: Cache, sources: bool = True, progress: bool = False) -> list[Problem]:
@@ -236,8 +219,8 @@ def fix_cache(url: str, problems: list[Problem]) -> list[int]:
     """Mark the videos behind `problems` pending, with the reason in videos/error; returns the videos marked.
 
     The whole status and error columns are rewritten in one go (error first, status last), so hold the writer lock
-    around it (`pipeline.lock.writer_lock`, as `fame-cache verify --fix` does). Structural problems cannot be fixed
-    this way: rebuild the cache.
+    around it (`pipeline.cache.lock.writer_lock`, as `fame-cache verify --fix` does). Structural problems cannot be
+    fixed this way: rebuild the cache.
     """
     reasons: dict[int, str] = {}
     for p in problems:
@@ -247,12 +230,8 @@ def fix_cache(url: str, problems: list[Problem]) -> list[int]:
     if not reasons:
         return []
     cache = Cache.open(url, mode="r+")
-    status, errors = cache.videos("status"), cache.videos("error")
-    for v, reason in reasons.items():
-        status[v], errors[v] = PENDING, reason
     with deferred():  # Ctrl-C or SIGTERM waits: no column is left half-written (one file per chunk)
         if any(p.kind == "clip-table" for p in problems):
             repair_clip_video(cache)
-        cache.root["videos/error"][:] = np.asarray(errors, dtype=object)
-        cache.root["videos/status"][:] = np.asarray(status, dtype=object)
+        cache.mark({v: (PENDING, reason) for v, reason in reasons.items()})
     return sorted(reasons)

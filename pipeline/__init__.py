@@ -1,6 +1,6 @@
 """Offline FAME preprocessing (videos -> Zarr cache of masks and plates) and the DALI loader that reads it."""
 
-from pipeline import codecs  # registers the plates' "fame.jpeg" Zarr codec for every reader of a cache
+from pipeline import cache  # the cache format; importing it registers the plates' "fame.jpeg" Zarr codec
 from pipeline.params import BuildParams
 
-__all__ = ["BuildParams", "codecs"]
+__all__ = ["BuildParams", "cache"]

@@ -18,14 +18,15 @@ import fsspec
 import numpy as np
 from tqdm import tqdm
 
+from pipeline.cache import DONE, FAILED, PENDING, Cache, CacheError, default_cache_path, find_cache
+from pipeline.cache.fingerprint import source_changes
+from pipeline.cache.layout import MetadataError, check_metadata, has_computed_data
+from pipeline.cache.lock import LockError, is_lock_file, writer_lock
 from pipeline.job import GroupResult, GroupTask, InProcessRunner, RayRunner, VideoResult
-from pipeline.layout import MetadataError, check_metadata, has_computed_data
-from pipeline.lock import LockError, is_lock_file, writer_lock
 from pipeline.params import BuildParams
 from pipeline.plan import MIN_FRAMES, clip_count, clip_frames
 from pipeline.report import BuildReport, check_report_path
 from pipeline.sources import Source, SourceError, is_url, list_source, stat_source
-from pipeline.store import DONE, FAILED, PENDING, Cache, CacheError
 from pipeline.video import VideoError, decode, probe
 
 __all__ = ["BuildError", "BuildReport", "build_cache", "resolve_out", "videos_per_group"]
@@ -146,21 +147,13 @@ def _check_same_videos(cache: Cache, source: Source) -> None:
 
 def _check_sources_unchanged(cache: Cache, source: Source) -> None:
     """Done videos must still be the files they were computed from."""
-    status, paths = cache.videos("status"), cache.videos("path")
-    sizes, mtimes = cache.videos("bytes"), cache.videos("mtime")
-    changed = []
-    for v in np.flatnonzero(status == DONE):
-        try:
-            size, mtime = stat_source(source.full_path(str(paths[v])))
-        except FileNotFoundError:
-            changed.append(f"{paths[v]} (vanished)")
-            continue
-        if size != int(sizes[v]) or (mtimes[v] and mtime and abs(mtime - float(mtimes[v])) > 1e-3):
-            changed.append(f"{paths[v]} (changed)")
-    if changed:
+    done = np.flatnonzero(cache.videos("status") == DONE)
+    changes = source_changes(source.root, cache.videos("path"), cache.videos("bytes"), cache.videos("mtime"), done)
+    if changes:
         raise BuildError(
-            f"{cache.url}: {len(changed)} source video(s) changed since they were computed: {', '.join(changed[:5])}; "
-            "run `fame-cache verify --fix` to mark them for recomputation, then --resume"
+            f"{cache.url}: {len(changes)} source video(s) changed since they were computed: "
+            f"{', '.join(map(str, changes[:5]))}; run `fame-cache verify --fix` to mark them for recomputation, "
+            "then --resume"
         )
 
 
@@ -187,8 +180,6 @@ def open_or_create(out: str, source: Source, params: BuildParams, resume: bool, 
 def resolve_out(out: str | None, cache_root: str | None, params: BuildParams) -> str:
     """--out as given, or under --cache-root: the cache with the same params hash, or ROOT/<params_hash>.zarr."""
     if cache_root:
-        from cache_tools import default_cache_path, find_cache
-
         return find_cache(cache_root, params) or default_cache_path(cache_root, params)
     if not out:
         raise BuildError("give --out CACHE.zarr or --cache-root ROOT")
@@ -233,12 +224,8 @@ def _fail_group(cache: Cache, task: GroupTask, exc: BaseException) -> GroupResul
     """A task that died for good: mark its unfinished videos failed (its shards stay unreadable)."""
     reason = f"group task failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     todo = [task.group.videos.start + i for i, s in enumerate(task.status) if s != DONE and task.n_clips[i] > 0]
-    vs = slice(task.group.videos.start, task.group.videos.stop)
-    status, errors = cache.root["videos/status"][vs], cache.root["videos/error"][vs]
-    for v in todo:  # only this group's chunk of the columns: other tasks may be writing theirs
-        status[v - vs.start], errors[v - vs.start] = FAILED, reason
-    cache.root["videos/error"][vs] = errors
-    cache.root["videos/status"][vs] = status
+    # Only this group's rows of the columns: other tasks may be writing theirs.
+    cache.mark({v: (FAILED, reason) for v in todo}, within=task.group.videos)
     result = GroupResult(task.group.index)
     for i, rel in enumerate(task.paths):
         video = task.group.videos.start + i
@@ -266,8 +253,9 @@ def build_cache(
 ) -> BuildReport:
     """Build (or with resume, finish) the cache of `src` at `out` and return what happened.
 
-    The cache's writer lock (see `pipeline.lock`) is held from before the cache is opened or created to the end, so a
-    second build of the same cache is refused before it touches anything; force_unlock removes a dead holder's lock."""
+    The cache's writer lock (see `pipeline.cache.lock`) is held from before the cache is opened or created to the end,
+    so a second build of the same cache is refused before it touches anything; force_unlock removes a dead holder's
+    lock."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     if report_path:

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from pipeline.cache import DONE, FAILED, Cache, Group
 from pipeline.params import BuildParams
 from pipeline.plan import clip_count, clip_frames
 from pipeline.signals import keep_handlers
 from pipeline.sources import join, stat_source
-from pipeline.store import DONE, FAILED, Cache, Group
 from pipeline.video import VideoError, decode
 
 TASK_RETRIES = 3  # a task whose worker dies (killed, out of memory) runs again; video errors are never retried

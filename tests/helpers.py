@@ -6,9 +6,9 @@ import os
 
 import numpy as np
 
+from pipeline.cache import DONE, FAILED, Cache
 from pipeline.params import BuildParams
 from pipeline.plan import clip_frames
-from pipeline.store import DONE, FAILED, Cache
 from pipeline.synthetic import Scene, render, write_video
 
 SIZE = (32, 40)

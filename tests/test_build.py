@@ -14,10 +14,10 @@ import pytest
 import zarr
 
 from pipeline.build import BuildError, build_cache
+from pipeline.cache import DONE, Cache
 from pipeline.cli import main
 from pipeline.masks import get_method
 from pipeline.params import BuildParams
-from pipeline.store import DONE, Cache
 from pipeline.synthetic import write_dataset
 from pipeline.video import decode_clip
 

@@ -10,8 +10,8 @@ import av
 import numpy as np
 import pytest
 
+from pipeline.cache import DONE, FAILED, Cache
 from pipeline.cli import main
-from pipeline.store import DONE, FAILED, Cache
 from pipeline.synthetic import Scene, render, write_video
 
 SIZE = (48, 64)  # 3072 pixels; the "huge" video is over --max-pixels 5000

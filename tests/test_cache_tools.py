@@ -19,8 +19,8 @@ from cache_tools.diff import diff_caches, mask_iou
 from cache_tools.show import merge, overlay
 from cache_tools.verify import verify_cache
 from pipeline.build import build_cache
+from pipeline.cache import DONE, PENDING, Cache
 from pipeline.params import BuildParams
-from pipeline.store import DONE, PENDING, Cache
 
 TINY = BuildParams(size=SIZE, clip_len=T, stride=2, clips_per_video=2)
 

@@ -20,8 +20,8 @@ from cache_tools import find_cache, list_caches, open_cache  # noqa: E402
 from cache_tools.cli import main  # noqa: E402
 from cache_tools.verify import verify_cache  # noqa: E402
 from pipeline.build import build_cache  # noqa: E402
+from pipeline.cache import DONE, PENDING  # noqa: E402
 from pipeline.params import BuildParams  # noqa: E402
-from pipeline.store import DONE, PENDING  # noqa: E402
 
 PARAMS = BuildParams(size=(32, 40), clip_len=4, stride=2, clips_per_video=2)
 BUCKET = "fame-test"
@@ -99,7 +99,7 @@ def test_build_info_verify_ls_show_on_s3(s3, tmp_path, capsys):
 
 def test_writer_lock_on_s3_is_a_conditional_write(s3):
     """S3 refuses a second create of the lock object (If-None-Match: *), so one writer wins without a race window."""
-    from pipeline.lock import LOCK_NAME, LockError, read_holder, writer_lock
+    from pipeline.cache.lock import LOCK_NAME, LockError, read_holder, writer_lock
 
     url = f"s3://{BUCKET}/locked.zarr"
     key = f"{BUCKET}/locked.zarr/{LOCK_NAME}"

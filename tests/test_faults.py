@@ -12,8 +12,8 @@ import pytest
 from benchmarks import faults
 from cache_tools.verify import verify_and_fix, verify_cache
 from pipeline.build import BuildError, build_cache
+from pipeline.cache import DONE, Cache
 from pipeline.loader import FameLoader, LoaderParams
-from pipeline.store import DONE, Cache
 
 # What each kind must be reported as by verify, and what the loader must do with it before any repair.
 EXPECTED = {

@@ -6,10 +6,10 @@ import av
 import numpy as np
 import pytest
 
+from pipeline.cache import DONE, Cache, CacheError
 from pipeline.params import BuildParams, parse_clips_per_video, parse_size
 from pipeline.plan import clip_count, clip_frames
 from pipeline.sources import SourceError, list_source
-from pipeline.store import DONE, Cache, CacheError
 from pipeline.synthetic import Scene, render, write_dataset, write_video
 from pipeline.video import VideoError, _seek_runs, decode, decode_clip, decode_clips, frame_index, probe
 

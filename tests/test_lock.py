@@ -15,10 +15,10 @@ import pytest
 
 from cache_tools.cli import main as cache_main
 from pipeline.build import BuildError, build_cache
+from pipeline.cache import Cache
+from pipeline.cache.lock import LOCK_NAME, Holder, LockError, read_holder, writer_lock
 from pipeline.cli import main as pipeline_main
-from pipeline.lock import LOCK_NAME, Holder, LockError, read_holder, writer_lock
 from pipeline.params import BuildParams
-from pipeline.store import Cache
 
 TINY = BuildParams(size=(32, 40), clip_len=4, stride=2, clips_per_video=2)
 OPTS = ["--size", "32x40", "--clip-len", "4", "--clips-per-video", "2", "--quiet"]

@@ -21,9 +21,9 @@ from helpers import make_cache
 from test_build import assert_same_cache
 
 from pipeline.build import build_cache
+from pipeline.cache import DONE, PENDING, Cache
 from pipeline.params import BuildParams
 from pipeline.signals import Interrupted
-from pipeline.store import DONE, PENDING, Cache
 from pipeline.synthetic import write_dataset
 
 REPO = Path(__file__).resolve().parents[1]

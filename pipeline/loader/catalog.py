@@ -7,18 +7,18 @@ warning), nothing left to read.
 
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.layout import MetadataError, check_metadata
+from pipeline.cache import DONE, Cache
+from pipeline.cache.fingerprint import source_changes
+from pipeline.cache.layout import MetadataError, check_metadata
 from pipeline.loader.params import LoaderParams
 from pipeline.params import BuildParams
 from pipeline.plan import clip_frames
-from pipeline.sources import SourceError, is_url, join, list_source
-from pipeline.store import DONE, Cache
+from pipeline.sources import SourceError, join, list_source
 from pipeline.video import VideoError, probe
 
 
@@ -64,33 +64,16 @@ def _check_sources(
     url: str, root: str, paths: np.ndarray, sizes: np.ndarray, mtimes: np.ndarray, done: np.ndarray
 ) -> None:
     """Refuse a cache whose video paths lead outside the source root, or whose source videos vanished or changed
-    since the build (size, then mtime; not on remote stores: `fame-cache verify` checks those, too slow to stat here
-    per video)."""
-    escapes, problems = [], []
-    for v in np.flatnonzero(done):
-        try:
-            full = join(root, str(paths[v]))
-        except SourceError as exc:
-            escapes.append(str(exc))
-            continue
-        if is_url(root):
-            continue
-        try:
-            stat = os.stat(full)
-        except FileNotFoundError:
-            problems.append(f"{paths[v]}: vanished")
-            continue
-        if sizes[v] and stat.st_size != int(sizes[v]):
-            problems.append(f"{paths[v]}: size changed ({int(sizes[v])} -> {stat.st_size} bytes)")
-        elif mtimes[v] and abs(stat.st_mtime - float(mtimes[v])) > 1e-3:
-            problems.append(f"{paths[v]}: modified since the cache was built")
+    since the build (not on remote stores: `fame-cache verify` checks those, too slow to stat here per video)."""
+    changes = source_changes(root, paths, sizes, mtimes, np.flatnonzero(done), stat_remote=False)
+    escapes = [str(c) for c in changes if c.kind == "source-escape"]
     if escapes:
         shown = "; ".join(escapes[:3]) + (f"; and {len(escapes) - 3} more" if len(escapes) > 3 else "")
         raise LoaderError(f"{url}: {len(escapes)} video path(s) lead outside the source root, refused: {shown}")
-    if problems:
-        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+    if changes:
+        shown = "; ".join(map(str, changes[:5])) + (f"; and {len(changes) - 5} more" if len(changes) > 5 else "")
         raise LoaderError(
-            f"{url}: {len(problems)} source video(s) under {root} differ from the build: {shown}. "
+            f"{url}: {len(changes)} source video(s) under {root} differ from the build: {shown}. "
             "Rebuild with `fame-pipeline build --resume` after `fame-cache verify --fix`, "
             "or point --videos at the originals."
         )

@@ -21,6 +21,7 @@ from typing import Any
 import fsspec
 import numpy as np
 
+from pipeline.cache import Cache, ClipDamaged
 from pipeline.loader.catalog import Catalog, LoaderError
 from pipeline.loader.params import LoaderParams
 from pipeline.loader.query_mask import centre_on_mask, query_alpha
@@ -33,7 +34,6 @@ from pipeline.loader.sampling import (
     plan_sample,
     shard_order,
 )
-from pipeline.store import Cache, ClipDamaged
 from pipeline.video import VideoError, decode_clips
 
 # Output order of the callable; the pipeline definition reads the same list.

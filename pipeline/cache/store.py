@@ -26,7 +26,7 @@ Videos are cut into groups of `videos_per_group`; each group's clips start on a 
 (padding slots at the end), so one writer owns every shard it touches, in every array. A group is committed by
 writing its clips first and its videos' status last: a clip is readable only once its video says `done`. A group is
 always written whole, over whatever its shards held: a damaged shard is replaced, never read back and patched.
-Every node's metadata is defined once, in `pipeline.layout`.
+Every node's metadata is defined once, in `pipeline.cache.layout`.
 """
 
 from __future__ import annotations
@@ -42,12 +42,21 @@ import numpy as np
 import zarr
 from zarr.core.sync import sync
 
-from pipeline.codecs import jpeg_roundtrip
-from pipeline.layout import MASK_COMPRESSOR, PLATE_QUALITY, VIDEO_FIELDS, CacheShape, array_specs
-from pipeline.lock import remove_all_but_lock
+from pipeline.cache.codecs import jpeg_roundtrip
+from pipeline.cache.layout import MASK_COMPRESSOR, PLATE_QUALITY, VIDEO_FIELDS, CacheShape, array_specs
+from pipeline.cache.lock import remove_all_but_lock
 from pipeline.params import FORMAT_VERSION, BuildParams
 
-__all__ = ["MASK_COMPRESSOR", "PLATE_QUALITY", "VIDEO_FIELDS", "Cache", "CacheError", "ClipDamaged", "clip_checksum"]
+__all__ = [
+    "MASK_COMPRESSOR",
+    "PLATE_QUALITY",
+    "VIDEO_FIELDS",
+    "Cache",
+    "CacheError",
+    "ClipDamaged",
+    "Group",
+    "clip_checksum",
+]
 
 TOOL_VERSION = "0.1.0"
 PENDING, DONE, FAILED = "pending", "done", "failed"
@@ -385,8 +394,8 @@ class Cache:
         vs = slice(group.videos.start, group.videos.stop)
         columns = {name: v for name, v in video_updates.items() if name not in ("status", "error")}
         together(*(_write(root, f"videos/{k}", vs, np.asarray(v, dtype=VIDEO_FIELDS[k])) for k, v in columns.items()))
-        self.root["videos/error"][vs] = np.asarray(video_updates["error"], dtype=object)
-        self.root["videos/status"][vs] = np.asarray(video_updates["status"], dtype=object)
+        states = zip(video_updates["status"], video_updates["error"], strict=True)
+        self.mark({group.videos.start + i: (str(st), str(er)) for i, (st, er) in enumerate(states)}, group.videos)
 
     def _drop_chunks(self, clips: range) -> None:
         """Delete the stored chunks of a clip range's whole shards in every clip array, so the write that follows
@@ -401,12 +410,20 @@ class Cache:
         store = self.root.store
         together(*(store.delete(key) for key in keys))
 
+    def mark(self, marks: dict[int, tuple[str, str]], within: range | None = None) -> None:
+        """Set videos' (status, error): the error column first, the status last, so a reader that sees the new status
+        sees its reason. Only the rows of `within` (a writer group's videos; default all) are rewritten, so writers
+        of other groups are not overwritten. Callers hold the writer lock or own the group."""
+        rows = within or range(self.n_videos)
+        if any(v not in rows for v in marks):
+            raise ValueError(f"videos {sorted(set(marks) - set(rows))} lie outside rows {rows.start}..{rows.stop - 1}")
+        sl = slice(rows.start, rows.stop)
+        status, errors = self.root["videos/status"][sl], self.root["videos/error"][sl]
+        for v, (state, error) in marks.items():
+            status[v - rows.start], errors[v - rows.start] = state, error
+        self.root["videos/error"][sl] = np.asarray(errors, dtype=object)
+        self.root["videos/status"][sl] = np.asarray(status, dtype=object)
+
     def set_status(self, videos: Sequence[int], status: str, error: str = "") -> None:
-        """Mark videos (e.g. for recomputation by --resume). Callers must own the videos' groups."""
-        col_s = self.root["videos/status"]
-        col_e = self.root["videos/error"]
-        s, e = col_s[:], col_e[:]
-        for v in videos:
-            s[v], e[v] = status, error
-        col_e[:] = e
-        col_s[:] = s
+        """Mark videos with one status and reason (e.g. for recomputation by --resume)."""
+        self.mark({int(v): (status, error) for v in videos})

@@ -19,9 +19,9 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
-from pipeline.codecs import JpegCodec
+from pipeline.cache.codecs import JpegCodec
 
-PLATE_QUALITY = 90  # plates are JPEG (see pipeline.codecs); masks are lossless
+PLATE_QUALITY = 90  # plates are JPEG (see pipeline.cache.codecs); masks are lossless
 # Masks: zstd level 5 over the whole chunk as one Blosc block. On real masks that is within 2% of level 7's size at
 # less than half its time; level 3 is faster again but 11% larger.
 MASK_COMPRESSOR = BloscCodec(cname="zstd", clevel=5, shuffle=BloscShuffle.noshuffle, blocksize=1 << 22)
