@@ -22,8 +22,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.synthetic import texture, write_video
-from pipeline.video import decode, probe
+from pipeline.video import decode, probe, write_video
+from synthetic import texture
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_videos"
 CLASSES = ("side_to_side", "up_down", "circle", "corner_to_corner", "pulse")

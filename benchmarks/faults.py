@@ -166,7 +166,7 @@ def fault_row(kind: str, src: str, clean: str, reference: dict[str, np.ndarray],
 
 def clean_build(work: Path) -> tuple[str, str]:
     """Generated videos and their clean cache."""
-    from pipeline.synthetic import write_dataset
+    from synthetic import write_dataset
 
     src = work / "videos"
     write_dataset(src, n_classes=3, videos_per_class=2, n_frames=24, seed=0)

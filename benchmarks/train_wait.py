@@ -19,7 +19,7 @@ import torch
 from pipeline.build import build_cache
 from pipeline.loader import LoaderParams
 from pipeline.params import BuildParams
-from pipeline.synthetic import write_dataset
+from synthetic import write_dataset
 from trainer.config import TrainConfig
 from trainer.train import pretrain
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipeline.synthetic import Scene, write_dataset
+from synthetic import Scene, write_dataset
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_videos"
 

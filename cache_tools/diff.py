@@ -15,11 +15,10 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.cache import Cache
+from pipeline.params import FOREGROUND_THRESHOLD
 
-THRESHOLD = 128
 
-
-def mask_iou(a: np.ndarray, b: np.ndarray, threshold: int = THRESHOLD) -> float:
+def mask_iou(a: np.ndarray, b: np.ndarray, threshold: int = FOREGROUND_THRESHOLD) -> float:
     """IoU of two soft masks (any shape, same size) binarised at threshold; two empty masks agree fully."""
     fa, fb = a >= threshold, b >= threshold
     union = np.logical_or(fa, fb).sum()
@@ -84,7 +83,7 @@ def diff_caches(a: Cache, b: Cache, worst: int = 5, progress: bool = False, any_
         "sources": sources,
         "clips": {"a": len(keys_a), "b": len(keys_b), "matched": len(common)},
         "videos_matched": len(per_video),
-        "threshold": THRESHOLD,
+        "threshold": FOREGROUND_THRESHOLD,
         "mean_iou": float(np.mean(all_ious)) if all_ious else None,
         "min_iou": float(np.min(all_ious)) if all_ious else None,
         "per_video": video_means,

@@ -15,11 +15,11 @@ import numpy as np
 
 from cache_tools.api import is_readable, source_path, video_clips, video_index
 from pipeline.cache import Cache, CacheError
+from pipeline.params import FOREGROUND_THRESHOLD
 from pipeline.video import VideoError, decode_clip
 
 TINT = np.array([255, 60, 200], np.float32)  # magenta: rare in natural video, visible on green and on skin
 CONTOUR = (255, 255, 0)  # yellow
-THRESHOLD = 128
 
 
 @dataclass
@@ -41,7 +41,8 @@ def overlay(frame: np.ndarray, mask: np.ndarray, alpha: float = 0.55, thickness:
     """The frame with the soft mask as a colour tint and the >= 128 region outlined."""
     m = (mask.astype(np.float32) / 255.0)[..., None] * alpha
     out = (frame.astype(np.float32) * (1 - m) + TINT * m).round().astype(np.uint8)
-    contours, _ = cv2.findContours((mask >= THRESHOLD).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    binary = (mask >= FOREGROUND_THRESHOLD).astype(np.uint8)
+    contours, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     cv2.drawContours(out, contours, -1, CONTOUR, thickness)
     return out
 
@@ -149,7 +150,7 @@ def render_png(cache: Cache, view: ClipView, out: str, max_frames: int = 8) -> N
         ax.set_yticks([])
         for spine in ax.spines.values():
             spine.set_visible(False)
-    fg = float((view.masks >= THRESHOLD).mean())
+    fg = float((view.masks >= FOREGROUND_THRESHOLD).mean())
     fig.suptitle(
         f"{view.video_path}  |  clip {view.clip}  |  method {cache.attrs.get('method')}  |  "
         f"foreground {100 * fg:.0f}%  |  partner {view.partner_path}",

@@ -123,7 +123,7 @@ def _add_synth_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_synth(args: argparse.Namespace) -> int:
-    from pipeline.synthetic import Scene, write_dataset
+    from synthetic import Scene, write_dataset
 
     if args.classes < 1 or args.videos_per_class < 1 or args.frames < 2:
         raise UsageError("--classes and --videos-per-class must be >= 1 and --frames >= 2")

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from pipeline.cache import DONE, FAILED, Cache, Group
+from pipeline.masks import MaskStep
 from pipeline.params import BuildParams
 from pipeline.plan import clip_count, clip_frames
 from pipeline.signals import keep_handlers
@@ -109,14 +110,18 @@ def _decode_clips(
     return frames[rows], table, info.n_frames
 
 
-def _clip_outputs(clips: np.ndarray, mask_fn: Callable, plate_fn: Callable, path: str) -> tuple[np.ndarray, np.ndarray]:
-    """Masks (n,T,h,w) and plates (n,h,w,3) of a stack of clips: the pure core, one clip at a time."""
+def _clip_outputs(
+    clips: np.ndarray, mask_step: MaskStep, plate_fn: Callable, path: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Masks (n,T,h,w) and plates (n,h,w,3) of a stack of clips: the pure core, one clip at a time. Each plate gets
+    the camera motion its mask step tracked, so a clip's camera is tracked once."""
     n, t, h, w, _ = clips.shape
     masks = np.empty((n, t, h, w), np.uint8)
     plates = np.empty((n, h, w, 3), np.uint8)
     for i, clip in enumerate(clips):
-        m = np.asarray(mask_fn(clip))
-        p = np.asarray(plate_fn(clip, m))
+        out = mask_step(clip)
+        m = np.asarray(out.masks)
+        p = np.asarray(plate_fn(clip, m, out.camera))
         if m.shape != (t, h, w) or p.shape != (h, w, 3):
             raise VideoError(path, f"mask method gave shapes {m.shape}, {p.shape}; expected {(t, h, w)}, {(h, w, 3)}")
         masks[i], plates[i] = m, p
@@ -136,7 +141,7 @@ def run_group(task: GroupTask, stop: threading.Event | None = None) -> GroupResu
 
 
 def _run_group(task: GroupTask, stop: threading.Event | None) -> GroupResult:
-    from pipeline.masks import get_method
+    from pipeline.masks import get_step
     from pipeline.plates import background_plate
 
     start = time.perf_counter()
@@ -151,7 +156,7 @@ def _run_group(task: GroupTask, stop: threading.Event | None) -> GroupResult:
     size_col = np.asarray(task.bytes, np.int64).copy()
     mtime_col = np.asarray(task.mtime, np.float64).copy()
     status, errors = list(task.status), list(task.error)
-    mask_fn = get_method(params.method)
+    mask_step = get_step(params.method)
     result = GroupResult(group.index)
     for i, rel in enumerate(task.paths):
         _check(stop)
@@ -169,7 +174,7 @@ def _run_group(task: GroupTask, stop: threading.Event | None) -> GroupResult:
             except FileNotFoundError as exc:
                 raise VideoError(path, "file not found") from exc
             clips, table, decoded = _decode_clips(path, params, int(task.n_frames[i]), n_clips, task.threads)
-            masks[rows], plates[rows] = _clip_outputs(clips, mask_fn, background_plate, path)
+            masks[rows], plates[rows] = _clip_outputs(clips, mask_step, background_plate, path)
             frames_out[rows] = table
             n_frames[i] = decoded
             status[i], errors[i] = DONE, ""

@@ -18,6 +18,9 @@ METHODS = ("motion", "fame")
 JPEG_MAX_SIDE = 65_500  # the largest side a JPEG (the plates' codec) can hold
 MAX_CHUNK_BYTES = 2**31 - 17  # the largest buffer Blosc compresses: one clip's masks, T x h x w bytes
 FORMAT_VERSION = 2  # 2: the clip checksum covers the frame numbers too (format 1 caches still read)
+# Cached masks are the foreground probability x 255 (uint8); a pixel at or above this value is foreground, unless a
+# loader option binarises them otherwise.
+FOREGROUND_THRESHOLD = 128
 
 
 def parse_size(text: str) -> tuple[int, int]:

@@ -1,8 +1,9 @@
 """Background plates: the clip's static background with its foreground removed.
 
 A moving camera is compensated first: every frame (and its mask) is warped onto the clip's middle frame with the
-camera motion that the `motion` method tracks, so the plate is the middle frame's view, sharp, not a smear of the
-pan. Each pixel then takes the mean of its background samples over the clip (frames where the mask says background;
+clip's camera motion, so the plate is the middle frame's view, sharp, not a smear of the pan. The mask step passes in
+the motion it already tracked (the `motion` method does); without it, the plate tracks the camera itself, the same
+way. Each pixel then takes the mean of its background samples over the clip (frames where the mask says background;
 per-frame masks already keep the mover out, and a masked running sum costs a small fraction of a per-pixel median).
 Pixels that are foreground in every frame have no sample; they are filled by inpainting from their surroundings, at
 a reduced size, because a static mask (the `fame` method) can leave a hole over most of the frame, and inpainting
@@ -39,9 +40,9 @@ def fill_holes(plate: np.ndarray, holes: np.ndarray) -> np.ndarray:
     return out
 
 
-def onto_reference(forward: list[np.ndarray], reference: int) -> np.ndarray:
-    """(T, 2, 3) transforms taking each frame onto frame `reference`, chained from frame-to-frame transforms
-    (forward[i] maps frame i onto frame i + 1)."""
+def onto_reference(forward: np.ndarray, reference: int) -> np.ndarray:
+    """(T, 2, 3) transforms taking each frame onto frame `reference`, chained from (T - 1, 2, 3) frame-to-frame
+    transforms (forward[i] maps frame i onto frame i + 1)."""
     t = len(forward) + 1
     full = [np.vstack([f.astype(np.float64), [0.0, 0.0, 1.0]]) for f in forward]
     out = np.tile(np.eye(3), (t, 1, 1))
@@ -52,23 +53,31 @@ def onto_reference(forward: list[np.ndarray], reference: int) -> np.ndarray:
     return out[:, :2].astype(np.float32)
 
 
-def camera_to_middle(clip: np.ndarray) -> np.ndarray | None:
-    """(T, 2, 3) transforms taking each frame onto the middle one, or None for a still camera (no warps: no
-    interpolation blur and no cost)."""
+def camera_to_middle(clip: np.ndarray, camera: np.ndarray | None = None) -> np.ndarray | None:
+    """(T, 2, 3) transforms taking each frame onto the middle one, from the clip's frame-to-frame `camera` motion
+    (tracked here when None), or None for a still camera (no warps: no interpolation blur and no cost)."""
     t, h, w, _ = clip.shape
-    transforms = onto_reference(clip_camera_motion(clip), t // 2)
+    transforms = onto_reference(clip_camera_motion(clip) if camera is None else camera, t // 2)
     return None if corner_shift(transforms, h - 1, w - 1) <= STILL else transforms
 
 
 def background_plate(
-    clip: np.ndarray, masks: np.ndarray, threshold: int = FOREGROUND, compensate_camera: bool = True
+    clip: np.ndarray,
+    masks: np.ndarray,
+    camera: np.ndarray | None = None,
+    *,
+    threshold: int = FOREGROUND,
+    compensate_camera: bool = True,
 ) -> np.ndarray:
-    """(T, H, W, 3) uint8 clip and (T, H, W) uint8 masks -> (H, W, 3) uint8 plate (no holes)."""
+    """(T, H, W, 3) uint8 clip and (T, H, W) uint8 masks -> (H, W, 3) uint8 plate (no holes). `camera` is the clip's
+    (T - 1, 2, 3) frame-to-frame camera motion as its mask step tracked it (`MaskResult.camera`); None: tracked here."""
     if clip.ndim != 4 or clip.shape[-1] != 3 or masks.shape != clip.shape[:3]:
         raise ValueError(f"expected a (T, H, W, 3) clip and (T, H, W) masks, got {clip.shape} and {masks.shape}")
     t, h, w, _ = clip.shape
+    if camera is not None and np.shape(camera) != (max(t - 1, 0), 2, 3):
+        raise ValueError(f"expected ({max(t - 1, 0)}, 2, 3) camera transforms for {t} frames, got {np.shape(camera)}")
     background = (masks < threshold).view(np.uint8)
-    transforms = camera_to_middle(clip) if compensate_camera and t > 1 else None
+    transforms = camera_to_middle(clip, camera) if compensate_camera and t > 1 else None
     total = np.zeros((h, w, 3), np.float32)
     samples = np.zeros((h, w), np.float32)
     for i in range(t):

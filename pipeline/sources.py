@@ -45,7 +45,13 @@ class Source:
 
 
 def is_url(path: str) -> bool:
+    """Whether a path names its scheme (`s3://`, `file://`, ...): such paths are kept as written, not made absolute."""
     return "://" in path
+
+
+def is_remote(path: str) -> bool:
+    """Whether a path is opened through fsspec: a URL other than `file://`, which names a local file."""
+    return is_url(path) and not path.startswith("file://")
 
 
 def join(root: str, rel: str) -> str:
@@ -59,7 +65,7 @@ def join(root: str, rel: str) -> str:
     parts = rel.split("/")
     if rel.startswith("/") or ".." in parts:
         raise SourceError(f"{rel!r} escapes the source root {root!r} (a video path must be relative, without '..')")
-    if is_url(root) and not root.startswith("file://"):
+    if is_remote(root):
         return root.rstrip("/") + "/" + rel
     local = root.removeprefix("file://")
     full = os.path.join(local, *parts)
@@ -212,7 +218,7 @@ def stat_source(path: str) -> tuple[int, float]:
     Local files use os.stat (the numbers the loader compares); stores without a modification time give 0.0.
     Raises FileNotFoundError when the file is missing.
     """
-    if not is_url(path) or path.startswith("file://"):
+    if not is_remote(path):
         st = os.stat(path.removeprefix("file://"))
         return int(st.st_size), float(st.st_mtime)
     fs, inner = fsspec.core.url_to_fs(path)

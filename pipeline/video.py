@@ -1,4 +1,5 @@
-"""Decoding with PyAV, frames resized whole by FFmpeg's scaler in the same pass as the conversion to RGB.
+"""Decoding with PyAV, frames resized whole by FFmpeg's scaler in the same pass as the conversion to RGB; and the
+one encoder (`write_video`) for what the project writes as video: test and demo data, heat map animations.
 
 Every failure becomes a `VideoError` whose message names the file and says what is wrong, so a job can record it
 and go on. Local paths go straight to FFmpeg; fsspec URLs (s3://, memory://, ...) are opened as file objects.
@@ -16,6 +17,8 @@ import av
 import fsspec
 import numpy as np
 from av.video.reformatter import VideoReformatter
+
+from pipeline.sources import is_remote
 
 
 class VideoError(Exception):
@@ -35,15 +38,11 @@ class VideoInfo:
     width: int
 
 
-def is_url(path: str) -> bool:
-    return "://" in path and not path.startswith("file://")
-
-
 @contextlib.contextmanager
 def open_container(path: str) -> Iterator[av.container.InputContainer]:
     """Open a video container, turning every way it can fail into a specific VideoError."""
     local = path.removeprefix("file://")
-    if is_url(path):
+    if is_remote(path):
         fs, inner = fsspec.core.url_to_fs(path)
         if not fs.exists(inner):
             raise VideoError(path, "file not found")
@@ -207,7 +206,7 @@ def frame_index(path: str) -> FrameIndex | None:
     video's packets once and a rewritten file is indexed again."""
     local = path.removeprefix("file://")
     stamp = None
-    if not is_url(path) and os.path.isfile(local):
+    if not is_remote(path) and os.path.isfile(local):
         stat = os.stat(local)
         stamp = (stat.st_size, stat.st_mtime_ns)
     return _frame_index(path, stamp)
@@ -332,3 +331,32 @@ def decode_clips(
 def decode_clip(path: str, frame_indices: Sequence[int], size: tuple[int, int] | None = None) -> np.ndarray:
     """The frames of one clip, (T, h, w, 3) uint8, in the order given; see `decode_clips`."""
     return decode_clips(path, [frame_indices], size)[0]
+
+
+def write_video(
+    path: str | os.PathLike,
+    frames: np.ndarray,
+    fps: int = 25,
+    lossless: bool = False,
+    crf: int = 18,
+    keyint: int | None = None,
+) -> None:
+    """Encode (T, H, W, 3) uint8 RGB frames as an H.264 MP4 (even H and W for the default yuv420p); `keyint` sets
+    the keyframe interval (x264's default of 250 puts one keyframe in a short clip)."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    _t, h, w, _ = frames.shape
+    with av.open(path, mode="w") as container:
+        if lossless:
+            stream = container.add_stream("libx264rgb", rate=fps, options={"qp": "0", "preset": "ultrafast"})
+            stream.pix_fmt = "rgb24"
+        else:
+            options = {"crf": str(crf), "preset": "fast"} | ({"g": str(keyint)} if keyint else {})
+            stream = container.add_stream("libx264", rate=fps, options=options)
+            stream.pix_fmt = "yuv420p"
+        stream.width, stream.height = w, h
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)

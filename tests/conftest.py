@@ -39,7 +39,7 @@ def real_videos() -> Path:
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     """A folder-per-class set of 3 classes x 2 videos, 40 frames each, generated once per session."""
-    from pipeline.synthetic import write_dataset
+    from synthetic import write_dataset
 
     root = tmp_path_factory.mktemp("tiny_dataset")
     write_dataset(root, n_classes=3, videos_per_class=2, n_frames=40, seed=0)

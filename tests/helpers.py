@@ -9,7 +9,8 @@ import numpy as np
 from pipeline.cache import DONE, FAILED, Cache
 from pipeline.params import BuildParams
 from pipeline.plan import clip_frames
-from pipeline.synthetic import Scene, render, write_video
+from pipeline.video import write_video
+from synthetic import Scene, render
 
 SIZE = (32, 40)
 T = 4

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,8 @@ from pipeline.cache import DONE, Cache
 from pipeline.cli import main
 from pipeline.masks import get_method
 from pipeline.params import BuildParams
-from pipeline.synthetic import write_dataset
 from pipeline.video import decode_clip
+from synthetic import Scene, write_dataset, write_scene
 
 TINY = BuildParams(size=(32, 40), clip_len=4, stride=2, clips_per_video=2)
 REPO = Path(__file__).resolve().parents[1]
@@ -196,3 +197,44 @@ def test_resume_recomputes_failed_videos_even_when_probe_was_off(tiny_dataset, t
     report = build_cache(str(tiny_dataset), out, TINY, resume=True, progress=False)
     assert report.n_computed == 1 and report.n_done == 6
     assert_same_cache(ref, out)
+
+
+# CRC32 of the whole `masks` and `plates` arrays of a fixed-seed build: a refactor of the compute path must leave the
+# cache's bytes exactly as they were. Recompute (and say why in the commit) only when the output is meant to change.
+GOLDEN_CRC = {
+    ("motion", (48, 64)): (2625320326, 2448068680),
+    ("motion", (104, 136)): (3357119950, 954972748),
+    ("fame", (48, 64)): (2981313678, 3976239880),
+    ("fame", (104, 136)): (2819549811, 1345705349),
+}
+
+
+@pytest.fixture(scope="module")
+def panning_dataset(tmp_path_factory) -> Path:
+    """Two short videos with camera pans, large enough for the half-size path of the `motion` method. Lossless, so
+    the decoded frames are the rendered ones exactly (x264's lossy bitstream varies from run to run)."""
+    root = tmp_path_factory.mktemp("panning_dataset")
+    for c, (pan, velocity) in enumerate([((0.0, 1.2), (0.0, 2.5)), ((0.6, -0.9), (2.0, 0.0))]):
+        scene = Scene(
+            size=(112, 144),
+            n_frames=20,
+            pan=pan,
+            object_velocity=velocity,
+            object_radius=(16.0, 12.0),
+            shape_change=0.15,
+            background_seed=11 + c,
+            object_seed=21 + c,
+        )
+        write_scene(root / f"class_{c}" / "video_0.mp4", scene, lossless=True)
+    return root
+
+
+@pytest.mark.parametrize(("method", "size"), list(GOLDEN_CRC))
+def test_build_bytes_are_pinned(panning_dataset, tmp_path, method, size):
+    params = BuildParams(size=size, clip_len=6, stride=2, clips_per_video=2, method=method)
+    out = str(tmp_path / "c.zarr")
+    report = build_cache(str(panning_dataset), out, params, progress=False)
+    assert report.n_done == 2 and report.n_clips == 4
+    stored = arrays(out)
+    crc = tuple(zlib.crc32(np.ascontiguousarray(stored[name]).tobytes()) for name in ("masks", "plates"))
+    assert crc == GOLDEN_CRC[method, size], f"masks, plates CRC32 {crc}"

@@ -12,7 +12,8 @@ import pytest
 
 from pipeline.cache import DONE, FAILED, Cache
 from pipeline.cli import main
-from pipeline.synthetic import Scene, render, write_video
+from pipeline.video import write_video
+from synthetic import Scene, render
 
 SIZE = (48, 64)  # 3072 pixels; the "huge" video is over --max-pixels 5000
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers import make_cache
 
-from pipeline.synthetic import Scene, write_scene
+from synthetic import Scene, write_scene
 from trainer.cli import main
 from trainer.evaluate import EvalError, EvalSettings, evaluate, knn, retrieval
 

@@ -10,8 +10,8 @@ from pipeline.cache import DONE, Cache, CacheError
 from pipeline.params import BuildParams, parse_clips_per_video, parse_size
 from pipeline.plan import clip_count, clip_frames
 from pipeline.sources import SourceError, list_source
-from pipeline.synthetic import Scene, render, write_dataset, write_video
-from pipeline.video import VideoError, _seek_runs, decode, decode_clip, decode_clips, frame_index, probe
+from pipeline.video import VideoError, _seek_runs, decode, decode_clip, decode_clips, frame_index, probe, write_video
+from synthetic import Scene, render, write_dataset
 
 
 def test_parse_size_names_bad_value():
@@ -179,3 +179,24 @@ def test_store_commit_protocol(tmp_path):
     assert reopened.check_clip(4)
     with pytest.raises(CacheError, match="no cache"):
         Cache.open(str(tmp_path / "missing.zarr"))
+
+
+def test_zarr_adapter_overlaps_reads_and_writes_in_order(tmp_path):
+    """The one module that reaches Zarr's event loop: results come back in the order asked, reads and writes land."""
+    import asyncio
+
+    import zarr
+
+    from pipeline.cache.zarr_async import read_arrays, together, write_arrays
+
+    async def after(delay: float, value: int) -> int:
+        await asyncio.sleep(delay)
+        return value
+
+    assert together(after(0.02, 1), after(0.0, 2), after(0.01, 3)) == [1, 2, 3]
+    group = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+    for name in ("a", "b"):
+        group.create_array(name, shape=(4,), chunks=(2,), dtype=np.int32, fill_value=0)
+    write_arrays(group, [("a", slice(0, 2), np.array([1, 2], np.int32)), ("b", slice(None), np.arange(4))])
+    a, b = read_arrays(zarr.open_group(str(tmp_path / "g.zarr"), mode="r"), ["a", "b"])
+    assert a.tolist() == [1, 2, 0, 0] and b.tolist() == [0, 1, 2, 3]

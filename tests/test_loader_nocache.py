@@ -11,7 +11,7 @@ from helpers import N_FRAMES, SIZE, T, square_video
 
 from pipeline.loader import FameLoader, LoaderError, LoaderParams
 from pipeline.params import BuildParams
-from pipeline.synthetic import write_video
+from pipeline.video import write_video
 
 BUILD = BuildParams(size=SIZE, clip_len=T, stride=2, clips_per_video=2, method="fame")
 

@@ -14,8 +14,8 @@ from pipeline.masks import get_method
 from pipeline.masks.fame import fame_masks
 from pipeline.masks.motion import camera_motion, motion_masks
 from pipeline.plates import background_plate
-from pipeline.synthetic import MASK_SCENES, Scene, render, write_video
-from pipeline.video import decode
+from pipeline.video import decode, write_video
+from synthetic import MASK_SCENES, Scene, render
 
 PAN, PAN_DIAGONAL, STATIC = (MASK_SCENES[name] for name in ("pan", "pan_diagonal", "static"))
 

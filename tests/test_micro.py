@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.synthetic import Scene, render
+from synthetic import Scene, render
 from trainer.backbones import build_backbone
 from trainer.config import TrainConfig
 from trainer.micro import decompose, micro_loss, salient_map

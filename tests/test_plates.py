@@ -7,9 +7,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from pipeline.masks import get_method
+from pipeline.masks import get_method, get_step
+from pipeline.masks.motion import clip_camera_motion
 from pipeline.plates import background_plate
-from pipeline.synthetic import Scene, render
+from synthetic import Scene, render
 
 SIZE = (64, 80)
 MOVER = Scene(size=SIZE, n_frames=16, object_velocity=(0.0, 3.0), object_radius=(10, 8))
@@ -78,3 +79,18 @@ def test_all_foreground_and_bad_shapes():
     assert np.abs(everywhere.astype(int) - frames.mean(axis=0)).max() <= 1
     with pytest.raises(ValueError, match="masks"):
         background_plate(frames, np.zeros((3, *SIZE), np.uint8))
+
+
+@pytest.mark.parametrize("size", [SIZE, (112, 144)])  # the second is tracked at half size
+def test_camera_from_the_mask_step_gives_the_plate_tracked_anew(size):
+    frames, _ = render(dataclasses.replace(MOVER, size=size, n_frames=8, pan=(0.5, 1.5)))
+    result = get_step("motion")(frames)
+    np.testing.assert_array_equal(result.masks, get_method("motion")(frames))
+    assert result.camera.shape == (7, 2, 3) and result.camera.dtype == np.float32
+    assert np.abs(result.camera[..., 0, 2]).min() > 1, "the pan is in the camera motion"
+    np.testing.assert_array_equal(result.camera, clip_camera_motion(frames))
+    given = background_plate(frames, result.masks, result.camera)
+    np.testing.assert_array_equal(given, background_plate(frames, result.masks))
+    assert get_step("fame")(frames).camera is None
+    with pytest.raises(ValueError, match="camera"):
+        background_plate(frames, result.masks, result.camera[1:])

@@ -24,7 +24,7 @@ from pipeline.build import build_cache
 from pipeline.cache import DONE, PENDING, Cache
 from pipeline.params import BuildParams
 from pipeline.signals import Interrupted
-from pipeline.synthetic import write_dataset
+from synthetic import write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 STOP_SECONDS = 10  # from the signal to the exit, on a loaded 2-core machine; a few seconds on an idle one

@@ -13,6 +13,7 @@ import typing
 from pipeline.loader.params import BACKGROUNDS, KEY_STARTS, MASK_MODES, ON_DAMAGE, QUERY_CROPS, LoaderParams
 from pipeline.signals import handle_signals, interrupted
 from trainer.config import TrainConfig
+from trainer.evaluate import EvalSettings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 LOADER_DEST = "loader__"  # argparse dest prefix of the loader's flags
@@ -26,6 +27,7 @@ CHOICES = {
     "query_crop": QUERY_CROPS,
 }
 ALIASES = {"num_workers": ["--workers"]}
+EVAL = EvalSettings()  # what eval and heatmap use where the run recorded nothing
 
 
 def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, defaults: object, dest_prefix: str = "") -> None:
@@ -85,10 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--protocol", default="linear,knn,retrieval", help="comma-separated: linear,knn,retrieval")
     ev.add_argument("--json", help="write the metrics here")
     ev.add_argument("--finetune", action="store_true", help="also fine-tune the whole network and report top-1")
-    ev.add_argument("--clip-len", type=int, default=16)
-    ev.add_argument("--stride", type=int, default=2)
-    ev.add_argument("--clips-per-video", type=int, default=4)
-    ev.add_argument("--size", default="128x171", help="HxW the frames are resized to before the centre crop")
+    ev.add_argument("--clip-len", type=int, default=None, help=f"default: the run's, else {EVAL.clip_len}")
+    ev.add_argument("--stride", type=int, default=None, help=f"default: the run's, else {EVAL.stride}")
+    ev.add_argument("--clips-per-video", type=int, default=None, help=f"default: {EVAL.clips_per_video}")
+    ev.add_argument(
+        "--size",
+        default=None,
+        help="HxW the frames are resized to before the centre crop (default: the run's, else {}x{})".format(*EVAL.size),
+    )
     ev.add_argument("--device", default="cpu")
 
     plot = sub.add_parser("plot", help="write RUN/curves.png from RUN/log.jsonl")
@@ -99,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     heat.add_argument("video")
     heat.add_argument("--out", required=True, help="PNG montage; .gif or .mp4 for an animation")
     heat.add_argument("--block", type=int, default=None, help="backbone block (default: the run's micro_block)")
-    heat.add_argument("--clip-len", type=int, default=16)
-    heat.add_argument("--stride", type=int, default=2)
+    heat.add_argument("--clip-len", type=int, default=None, help=f"default: the run's, else {EVAL.clip_len}")
+    heat.add_argument("--stride", type=int, default=None, help=f"default: the run's, else {EVAL.stride}")
     return parser
 
 
@@ -118,15 +124,15 @@ def _pretrain(args) -> int:
 def _eval(args) -> int:
     from pipeline.params import parse_size
     from trainer.checkpoint import load_backbone
-    from trainer.evaluate import EvalSettings, evaluate, format_table, write_json
+    from trainer.evaluate import evaluate, format_table, write_json
 
     backbone, config = load_backbone(args.checkpoint)
-    settings = EvalSettings(
+    settings = EvalSettings.for_run(
+        config,
         clip_len=args.clip_len,
         stride=args.stride,
         clips_per_video=args.clips_per_video,
-        size=parse_size(args.size),
-        crop=config.loader.crop,
+        size=parse_size(args.size) if args.size else None,
     )
     protocols = tuple(p.strip() for p in args.protocol.split(",") if p.strip())
     metrics = evaluate(backbone, args.train, args.test, protocols, settings, args.device, args.finetune)

@@ -10,19 +10,23 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from pipeline.loader.params import LoaderParams
+from pipeline.normalise import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.params import BuildParams
 from pipeline.plan import clip_frames
 from pipeline.sources import Source, list_source
 from pipeline.video import VideoError, decode
+from trainer.config import TrainConfig
 
-MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1, 1)
-STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1, 1)
+MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1)
+STD = torch.tensor(IMAGENET_STD).view(3, 1, 1, 1)
 PROTOCOLS = ("linear", "knn", "retrieval")
 RECALL_AT = (1, 5, 10, 20)
 
@@ -33,13 +37,53 @@ class EvalError(ValueError):
 
 @dataclass(frozen=True)
 class EvalSettings:
-    clip_len: int = 16
-    stride: int = 2
+    """How evaluation and the heat map prepare a video's clips: the one place their defaults live. The clip's shape
+    defaults to the build's and the crop to the loader's; `for_run` takes them from a checkpoint's run."""
+
+    clip_len: int = BuildParams.clip_len
+    stride: int = BuildParams.stride
     clips_per_video: int = 4
-    size: tuple[int, int] = (128, 171)
-    crop: int = 112
+    size: tuple[int, int] = BuildParams.size
+    crop: int = LoaderParams.crop
     knn_k: int = 20
     batch_size: int = 8
+
+    @classmethod
+    def for_run(cls, config: TrainConfig, **given: Any) -> EvalSettings:
+        """The clips a run trained on: its crop, and the frame size, clip length and stride of its cache (while that
+        still opens; else the size and clip length its loader expected). Values in `given` win; None leaves one unset.
+        """
+        run: dict[str, Any] = {"size": config.loader.size, "clip_len": config.loader.clip_len}
+        built = _built_with(config.cache)
+        if built is not None:
+            run = {"size": built.size, "clip_len": built.clip_len, "stride": built.stride}
+        run["crop"] = config.loader.crop
+        return cls(**{k: v for k, v in (*run.items(), *given.items()) if v is not None})
+
+
+def _built_with(cache: str) -> BuildParams | None:
+    """The build parameters of a run's cache, or None when it no longer opens (moved, deleted, unreachable)."""
+    if not cache:
+        return None
+    from pipeline.cache import Cache, CacheError
+
+    try:
+        return Cache.open(cache).params
+    except (CacheError, OSError, KeyError, ValueError):
+        return None
+
+
+def centre_crop(frames: np.ndarray, crop: int) -> np.ndarray:
+    """The central crop x crop window of (..., H, W, 3) frames."""
+    h, w = frames.shape[-3:-1]
+    top, left = (h - crop) // 2, (w - crop) // 2
+    return frames[..., top : top + crop, left : left + crop, :]
+
+
+def to_input(clips: np.ndarray) -> torch.Tensor:
+    """(..., T, H, W, 3) uint8 -> (..., 3, T, H, W) float, normalised as the loader normalises training clips."""
+    x = torch.from_numpy(np.ascontiguousarray(clips)).movedim(-1, -4).float() / 255.0
+    return (x - MEAN) / STD
 
 
 def video_clips(path: str, settings: EvalSettings) -> torch.Tensor:
@@ -49,11 +93,7 @@ def video_clips(path: str, settings: EvalSettings) -> torch.Tensor:
     )
     frames, info = decode(path, size=settings.size)
     clips = frames[clip_frames(info.n_frames, plan)]  # (K, T, H, W, 3)
-    h, w = settings.size
-    top, left = (h - settings.crop) // 2, (w - settings.crop) // 2
-    clips = clips[:, :, top : top + settings.crop, left : left + settings.crop]
-    x = torch.from_numpy(np.ascontiguousarray(clips)).permute(0, 4, 1, 2, 3).float() / 255.0
-    return (x - MEAN) / STD
+    return to_input(centre_crop(clips, settings.crop))
 
 
 @torch.no_grad()

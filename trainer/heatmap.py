@@ -11,16 +11,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 from trainer.checkpoint import load_backbone
-from trainer.evaluate import MEAN, STD
+from trainer.evaluate import EvalSettings, centre_crop, to_input
 from trainer.micro import salient_map
 
 
 def clip_saliency(backbone, clip: np.ndarray, block: int) -> np.ndarray:
     """(T, H, W, 3) uint8 -> (H, W) salient map in [0, 1], upsampled from the block's resolution."""
-    x = torch.from_numpy(clip).permute(3, 0, 1, 2).float()[None] / 255.0
-    x = (x - MEAN) / STD
     with torch.no_grad():
-        features = backbone.forward_blocks(x)[block]
+        features = backbone.forward_blocks(to_input(clip)[None])[block]
         saliency = salient_map(features)[None]
     return F.interpolate(saliency, size=clip.shape[1:3], mode="bilinear", align_corners=False)[0, 0].numpy()
 
@@ -35,17 +33,20 @@ def write_heatmap(
     video: str,
     out: str,
     block: int | None = None,
-    clip_len: int = 16,
-    stride: int = 2,
-    size: tuple[int, int] = (112, 112),
+    clip_len: int | None = None,
+    stride: int | None = None,
 ) -> Path:
-    """PNG montage (frames over the map), or an animation when `out` ends in .gif or .mp4."""
-    from pipeline.synthetic import write_video
-    from pipeline.video import decode
+    """PNG montage (frames over the map), or an animation when `out` ends in .gif or .mp4. The frames are the
+    video's first clip as evaluation shows it to the backbone (`EvalSettings.for_run`: the run's frame size, clip
+    length and crop); `clip_len` and `stride` override the run's."""
+    from pipeline.video import decode, write_video
 
     backbone, config = load_backbone(checkpoint)
     block = config.micro_block if block is None else block
-    frames, _ = decode(video, size=size, keep=range(0, clip_len * stride, stride))
+    settings = EvalSettings.for_run(config, clip_len=clip_len, stride=stride)
+    keep = range(0, settings.clip_len * settings.stride, settings.stride)
+    frames, _ = decode(video, size=settings.size, keep=keep)
+    frames = np.ascontiguousarray(centre_crop(frames, settings.crop))
     if len(frames) < 2:
         raise ValueError(f"{video}: needs at least 2 frames for a salient map")
     saliency = clip_saliency(backbone, frames, block)

@@ -1,4 +1,4 @@
-"""Pretraining, top to bottom: set up, build the loader and the model, loop, log, checkpoint, resume.
+"""Pretraining, top to bottom: set up, resume, take steps (log, checkpoint), finish.
 
 Run by `fame-train pretrain` or `torchrun ... -m trainer pretrain` (DDP: gloo on CPU, NCCL on GPU). One step reads
 a batch of (FAME query view, key view[, partner view]), computes the dual loss and takes an SGD step.
@@ -11,7 +11,9 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -32,11 +34,92 @@ class TrainError(RuntimeError):
     """A run that cannot start or continue, with the reason."""
 
 
-def _setup_distributed(device: torch.device) -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+@dataclass
+class Run:
+    """What a run holds from set-up to its end: the parts built once and the number of steps taken."""
+
+    config: TrainConfig
+    device: torch.device
+    rank: int
+    world: int
+    loader: FameLoader
+    model: MoCo
+    ddp: torch.nn.Module  # the model wrapped for DDP when world > 1, the model itself otherwise
+    optimizer: torch.optim.Optimizer
+    autocast: torch.autocast  # bfloat16 on GPU when config.amp, a no-op otherwise
+    total: int  # steps in the whole run
+    warmup: int  # steps of linear warm-up
+    step: int = 0
+
+    @property
+    def out(self) -> Path:
+        return Path(self.config.out)
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.out / "checkpoint.pt"
+
+
+def pretrain(config: TrainConfig, resume: bool = False, progress: bool = True, max_steps: int | None = None) -> Path:
+    """Train; returns the path of the final checkpoint. `max_steps` stops early (tests, benchmarks)."""
+    run = _start(config)
+    if resume:
+        _resume(run)
+    if run.rank == 0:
+        _write_config(config, run.out)
+        _trim_log(run.out / "log.jsonl", run.step)
+    _train(run, run.total if max_steps is None else min(run.total, max_steps), progress)
+    _finish(run)
+    return run.checkpoint
+
+
+# --- set-up ---------------------------------------------------------------------------------------------------------
+
+
+def _start(config: TrainConfig) -> Run:
+    """Device, DDP and seeds, then the loader, the model and the optimizer (in that order: it fixes the random
+    state the model starts from)."""
+    device = _device(config)
+    torch.set_flush_denormal(True)  # denormal activations slow CPU convolutions many times over (no effect on GPU)
+    rank, world = _setup_distributed(device)
+    _seed(config)
+    try:
+        check_queue(config.queue_size, config.batch_size, world, config.symmetric)
+    except ValueError as exc:
+        raise TrainError(f"{exc}: raise --queue-size or lower --batch-size") from exc
+    loader = FameLoader(
+        config.cache,
+        config.batch_size,
+        videos=config.videos,
+        params=config.loader_params(),
+        device="gpu" if device.type == "cuda" else "cpu",
+        shard_id=rank,
+        num_shards=world,
+        seed=config.seed,
+    )
+    model = _model(config).to(device)
+    ddp = model
+    if world > 1:
+        ddp = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    optimizer = torch.optim.SGD(
+        model.encoder_q.parameters(), lr=config.lr, momentum=config.momentum_sgd, weight_decay=config.weight_decay
+    )
+    steps_per_epoch = len(loader)
+    return Run(
+        config=config,
+        device=device,
+        rank=rank,
+        world=world,
+        loader=loader,
+        model=model,
+        ddp=ddp,
+        optimizer=optimizer,
+        autocast=torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and config.amp),
+        total=steps_per_epoch * config.epochs,
+        warmup=steps_per_epoch * config.warmup_epochs,
+    )
 
 
 def _device(config: TrainConfig) -> torch.device:
@@ -47,6 +130,106 @@ def _device(config: TrainConfig) -> torch.device:
         torch.cuda.set_device(local)
         return torch.device("cuda", local)
     return torch.device("cpu")
+
+
+def _setup_distributed(device: torch.device) -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def _seed(config: TrainConfig) -> None:
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True)
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+
+
+def _model(config: TrainConfig) -> MoCo:
+    return MoCo(
+        build_backbone(config.backbone),
+        config.dim,
+        config.queue_size,
+        config.moco_momentum,
+        config.temperature,
+        config.symmetric,
+        bn_splits=config.bn_splits,
+        shuffle_bn=config.shuffle_bn,
+    )
+
+
+def _resume(run: Run) -> None:
+    """Continue from the run folder's checkpoint: model, optimizer, loader position, random state and step."""
+    latest = run.checkpoint
+    if not latest.exists():
+        raise TrainError(f"--resume: no checkpoint at {latest}")
+    state = load_checkpoint(latest)
+    diff = TrainConfig.from_dict(state["config"]).differences(run.config)
+    if diff:
+        raise TrainError(f"--resume: {latest} was made with other settings: {diff}")
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.loader.load_state_dict(state["loader"])
+    torch.set_rng_state(state["rng_cpu"])
+    run.step = int(state["step"])
+
+
+# --- the loop -------------------------------------------------------------------------------------------------------
+
+
+def _train(run: Run, stop: int, progress: bool) -> None:
+    """Take steps until `stop`, logging each and saving every `checkpoint_every`. Ctrl-C or SIGTERM lands between
+    steps: the checkpoint is saved there and Interrupted raised."""
+    log = open(run.out / "log.jsonl", "a") if run.rank == 0 else None  # noqa: SIM115 - kept open for the run
+    bar = tqdm(total=run.total, initial=run.step, desc="pretrain", unit="step", disable=not progress or run.rank != 0)
+    run.model.train()
+    trained = run.loader.state_dict()  # the loader's position after the last step taken
+    try:
+        while run.step < stop:
+            epoch = run.loader.state_dict()["epoch"]
+            waited = time.perf_counter()
+            for batch in run.loader:
+                with deferred():  # a step is taken whole or not at all: Ctrl-C or SIGTERM stops the run after it
+                    start = time.perf_counter()
+                    loss, parts, lr = _step(run, batch)
+                    end = time.perf_counter()
+                    run.step += 1
+                    trained = run.loader.state_dict()
+                    _write(log, bar, _record(run, epoch, loss, parts, lr, wait=start - waited, span=end - waited))
+                    if run.rank == 0 and run.step % run.config.checkpoint_every == 0:
+                        _save(run)
+                if run.step >= stop:
+                    break
+                waited = time.perf_counter()
+    except KeyboardInterrupt as exc:  # between steps: the model, optimizer and log are those of `run.step`
+        signum = interrupted(exc).signum
+        run.loader.load_state_dict(trained)  # a batch fetched but not trained on is fetched again on resume
+        if run.rank == 0:
+            with deferred():
+                _save(run)
+        raise Interrupted(signum, f"stopped after step {run.step}, saved in {run.checkpoint}") from None
+    finally:
+        bar.close()
+        if log:
+            log.close()
+        run.loader.close()  # DALI's worker processes go now, not at exit
+
+
+def _step(run: Run, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float], float]:
+    """One SGD step on one batch at the scheduled learning rate; returns the loss, its parts and that rate."""
+    batch = {k: v.to(run.device, non_blocking=True) for k, v in batch.items()}
+    lr = lr_at(run.step, run.total, run.warmup, run.config.lr)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    with run.autocast:
+        loss, parts = compute_loss(run.ddp, batch, run.config)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    if run.device.type == "cuda":
+        torch.cuda.synchronize()  # so the step's time is its own, not the next one's
+    return loss, parts, lr
 
 
 def lr_at(step: int, total: int, warmup: int, base: float) -> float:
@@ -73,6 +256,39 @@ def compute_loss(model, batch: dict[str, torch.Tensor], config: TrainConfig) -> 
     return contrastive + config.micro_weight * micro, parts
 
 
+# --- logging and checkpoints ----------------------------------------------------------------------------------------
+
+
+def _record(
+    run: Run, epoch: int, loss: torch.Tensor, parts: dict[str, float], lr: float, wait: float, span: float
+) -> dict[str, float]:
+    """One line of log.jsonl. `span` is the time from the end of the last step to the end of this one, `wait` the
+    part of it spent waiting for the batch: clips/s counts every rank's clips over the span."""
+    span = max(span, 1e-9)
+    return {
+        "step": run.step,
+        "epoch": epoch,
+        "loss": float(loss.detach()),
+        **parts,
+        "lr": lr,
+        "clips_per_s": run.config.batch_size * run.world / span,
+        "data_wait": wait / span,
+    }
+
+
+def _write(log: IO[str] | None, bar: tqdm, record: dict[str, float]) -> None:
+    """Append the record to the log (rank 0 has one) and show it on the progress bar."""
+    if log:
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+    bar.update(1)
+    bar.set_postfix(loss=f"{record['loss']:.3f}", wait=f"{record['data_wait']:.0%}")
+
+
+def _save(run: Run) -> None:
+    save_checkpoint(run.checkpoint, run.model, run.optimizer, run.loader, run.config, run.step)
+
+
 def _trim_log(path: Path, step: int) -> None:
     """Keep the log's records of steps 1..step, the steps the checkpoint holds: a run stopped between checkpoints
     takes the later steps again after --resume, and a line torn by a kill is dropped. A fresh run starts it empty."""
@@ -96,139 +312,22 @@ def _write_config(config: TrainConfig, out: Path) -> None:
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
 
 
-def pretrain(config: TrainConfig, resume: bool = False, progress: bool = True, max_steps: int | None = None) -> Path:
-    """Train; returns the path of the final checkpoint. `max_steps` stops early (tests, benchmarks)."""
-    device = _device(config)
-    torch.set_flush_denormal(True)  # denormal activations slow CPU convolutions many times over (no effect on GPU)
-    rank, world = _setup_distributed(device)
-    out = Path(config.out)
-    if config.deterministic:
-        torch.use_deterministic_algorithms(True)
-    torch.manual_seed(config.seed)
-    np.random.seed(config.seed)
-    try:
-        check_queue(config.queue_size, config.batch_size, world, config.symmetric)
-    except ValueError as exc:
-        raise TrainError(f"{exc}: raise --queue-size or lower --batch-size") from exc
+# --- the end --------------------------------------------------------------------------------------------------------
 
-    loader = FameLoader(
-        config.cache,
-        config.batch_size,
-        videos=config.videos,
-        params=config.loader_params(),
-        device="gpu" if device.type == "cuda" else "cpu",
-        shard_id=rank,
-        num_shards=world,
-        seed=config.seed,
-    )
-    model = MoCo(
-        build_backbone(config.backbone),
-        config.dim,
-        config.queue_size,
-        config.moco_momentum,
-        config.temperature,
-        config.symmetric,
-        bn_splits=config.bn_splits,
-        shuffle_bn=config.shuffle_bn,
-    ).to(device)
-    ddp = model
-    if world > 1:
-        ddp = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    optimizer = torch.optim.SGD(
-        model.encoder_q.parameters(), lr=config.lr, momentum=config.momentum_sgd, weight_decay=config.weight_decay
-    )
-    steps_per_epoch = len(loader)
-    total = steps_per_epoch * config.epochs
-    warmup = steps_per_epoch * config.warmup_epochs
-    step = 0
-    if resume:
-        latest = out / "checkpoint.pt"
-        if not latest.exists():
-            raise TrainError(f"--resume: no checkpoint at {latest}")
-        state = load_checkpoint(latest)
-        saved = TrainConfig.from_dict(state["config"])
-        diff = saved.differences(config)
-        if diff:
-            raise TrainError(f"--resume: {latest} was made with other settings: {diff}")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        loader.load_state_dict(state["loader"])
-        torch.set_rng_state(state["rng_cpu"])
-        step = int(state["step"])
-    if rank == 0:
-        _write_config(config, out)
-        _trim_log(out / "log.jsonl", step)
-    log = open(out / "log.jsonl", "a") if rank == 0 else None  # noqa: SIM115 - kept open for the run
-    bar = tqdm(total=total, initial=step, desc="pretrain", unit="step", disable=not progress or rank != 0)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and config.amp)
-    model.train()
-    final = out / "checkpoint.pt"
-    trained = loader.state_dict()  # the loader's position after the last step taken
-    try:
-        while step < total and (max_steps is None or step < max_steps):
-            epoch = loader.state_dict()["epoch"]
-            waited = time.perf_counter()
-            for batch in loader:
-                with deferred():  # a step is taken whole or not at all: Ctrl-C or SIGTERM stops the run after it
-                    start = time.perf_counter()
-                    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                    lr = lr_at(step, total, warmup, config.lr)
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
-                    with autocast:
-                        loss, parts = compute_loss(ddp if world > 1 else model, batch, config)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    if device.type == "cuda":
-                        torch.cuda.synchronize()
-                    end = time.perf_counter()
-                    step += 1
-                    trained = loader.state_dict()
-                    record = {
-                        "step": step,
-                        "epoch": epoch,
-                        "loss": float(loss.detach()),
-                        **parts,
-                        "lr": lr,
-                        "clips_per_s": config.batch_size * world / max(end - waited, 1e-9),
-                        "data_wait": (start - waited) / max(end - waited, 1e-9),
-                    }
-                    if log:
-                        log.write(json.dumps(record) + "\n")
-                        log.flush()
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{record['loss']:.3f}", wait=f"{record['data_wait']:.0%}")
-                    if rank == 0 and step % config.checkpoint_every == 0:
-                        save_checkpoint(final, model, optimizer, loader, config, step)
-                if step >= total or (max_steps is not None and step >= max_steps):
-                    break
-                waited = time.perf_counter()
-    except KeyboardInterrupt as exc:  # between steps: the model, optimizer and log are those of `step`
-        signum = interrupted(exc).signum
-        loader.load_state_dict(trained)  # a batch fetched but not trained on is fetched again on resume
-        if rank == 0:
-            with deferred():
-                save_checkpoint(final, model, optimizer, loader, config, step)
-        raise Interrupted(signum, f"stopped after step {step}, saved in {final}") from None
-    finally:
-        bar.close()
-        if log:
-            log.close()
-        loader.close()  # DALI's worker processes go now, not at exit
-    if rank == 0:
-        save_checkpoint(final, model, optimizer, loader, config, step)
-        if loader.skipped:  # each was warned about when first met; the total goes at the end, where it is read
+
+def _finish(run: Run) -> None:
+    """Rank 0 saves the last checkpoint, says how many samples the loader left out and plots the curves; every rank
+    waits for it."""
+    if run.rank == 0:
+        _save(run)
+        if run.loader.skipped:  # each was warned about when first met; the total goes at the end, where it is read
             print(
-                f"left out {sum(loader.skipped.values())} sample(s) of {len(loader.skipped)} damaged clip(s) or "
-                f"undecodable video(s); `fame-cache verify {config.cache}` names them",
+                f"left out {sum(run.loader.skipped.values())} sample(s) of {len(run.loader.skipped)} damaged clip(s) "
+                f"or undecodable video(s); `fame-cache verify {run.config.cache}` names them",
                 file=sys.stderr,
             )
         from trainer.plot import plot_run
 
-        plot_run(out)
+        plot_run(run.out)
     if dist.is_initialized():
         dist.barrier()
-    return final

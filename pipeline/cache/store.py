@@ -34,17 +34,17 @@ from __future__ import annotations
 import asyncio
 import datetime as _dt
 import zlib
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import zarr
-from zarr.core.sync import sync
 
 from pipeline.cache.codecs import jpeg_roundtrip
 from pipeline.cache.layout import MASK_COMPRESSOR, PLATE_QUALITY, VIDEO_FIELDS, CacheShape, array_specs
 from pipeline.cache.lock import remove_all_but_lock
+from pipeline.cache.zarr_async import read_arrays, together, with_async_group, write_arrays
 from pipeline.params import FORMAT_VERSION, BuildParams
 
 __all__ = [
@@ -100,27 +100,6 @@ def plan_layout(clip_counts: Sequence[int], videos_per_group: int, clips_per_sha
             cursor += int(clip_counts[v])
     total = -(-cursor // clips_per_shard) * clips_per_shard
     return first, max(total, clips_per_shard)
-
-
-def together(*steps: Awaitable[Any]) -> list[Any]:
-    """Await Zarr coroutines side by side on Zarr's event loop and return their results in order.
-
-    A cache has many small arrays (the video table alone has twelve); one at a time, each read or write waits for
-    its own metadata and chunk I/O. Overlapped, a table costs about one round trip: a few milliseconds locally,
-    far more on an object store."""
-
-    async def gather() -> list[Any]:
-        return list(await asyncio.gather(*steps))
-
-    return sync(gather())
-
-
-async def _write(group: zarr.AsyncGroup, name: str, selection: Any, values: np.ndarray) -> None:
-    await (await group.getitem(name)).setitem(selection, values)
-
-
-async def _read(group: zarr.AsyncGroup, name: str) -> np.ndarray:
-    return await (await group.getitem(name)).getitem(slice(None))
 
 
 def _now() -> str:
@@ -220,9 +199,8 @@ class Cache:
         plates_spec = specs.pop("plates")
         for name in ("videos", "clips"):
             group.create_group(name)
-        root = group._async_group
 
-        async def create(name: str, spec: dict[str, Any]) -> None:
+        async def create(root: zarr.AsyncGroup, name: str, spec: dict[str, Any]) -> None:
             arr = await root.create_array(name, **spec)
             data = values.get(name)
             if name.startswith("videos/"):
@@ -232,8 +210,11 @@ class Cache:
             if data is not None:
                 await arr.setitem(slice(None), data)
 
-        together(*(create(name, spec) for name, spec in specs.items()))
-        sync(create("plates", plates_spec))  # last: a cache whose plates array exists was created in full
+        async def create_all(root: zarr.AsyncGroup) -> None:
+            await asyncio.gather(*(create(root, name, spec) for name, spec in specs.items()))
+            await create(root, "plates", plates_spec)  # last: a cache whose plates array exists was created in full
+
+        with_async_group(group, create_all)
         return cls(group, url)
 
     # ---- metadata ---------------------------------------------------------------------------------------------
@@ -280,8 +261,7 @@ class Cache:
 
     def video_table(self) -> dict[str, np.ndarray]:
         """Every column of the video table, read side by side."""
-        videos = self.root["videos"]._async_group
-        return dict(zip(VIDEO_FIELDS, together(*(_read(videos, name) for name in VIDEO_FIELDS)), strict=True))
+        return dict(zip(VIDEO_FIELDS, read_arrays(self.root["videos"], list(VIDEO_FIELDS)), strict=True))
 
     def groups(self) -> list[Group]:
         """The writer groups, recomputed from the layout attrs and the video table."""
@@ -383,17 +363,12 @@ class Cache:
         checksums = np.array(
             [self.checksum(m, p, f) for m, p, f in zip(masks, stored, frames, strict=True)], dtype=np.uint32
         )
-        root = self.root._async_group
         self._drop_chunks(group.clips)
-        together(
-            _write(root, "masks", sl, masks),
-            _write(root, "plates", sl, plates),
-            _write(root, "clips/frames", sl, frames),
-            _write(root, "clips/checksum", sl, checksums),
-        )
+        clip_arrays = [("masks", masks), ("plates", plates), ("clips/frames", frames), ("clips/checksum", checksums)]
+        write_arrays(self.root, [(name, sl, values) for name, values in clip_arrays])
         vs = slice(group.videos.start, group.videos.stop)
         columns = {name: v for name, v in video_updates.items() if name not in ("status", "error")}
-        together(*(_write(root, f"videos/{k}", vs, np.asarray(v, dtype=VIDEO_FIELDS[k])) for k, v in columns.items()))
+        write_arrays(self.root, [(f"videos/{k}", vs, np.asarray(v, dtype=VIDEO_FIELDS[k])) for k, v in columns.items()])
         states = zip(video_updates["status"], video_updates["error"], strict=True)
         self.mark({group.videos.start + i: (str(st), str(er)) for i, (st, er) in enumerate(states)}, group.videos)
 

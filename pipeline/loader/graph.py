@@ -17,10 +17,11 @@ from nvidia.dali.pipeline import do_not_convert
 from pipeline.loader.params import LoaderParams
 from pipeline.loader.sampling import NO_BLUR
 from pipeline.loader.source import CPU_OUTPUTS, GPU_OUTPUTS, PARAM_OUTPUTS, SampleSource
+from pipeline.normalise import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.signals import quiet_children
 
-MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
-STD = [0.229 * 255, 0.224 * 255, 0.225 * 255]
+MEAN = [m * 255 for m in IMAGENET_MEAN]  # DALI normalises 0..255 pixels
+STD = [s * 255 for s in IMAGENET_STD]
 VIDEO_LAYOUTS = {name: "FHWC" for name in ("clip_a", "alpha", "plate", "clip_b")}
 
 

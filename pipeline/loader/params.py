@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.params import FOREGROUND_THRESHOLD
+
 BACKGROUNDS = ("plate", "frames")
 MASK_MODES = ("soft", "threshold", "area")
 KEY_STARTS = ("any", "cached")
@@ -29,7 +31,7 @@ class LoaderParams:
     # How the cached soft mask becomes the query's alpha, inside the query's crop: soft alpha, a fixed threshold, or
     # the paper's rule (the top `beta` of the crop's pixels); see `pipeline.loader.query_mask`.
     mask_mode: str = "threshold"
-    threshold: int = 128  # on the 0..255 mask scale, for mask_mode="threshold"
+    threshold: int = FOREGROUND_THRESHOLD  # on the 0..255 mask scale, for mask_mode="threshold"
     beta: float = 0.5  # own-pixel fraction of the crop, for mask_mode="area"
     own_floor: float = 0.3  # every merged frame keeps at least this fraction of its crop from its own clip (0: off)
     # Where the key clip starts: anywhere in the video ("any", drawn per epoch: more temporal variety, the key needs

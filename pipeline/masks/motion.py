@@ -15,10 +15,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import threading
-from collections import OrderedDict
-
 import cv2
 import numpy as np
 
@@ -35,15 +31,12 @@ MIN_MOVING = 2  # sampled pixels (every other row and column) above the noise th
 # level is trusted
 LEVELS = 51  # quantisation step: 6 levels; 127.5 is a half step, so ">= 128 is foreground" is kept exactly
 WORK_SIDE = 96  # masks of frames with a larger short side are computed at half size
-MEMO_SIZE = 8  # clips whose camera motion is remembered (parallel workers each finish a clip's mask, then plate)
 TRACK_SIDE = 64  # camera motion is tracked on frames this small (short side): the global motion needs no detail
 
 _LEVEL = np.arange(256)
 _HUE_BIN = (np.minimum(_LEVEL, 179) * BINS // 180 * BINS * BINS).astype(np.int16)  # lookup tables: value -> bin
 _SAT_BIN = (_LEVEL * BINS // 256 * BINS).astype(np.int16)
 _VAL_BIN = (_LEVEL * BINS // 256).astype(np.int16)
-_MEMO: OrderedDict[tuple, list[np.ndarray]] = OrderedDict()  # tracked frames' hash -> camera motion
-_MEMO_LOCK = threading.Lock()
 
 
 def hsv_bins(clip: np.ndarray) -> np.ndarray:
@@ -96,10 +89,7 @@ def _residual(frame: np.ndarray, other: np.ndarray, onto_frame: np.ndarray) -> n
 
 def camera_motion(grey: np.ndarray) -> list[np.ndarray]:
     """The camera's frame-to-frame motion of a (T, H, W) grey clip: T - 1 similarity transforms (2x3 float32),
-    the i-th mapping frame i onto frame i + 1, tracked on frames shrunk to TRACK_SIDE.
-
-    Results are remembered for the last few clips (keyed by a hash of the tracked frames), so that the plate of a
-    clip reuses the tracking its mask already did."""
+    the i-th mapping frame i onto frame i + 1, tracked on frames shrunk to TRACK_SIDE."""
     t, h, w = grey.shape
     scale = min(1.0, TRACK_SIDE / min(h, w))
     if scale < 1.0:
@@ -107,17 +97,7 @@ def camera_motion(grey: np.ndarray) -> list[np.ndarray]:
     else:
         small = grey
     small = np.ascontiguousarray(small.astype(np.uint8))
-    key = (grey.shape, hashlib.blake2b(small.data, digest_size=16).digest())
-    with _MEMO_LOCK:
-        if key in _MEMO:
-            _MEMO.move_to_end(key)
-            return [m.copy() for m in _MEMO[key]]
-    forward = [_similarity(small[i], small[i + 1], scale) for i in range(t - 1)]
-    with _MEMO_LOCK:
-        _MEMO[key] = [m.copy() for m in forward]
-        while len(_MEMO) > MEMO_SIZE:
-            _MEMO.popitem(last=False)
-    return forward
+    return [_similarity(small[i], small[i + 1], scale) for i in range(t - 1)]
 
 
 def half_size(clip: np.ndarray) -> np.ndarray:
@@ -135,22 +115,29 @@ def grey_frames(clip: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(clip.reshape(t * h, w, 3), cv2.COLOR_RGB2GRAY).reshape(t, h, w).astype(np.float32)
 
 
-def clip_camera_motion(clip: np.ndarray) -> list[np.ndarray]:
-    """`camera_motion` of an RGB clip, tracked on the same frames `motion_masks` tracks (so it is computed once for
-    both the mask and the plate), returned in the clip's own pixel coordinates."""
-    h, w = clip.shape[1:3]
-    if min(h, w) <= WORK_SIDE:
-        return camera_motion(grey_frames(clip))
-    forward = camera_motion(grey_frames(half_size(clip)))
+def as_camera(forward: list[np.ndarray], half: bool) -> np.ndarray:
+    """(T - 1, 2, 3) float32 camera motion in a clip's own pixels, from transforms tracked on the clip itself or,
+    with `half`, on its `half_size` version."""
+    if not forward:
+        return np.zeros((0, 2, 3), np.float32)
+    if not half:
+        return np.stack(forward).astype(np.float32)
     to_half = np.array([[0.5, 0.0, -0.25], [0.0, 0.5, -0.25], [0.0, 0.0, 1.0]])  # pixel centres of 2x2 blocks
     back = np.linalg.inv(to_half)
-    return [(back @ np.vstack([m, [0.0, 0.0, 1.0]]) @ to_half)[:2].astype(np.float32) for m in forward]
+    return np.stack([(back @ np.vstack([m, [0.0, 0.0, 1.0]]) @ to_half)[:2].astype(np.float32) for m in forward])
 
 
-def motion_evidence(grey: np.ndarray) -> np.ndarray:
-    """(T, H, W) float32 residual motion per frame after compensating the camera."""
+def clip_camera_motion(clip: np.ndarray) -> np.ndarray:
+    """(T - 1, 2, 3) float32 camera motion of an RGB clip in its own pixels, tracked on the same frames
+    `motion_masks_and_camera` tracks, so both give the same value: for callers whose masks came without one."""
+    half = min(clip.shape[1:3]) > WORK_SIDE
+    return as_camera(camera_motion(grey_frames(half_size(clip) if half else clip)), half)
+
+
+def motion_evidence(grey: np.ndarray, forward: list[np.ndarray]) -> np.ndarray:
+    """(T, H, W) float32 residual motion per frame after compensating the camera's `forward` motion (as
+    `camera_motion` gives it)."""
     t = len(grey)
-    forward = camera_motion(grey)
     evidence = np.empty_like(grey)
     for i in range(t):
         residuals = []
@@ -187,21 +174,28 @@ def _edge_levels(evidence: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def motion_masks(clip: np.ndarray) -> np.ndarray:
-    """(T, H, W, 3) uint8 RGB -> (T, H, W) uint8 soft foreground probability x 255, per frame.
+    """(T, H, W, 3) uint8 RGB -> (T, H, W) uint8 soft foreground probability x 255, per frame."""
+    return motion_masks_and_camera(clip)[0]
+
+
+def motion_masks_and_camera(clip: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(T, H, W, 3) uint8 RGB -> the (T, H, W) uint8 masks of `motion_masks` and the (T - 1, 2, 3) float32 camera
+    motion they compensated (as `clip_camera_motion` gives it): the plate step reuses it instead of tracking again.
 
     Frames larger than WORK_SIDE (short side) are processed at half size and the soft masks scaled back: the masks
     are smooth, and the mask costs a quarter as much next to decoding."""
     t, h, w, _ = clip.shape
     if t < 2:
-        return np.zeros((t, h, w), np.uint8)
+        return np.zeros((t, h, w), np.uint8), as_camera([], False)
     if min(h, w) > WORK_SIDE:
-        half = half_size(clip)
-        small = _soft_masks(half)
+        small, forward = _soft_masks(half_size(clip))
+        camera = as_camera(forward, True)
         if t <= 512:  # OpenCV's channel limit: all frames as channels of one image, resized in one call
             large = cv2.resize(np.ascontiguousarray(small.transpose(1, 2, 0)), (w, h), interpolation=cv2.INTER_LINEAR)
-            return np.ascontiguousarray(_quantise(large.reshape(h, w, t)).transpose(2, 0, 1))
-        return _quantise(np.stack([cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR) for m in small]))
-    return _quantise(_soft_masks(clip))
+            return np.ascontiguousarray(_quantise(large.reshape(h, w, t)).transpose(2, 0, 1)), camera
+        return _quantise(np.stack([cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR) for m in small])), camera
+    soft, forward = _soft_masks(clip)
+    return _quantise(soft), as_camera(forward, False)
 
 
 def _quantise(soft: np.ndarray) -> np.ndarray:
@@ -210,12 +204,14 @@ def _quantise(soft: np.ndarray) -> np.ndarray:
     return (steps * np.uint8(LEVELS)).reshape(soft.shape)
 
 
-def _soft_masks(clip: np.ndarray) -> np.ndarray:
-    """(T, H, W) float32 foreground probability in [0, 1] of a (T, H, W, 3) uint8 clip at its own size."""
+def _soft_masks(clip: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(T, H, W) float32 foreground probability in [0, 1] of a (T, H, W, 3) uint8 clip at its own size, and the
+    camera motion (`camera_motion`) it compensated."""
     t, h, w, _ = clip.shape
     grey = grey_frames(clip)
+    forward = camera_motion(grey)
     k = max(3, (min(h, w) // 24) | 1)
-    evidence = np.stack([cv2.GaussianBlur(e, (k, k), 0) for e in motion_evidence(grey)])
+    evidence = np.stack([cv2.GaussianBlur(e, (k, k), 0) for e in motion_evidence(grey, forward)])
     sample = evidence[:, ::3, ::3]  # robust statistics need no full sort of every pixel
     median = float(np.median(sample))
     spread = 1.4826 * float(np.median(np.abs(sample - median)))
@@ -223,7 +219,7 @@ def _soft_masks(clip: np.ndarray) -> np.ndarray:
     level = _edge_levels(evidence, threshold)[:, None, None]
     soft = np.clip((evidence - 0.5 * level) / level, 0.0, 1.0)
     if soft.max() < 0.5:
-        return np.zeros((t, h, w), np.float32)
+        return np.zeros((t, h, w), np.float32), forward
 
     fg_seed, bg_seed = soft >= 0.9, soft <= 0.05
     if fg_seed.sum() > 16 and bg_seed.sum() > 16:
@@ -242,4 +238,4 @@ def _soft_masks(clip: np.ndarray) -> np.ndarray:
     soft = np.stack([_fill_holes(cv2.morphologyEx(s.astype(np.float32), cv2.MORPH_CLOSE, close)) for s in soft])
     padded = np.concatenate([soft[:1], soft, soft[-1:]])
     soft = 0.25 * padded[:-2] + 0.5 * padded[1:-1] + 0.25 * padded[2:]
-    return soft.astype(np.float32)
+    return soft.astype(np.float32), forward

@@ -1,8 +1,8 @@
 """Generated videos whose true foreground is known, for tests, benchmarks and the demo.
 
 A textured object moves over a textured background; the camera can pan (the background slides) and the object can
-change shape. `render` returns the frames and the per-frame truth mask, `write_video` encodes them with PyAV (H.264
-by default, or lossless RGB H.264 when exact pixels matter).
+change shape. `render` returns the frames and the per-frame truth mask; `write_scene` and `write_dataset` encode them
+with `pipeline.video.write_video` (H.264 by default, or lossless RGB H.264 when exact pixels matter).
 """
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import av
 import cv2
 import numpy as np
+
+from pipeline.video import write_video
 
 
 @dataclass(frozen=True)
@@ -116,35 +117,6 @@ def render(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
         frames[i] = frame
         masks[i] = inside
     return frames, masks
-
-
-def write_video(
-    path: str | os.PathLike,
-    frames: np.ndarray,
-    fps: int = 25,
-    lossless: bool = False,
-    crf: int = 18,
-    keyint: int | None = None,
-) -> None:
-    """Encode (T, H, W, 3) uint8 RGB frames as an H.264 MP4 (even H and W for the default yuv420p); `keyint` sets
-    the keyframe interval (x264's default of 250 puts one keyframe in a short clip)."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    _t, h, w, _ = frames.shape
-    with av.open(path, mode="w") as container:
-        if lossless:
-            stream = container.add_stream("libx264rgb", rate=fps, options={"qp": "0", "preset": "ultrafast"})
-            stream.pix_fmt = "rgb24"
-        else:
-            options = {"crf": str(crf), "preset": "fast"} | ({"g": str(keyint)} if keyint else {})
-            stream = container.add_stream("libx264", rate=fps, options=options)
-            stream.pix_fmt = "yuv420p"
-        stream.width, stream.height = w, h
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
 
 
 def write_scene(path: str | os.PathLike, scene: Scene, **kwargs) -> np.ndarray:
