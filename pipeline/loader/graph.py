@@ -14,9 +14,9 @@ import nvidia.dali.types as types
 from nvidia.dali import pipeline_def
 from nvidia.dali.pipeline import do_not_convert
 
+from pipeline.loader.external_source import CPU_OUTPUTS, GPU_OUTPUTS, PARAM_OUTPUTS, SampleSource
 from pipeline.loader.params import LoaderParams
 from pipeline.loader.sampling import NO_BLUR
-from pipeline.loader.source import CPU_OUTPUTS, GPU_OUTPUTS, PARAM_OUTPUTS, SampleSource
 from pipeline.normalise import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.signals import quiet_children
 

@@ -12,9 +12,9 @@ import torch
 from nvidia.dali.plugin.pytorch.torch_utils import to_torch_tensor
 
 from pipeline.loader import catalog as catalogs
+from pipeline.loader.external_source import SampleSource
 from pipeline.loader.graph import build_pipeline
 from pipeline.loader.params import LoaderParams
-from pipeline.loader.source import SampleSource
 from pipeline.params import BuildParams
 
 # clip_b is -1 and key_start the key clip's first source frame when keys start anywhere (key_start="any").
