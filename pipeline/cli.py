@@ -11,9 +11,8 @@ import sys
 from collections.abc import Sequence
 
 from pipeline.params import BuildParams, parse_clips_per_video, parse_size
+from pipeline.report import EXIT_FAILED_JOB, EXIT_OK, EXIT_USAGE, check_report_path
 from pipeline.signals import handle_signals, interrupted
-
-EXIT_OK, EXIT_FAILED_JOB, EXIT_USAGE, EXIT_SOME_FAILED = 0, 1, 2, 3
 
 
 class UsageError(ValueError):
@@ -58,7 +57,6 @@ def _add_build_parser(sub: argparse._SubParsersAction) -> None:
 
 def _run_build(args: argparse.Namespace) -> int:
     from pipeline.build import BuildError, build_cache, resolve_out
-    from pipeline.report import check_report_path
 
     try:
         params = BuildParams(

@@ -11,6 +11,9 @@ import fsspec
 
 from pipeline.sources import is_url
 
+# fame-pipeline's exit codes (documented in the README): a build's report decides between the first and the last.
+EXIT_OK, EXIT_FAILED_JOB, EXIT_USAGE, EXIT_SOME_FAILED = 0, 1, 2, 3
+
 
 def check_report_path(path: str) -> None:
     """Refuse, before a build starts rather than after it, a report path that cannot be written: a folder, or a file
@@ -54,7 +57,7 @@ class BuildReport:
     @property
     def exit_code(self) -> int:
         """0 when every video is done, 3 when some failed (the cache is still usable)."""
-        return 0 if self.n_failed == 0 else 3
+        return EXIT_OK if self.n_failed == 0 else EXIT_SOME_FAILED
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
