@@ -98,9 +98,10 @@ def stop(proc: subprocess.Popen, signum: int, stderr: Path, group: bool = False)
 
 @pytest.fixture(scope="module")
 def build_source(tmp_path_factory) -> tuple[Path, str]:
-    """12 small videos (12 writer groups) and their cache built without interruption."""
+    """16 videos (16 writer groups) and their cache built without interruption: enough work that a loaded machine
+    still sees the first group committed well before the last (the signal must land mid-build)."""
     root = tmp_path_factory.mktemp("signal_build")
-    write_dataset(root / "videos", n_classes=2, videos_per_class=6, n_frames=24, seed=3)
+    write_dataset(root / "videos", n_classes=2, videos_per_class=8, n_frames=60, seed=3)
     build_cache(str(root / "videos"), str(root / "ref.zarr"), BUILD_PARAMS, progress=False)
     return root / "videos", str(root / "ref.zarr")
 
@@ -134,7 +135,7 @@ def test_build_signal_stops_and_resumes_to_clean_bytes(build_source, tmp_path, s
     assert not (Path(out) / "writer.lock").exists()
 
     report = build_cache(str(src), out, BUILD_PARAMS, resume=True, progress=False)
-    assert report.n_done == 12 and 0 < report.n_computed < 12
+    assert report.n_done == 16 and 0 < report.n_computed < 16
     assert_same_cache(ref, out)
 
 
