@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 
 from pipeline.masks.motion import STILL, clip_camera_motion, corner_shift
+from pipeline.params import FOREGROUND_THRESHOLD
 
-FOREGROUND = 128  # mask value from which a pixel counts as foreground
 FILL_SIDE = 32  # holes are inpainted on a plate shrunk to about this short side: fills are smooth anyway
 
 
@@ -66,7 +66,7 @@ def background_plate(
     masks: np.ndarray,
     camera: np.ndarray | None = None,
     *,
-    threshold: int = FOREGROUND,
+    threshold: int = FOREGROUND_THRESHOLD,
     compensate_camera: bool = True,
 ) -> np.ndarray:
     """(T, H, W, 3) uint8 clip and (T, H, W) uint8 masks -> (H, W, 3) uint8 plate (no holes). `camera` is the clip's
