@@ -8,7 +8,7 @@ import fsspec
 import numpy as np
 
 from pipeline.cache import DONE, Cache, CacheError
-from pipeline.cache.layout import MetadataError, check_metadata
+from pipeline.cache.layout import metadata_summary
 from pipeline.sources import SourceError, is_url, join
 
 
@@ -23,16 +23,9 @@ def open_cache(path: str, check: bool = True) -> Cache:
     With check (the default), a cache whose metadata files are damaged or edited is refused, naming them: every
     read would go through them. `verify` opens without the check: it reports and repairs them."""
     cache = Cache.open(normalise_url(path), mode="r")
-    if check:
-        try:
-            problems = [str(p) for p in check_metadata(cache.url, cache.attrs)]
-        except MetadataError as exc:
-            raise CacheError(str(exc)) from exc
-        if problems:
-            raise CacheError(
-                f"{cache.url}: damaged metadata: {'; '.join(problems[:3])}"
-                f"{f' (and {len(problems) - 3} more)' if len(problems) > 3 else ''}; run `fame-cache verify --fix`"
-            )
+    problem = metadata_summary(cache.url, cache.attrs) if check else None
+    if problem:
+        raise CacheError(f"{cache.url}: damaged metadata: {problem}; run `fame-cache verify --fix`")
     return cache
 
 

@@ -59,7 +59,7 @@ def plan_gc(cache: Cache, progress: bool = False) -> tuple[np.ndarray, list[tupl
         _statuses(status, cache.videos("path"))
         + _unreadable_table(cache, bad_chunks)
         + _sources(cache, progress)
-        + _clips(cache, cache.readable_clips(), stored, clip_video, progress, frames)
+        + _clips(cache, cache.readable_clips(clip_video), stored, clip_video, progress, frames)
     )
     for p in found:
         if p.video is not None:

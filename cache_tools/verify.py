@@ -109,12 +109,11 @@ def _clips(
     stored: np.ndarray,
     clip_video: np.ndarray,
     progress: bool,
-    frames: np.ndarray | None = None,
+    frames: np.ndarray,
 ) -> list[Problem]:
     """Read the readable clips shard by shard (one request per shard); a shard that fails is re-read clip by clip."""
     problems = []
     paths = cache.videos("path")
-    frames = cache.root["clips/frames"][:] if frames is None else frames
     per_shard = int(cache.root["masks"].shards[0]) if cache.root["masks"].shards else 1
     shards = np.unique(clips // per_shard)
     wanted = set(clips.tolist())
@@ -172,9 +171,7 @@ def verify_cache(cache: Cache, sources: bool = True, progress: bool = False) -> 
     problems += _unreadable_table(cache, bad_chunks)
     stored = cache.root["clips/checksum"][:]
     problems += _layout(cache, clip_video, frames)
-    done = cache.videos("status") == DONE
-    readable = np.flatnonzero((clip_video >= 0) & done[np.maximum(clip_video, 0)])
-    problems += _clips(cache, readable, stored, clip_video, progress, frames)
+    problems += _clips(cache, cache.readable_clips(clip_video), stored, clip_video, progress, frames)
     if sources:
         problems += _sources(cache, progress)
     return problems

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from pipeline.cache import DONE, FAILED, PENDING, Cache, CacheError, default_cache_path, find_cache
 from pipeline.cache.fingerprint import source_changes
-from pipeline.cache.layout import MetadataError, check_metadata, has_computed_data
+from pipeline.cache.layout import has_computed_data, metadata_summary
 from pipeline.cache.lock import LockError, is_lock_file, writer_lock
 from pipeline.job import GroupResult, GroupTask, InProcessRunner, RayRunner, VideoResult
 from pipeline.params import BuildParams
@@ -119,17 +119,13 @@ def _exists_non_empty(url: str) -> bool:
 def _sound_metadata(cache: Cache) -> bool:
     """Whether every node's metadata is what the cache's numbers give. When it is not, the cache was either killed
     while Cache.create made its arrays (nothing computed yet: plan again) or damaged since (refuse: see below)."""
-    try:
-        problems = check_metadata(cache.url, cache.attrs)
-    except MetadataError as exc:
-        problems = [str(exc)]
-    if problems and has_computed_data(cache.url):
+    problem = metadata_summary(cache.url, cache.attrs)
+    if problem and has_computed_data(cache.url):
         raise BuildError(
-            f"{cache.url}: {problems[0]}{f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''}; "
-            f"refusing to re-plan a cache that holds computed clips. Run `fame-cache verify --fix {cache.url}`, "
-            "which rewrites damaged metadata, then --resume"
+            f"{cache.url}: {problem}; refusing to re-plan a cache that holds computed clips. Run "
+            f"`fame-cache verify --fix {cache.url}`, which rewrites damaged metadata, then --resume"
         )
-    return not problems
+    return problem is None
 
 
 def _check_same_videos(cache: Cache, source: Source) -> None:

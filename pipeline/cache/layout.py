@@ -8,6 +8,7 @@ repaired by writing that document back: the data chunks beside it are untouched,
 
 from __future__ import annotations
 
+import functools
 import json
 import tempfile
 from collections import Counter
@@ -41,8 +42,18 @@ VIDEO_FIELDS: dict[str, Any] = {
 }
 GROUPS = ("videos", "clips")
 # The fields of a node's metadata that decide how its bytes are read; anything else (attributes) may differ.
-CHECKED_FIELDS = ("zarr_format", "node_type", "shape", "data_type", "chunk_grid", "chunk_key_encoding", "fill_value")
-CHECKED_FIELDS += ("codecs",)
+CHECKED_FIELDS = (
+    "zarr_format",
+    "node_type",
+    "shape",
+    "data_type",
+    "chunk_grid",
+    "chunk_key_encoding",
+    "fill_value",
+    "codecs",
+)
+CLIP_ARRAYS = ("clips/video", "clips/frames", "clips/checksum", "masks", "plates")  # one row per clip slot
+NODES = (*GROUPS, *(f"videos/{name}" for name in VIDEO_FIELDS), *CLIP_ARRAYS)  # every node but the root
 
 
 class MetadataError(Exception):
@@ -93,6 +104,7 @@ def array_specs(shape: CacheShape) -> dict[str, dict[str, Any]]:
     return specs
 
 
+@functools.lru_cache(maxsize=8)
 def expected_documents(shape: CacheShape) -> dict[str, bytes]:
     """The `zarr.json` bytes this version writes for every node but the root, by node path ('' suffix-free)."""
     with tempfile.TemporaryDirectory() as folder:
@@ -102,7 +114,7 @@ def expected_documents(shape: CacheShape) -> dict[str, bytes]:
         for name, spec in array_specs(shape).items():
             root.create_array(name, **spec)
         fs = fsspec.filesystem("file")
-        return {name: fs.cat_file(f"{folder}/{name}/zarr.json") for name in (*GROUPS, *array_specs(shape))}
+        return {name: fs.cat_file(f"{folder}/{name}/zarr.json") for name in NODES}
 
 
 def _fs_root(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -112,7 +124,10 @@ def _fs_root(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
 
 def read_document(url: str, node: str) -> tuple[dict | None, str]:
     """(parsed zarr.json of `node`, '') or (None, why it cannot be read)."""
-    fs, root = _fs_root(url)
+    return _read_document(*_fs_root(url), node)
+
+
+def _read_document(fs: fsspec.AbstractFileSystem, root: str, node: str) -> tuple[dict | None, str]:
     try:
         data = fs.cat_file(f"{root}/{node}/zarr.json")
     except FileNotFoundError:
@@ -128,8 +143,18 @@ def _majority(values: list[int]) -> int | None:
     return Counter(values).most_common(1)[0][0] if values else None
 
 
-def shape_of(url: str, attrs: dict[str, Any]) -> CacheShape:
-    """The cache's numbers, from the root's attributes and the lengths most of its arrays agree on."""
+def _read_documents(url: str) -> dict[str, tuple[dict | None, str]]:
+    """Every node's (parsed zarr.json, why not), each file read once."""
+    fs, root = _fs_root(url)
+    return {node: _read_document(fs, root, node) for node in NODES}
+
+
+def shape_of(
+    url: str, attrs: dict[str, Any], documents: dict[str, tuple[dict | None, str]] | None = None
+) -> CacheShape:
+    """The cache's numbers, from the root's attributes and the lengths most of its arrays agree on (`documents`:
+    the nodes' metadata as already read, if it was)."""
+    documents = _read_documents(url) if documents is None else documents
     try:
         layout = attrs["layout"]
         h, w = attrs["size"]
@@ -138,14 +163,9 @@ def shape_of(url: str, attrs: dict[str, Any]) -> CacheShape:
     except (KeyError, TypeError, ValueError) as exc:
         raise MetadataError(f"{url}: the root attributes lack {exc} (zarr.json of the cache itself); rebuild") from exc
     lengths: dict[str, list[int]] = {"videos": [], "slots": []}
-    for node in (*(f"videos/{name}" for name in VIDEO_FIELDS), "clips/video", "clips/frames", "clips/checksum"):
-        doc, _ = read_document(url, node)
-        if doc and isinstance(doc.get("shape"), list) and doc["shape"]:
-            lengths["videos" if node.startswith("videos/") else "slots"].append(int(doc["shape"][0]))
-    for node in ("masks", "plates"):
-        doc, _ = read_document(url, node)
-        if doc and isinstance(doc.get("shape"), list) and doc["shape"]:
-            lengths["slots"].append(int(doc["shape"][0]))
+    for node, (doc, _) in documents.items():
+        if node not in GROUPS and doc and isinstance(doc.get("shape"), list) and doc["shape"]:
+            lengths["slots" if node in CLIP_ARRAYS else "videos"].append(int(doc["shape"][0]))
     n_videos, n_slots = _majority(lengths["videos"]), _majority(lengths["slots"])
     if n_videos is None or n_slots is None:
         raise MetadataError(f"{url}: no readable array says how many videos and clip slots the cache has; rebuild")
@@ -167,10 +187,11 @@ class MetadataProblem:
 
 def check_metadata(url: str, attrs: dict[str, Any]) -> list[MetadataProblem]:
     """Every node whose metadata file is missing, unreadable or not what this cache's numbers give."""
-    expected = expected_documents(shape_of(url, attrs))
+    documents = _read_documents(url)
+    expected = expected_documents(shape_of(url, attrs, documents))
     problems = []
     for node, want_bytes in expected.items():
-        have, why = read_document(url, node)
+        have, why = documents[node]
         if have is None:
             problems.append(MetadataProblem(node, why))
             continue
@@ -180,6 +201,17 @@ def check_metadata(url: str, attrs: dict[str, Any]) -> list[MetadataProblem]:
             shown = ", ".join(f"{key} is {have.get(key)!r}, expected {want.get(key)!r}" for key in wrong[:2])
             problems.append(MetadataProblem(node, shown))
     return problems
+
+
+def metadata_summary(url: str, attrs: dict[str, Any]) -> str | None:
+    """None when the metadata is sound; else its first problem and how many more, for a refusal to name."""
+    try:
+        problems = [str(p) for p in check_metadata(url, attrs)]
+    except MetadataError as exc:
+        problems = [str(exc)]
+    if not problems:
+        return None
+    return problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
 
 
 def rewrite_metadata(url: str, attrs: dict[str, Any], nodes: list[str]) -> None:

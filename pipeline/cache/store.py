@@ -303,9 +303,11 @@ class Cache:
                 bad.append((range(lo, hi), f"{type(exc).__name__}: {exc}"[:200]))
         return clip_video, frames, bad
 
-    def readable_clips(self) -> np.ndarray:
-        """Indices of clips whose video is done: the only ones a reader may use."""
-        clip_video, _, _ = self.read_clip_table()
+    def readable_clips(self, clip_video: np.ndarray | None = None) -> np.ndarray:
+        """Indices of clips whose video is done: the only ones a reader may use. `clip_video`: the clip table's
+        video column as already read (`read_clip_table`), if it was."""
+        if clip_video is None:
+            clip_video, _, _ = self.read_clip_table()
         done = self.videos("status") == DONE
         ok = clip_video >= 0
         ok[ok] = done[clip_video[ok]]

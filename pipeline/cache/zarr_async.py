@@ -19,16 +19,7 @@ import zarr
 import zarr.api.asynchronous as zarr_async
 from zarr.core.sync import sync
 
-__all__ = ["read_arrays", "run", "together", "with_async_group", "write_arrays"]
-
-
-def run(awaitable: Awaitable[Any]) -> Any:
-    """Await one Zarr coroutine on Zarr's event loop and return its result."""
-
-    async def wait() -> Any:
-        return await awaitable
-
-    return sync(wait())
+__all__ = ["read_arrays", "together", "with_async_group", "write_arrays"]
 
 
 def together(*steps: Awaitable[Any]) -> list[Any]:

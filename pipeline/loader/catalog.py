@@ -14,7 +14,7 @@ import numpy as np
 
 from pipeline.cache import DONE, Cache
 from pipeline.cache.fingerprint import source_changes
-from pipeline.cache.layout import MetadataError, check_metadata
+from pipeline.cache.layout import metadata_summary
 from pipeline.loader.params import LoaderParams
 from pipeline.params import BuildParams
 from pipeline.plan import clip_frames
@@ -90,15 +90,9 @@ def _key_range(n_frames: np.ndarray, clip_video: np.ndarray, frames: np.ndarray)
 
 def _check_metadata(cache: Cache) -> None:
     """Refuse a cache whose metadata was damaged or edited: every read would go through it."""
-    try:
-        problems = [str(p) for p in check_metadata(cache.url, cache.attrs)]
-    except MetadataError as exc:
-        problems = [str(exc)]
-    if problems:
-        raise LoaderError(
-            f"{cache.url}: {problems[0]}{f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''}; "
-            "run `fame-cache verify --fix` to rewrite damaged metadata"
-        )
+    problem = metadata_summary(cache.url, cache.attrs)
+    if problem:
+        raise LoaderError(f"{cache.url}: {problem}; run `fame-cache verify --fix` to rewrite damaged metadata")
 
 
 def from_cache(url: str, params: LoaderParams, videos_root: str | None = None) -> Catalog:
@@ -121,8 +115,7 @@ def from_cache(url: str, params: LoaderParams, videos_root: str | None = None) -
         warnings.warn(
             f"{url}: skipping clips {slots.start}..{slots.stop - 1}, their table cannot be read ({why})", stacklevel=3
         )
-    done = status == DONE
-    readable = np.flatnonzero((clip_video >= 0) & done[np.maximum(clip_video, 0)])
+    readable = cache.readable_clips(clip_video)
     if readable.size == 0:
         raise LoaderError(f"{url}: no readable clips (no video is done; is the build finished?)")
     labels, classes = _label_index(table["label"])
