@@ -24,7 +24,7 @@ from pipeline.cache import DONE, FAILED, Cache, Group
 from pipeline.masks import MaskStep
 from pipeline.params import BuildParams
 from pipeline.plan import clip_count, clip_frames
-from pipeline.signals import keep_handlers
+from pipeline.signals import descendants, keep_handlers, reap
 from pipeline.sources import join, stat_source
 from pipeline.video import VideoError, decode
 
@@ -209,9 +209,11 @@ class RayRunner:
 
         self.ray = ray
         self.started = False
+        self.others: set[int] = set()
         self.pending: dict[object, GroupTask] = {}  # ref -> task, of the tasks not finished
         if not ray.is_initialized():
             quiet = {"logging_level": logging.ERROR, "log_to_driver": False, "configure_logging": True}
+            self.others = set(descendants(os.getpid()))  # processes of ours that are not Ray's
             with keep_handlers():  # ray.init would make SIGTERM exit at once, with status 15
                 if address:
                     ray.init(address=address, **quiet)
@@ -239,7 +241,10 @@ class RayRunner:
                 self.ray.cancel(ref)
         self.pending = {}
         if self.started:
+            # Ray's node: raylet, workers and the agents the raylet starts (nothing this process had before).
+            helpers = [pid for pid in descendants(os.getpid()) if pid not in self.others]
             self.ray.shutdown()
+            reap(helpers)  # the agents only notice the raylet's end on a timer
 
 
 class InProcessRunner:
