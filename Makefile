@@ -41,12 +41,16 @@ demo: $(STAMP)
 	$(BIN)/fame-train pretrain --cache $(DEMO)/cache.zarr --out $(DEMO)/run --backbone small --epochs 4 \
 		--batch-size 4 --crop 56 --queue-size 64 --workers 2 --warmup-epochs 1
 	cd $(DEMO) && ls videos/class_*/*.mp4 > train.txt  # the probe's classes: the generated ones, as in the test set
+	$(BIN)/fame-pipeline build $(DEMO)/test --out $(DEMO)/test.zarr --size 64x86 --clip-len 8 --stride 2 \
+		--clips-per-video 2 --quiet
+	$(BIN)/fame-pipeline swap-test $(DEMO)/test.zarr --out $(DEMO)/swapped --preview $(DEMO)/swapped.png
 	$(BIN)/fame-train eval $(DEMO)/run/checkpoint.pt --train $(DEMO)/train.txt --test $(DEMO)/test \
-		--clip-len 8 --clips-per-video 2 --size 64x86 --json $(DEMO)/metrics.json
+		--clip-len 8 --clips-per-video 2 --size 64x86 --protocol linear,knn,retrieval,swapped \
+		--test-cache $(DEMO)/test.zarr --json $(DEMO)/metrics.json
 	$(BIN)/fame-train heatmap $(DEMO)/run/checkpoint.pt $(DEMO)/test/class_0/video_0.mp4 --clip-len 8 \
 		--out $(DEMO)/heatmap.png
 	@echo "demo outputs in $(DEMO)/: cache.zarr, build.json, clip.png, batch.png, run/checkpoint.pt," \
-		"run/log.jsonl, run/curves.png, metrics.json, heatmap.png"
+		"run/log.jsonl, run/curves.png, test.zarr, swapped/ (labels.csv), swapped.png, metrics.json, heatmap.png"
 
 bench: bench-preprocess bench-masks bench-loader bench-wait bench-bias bench-faults
 

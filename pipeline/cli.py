@@ -1,4 +1,5 @@
-"""`fame-pipeline` (also `python -m pipeline`): build a cache, write a generated dataset, preview a loader.
+"""`fame-pipeline` (also `python -m pipeline`): build a cache, write a generated dataset, preview a loader, write a
+cache's swapped-background test set.
 
 Exit codes: 0 every video done, 3 some videos failed (the cache is still usable), 2 usage error, 1 the job could not
 run (bad source, a cache it must not touch, a store error), 130 / 143 stopped by Ctrl-C / SIGTERM (`--resume` goes on).
@@ -136,6 +137,12 @@ def _run_synth(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_swap_test_parser(sub: argparse._SubParsersAction) -> None:
+    from pipeline.swap_export import add_swap_test_parser
+
+    add_swap_test_parser(sub)
+
+
 def make_parser(with_preview: bool = True) -> argparse.ArgumentParser:
     """The command line; `preview` comes from the loader package, imported only when it may be wanted (it pulls in
     torch and DALI, seconds that a `build` should not pay)."""
@@ -143,6 +150,7 @@ def make_parser(with_preview: bool = True) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_build_parser(sub)
     _add_synth_parser(sub)
+    _add_swap_test_parser(sub)
     if with_preview:
         try:
             from pipeline.loader.preview import add_preview_parser
@@ -156,7 +164,7 @@ def make_parser(with_preview: bool = True) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
-    parser = make_parser(with_preview=command not in ("build", "synth"))
+    parser = make_parser(with_preview=command not in ("build", "synth", "swap-test"))
     args = parser.parse_args(argv)
     try:
         with handle_signals():

@@ -51,28 +51,35 @@ def make_cache(
     """A cache whose masks are the truth and whose plates are each video's first frame with the square removed.
 
     lossless=False writes yuv420p H.264, which NVDEC can decode (it cannot decode lossless RGB H.264)."""
-    params = BuildParams(size=SIZE, clip_len=T, stride=2, clips_per_video=2)
-    paths, labels, counts, frames_list, videos = [], [], [], [], []
+    videos = []
     for v in range(n_videos):
         frames, truth = textured_video(v) if textured else square_video(v)
-        rel = f"class_{v % 3}/video {v}.mp4"
+        videos.append((f"class_{v % 3}/video {v}.mp4", f"class_{v % 3}", frames, truth))
+    return cache_of(root, videos, fail=fail, lossless=lossless)
+
+
+def cache_of(
+    root, videos: list[tuple[str, str, np.ndarray, np.ndarray]], fail: tuple[int, ...] = (), lossless: bool = True
+) -> str:
+    """A cache of the given videos, (path, label, frames (N_FRAMES, *SIZE, 3), truth (N_FRAMES, *SIZE)) each, written
+    under `root`: masks are the truth x 255, plates each video's first frame with its foreground filled by one
+    background pixel; videos in `fail` are marked failed."""
+    params = BuildParams(size=SIZE, clip_len=T, stride=2, clips_per_video=2)
+    cf = clip_frames(N_FRAMES, params)
+    for rel, _, frames, _ in videos:
         write_video(os.path.join(root, rel), frames, lossless=lossless)
-        cf = clip_frames(N_FRAMES, params)
-        paths.append(rel)
-        labels.append(f"class_{v % 3}")
-        counts.append(len(cf))
-        frames_list.append(cf)
-        videos.append((frames, truth))
+    paths = [rel for rel, *_ in videos]
     stats = [os.stat(os.path.join(root, p)) for p in paths]
     table = {
         "path": np.array(paths, dtype=object),
-        "label": np.array(labels, dtype=object),
+        "label": np.array([label for _, label, *_ in videos], dtype=object),
         "bytes": np.array([s.st_size for s in stats], np.int64),
         "mtime": np.array([s.st_mtime for s in stats]),
         "n_frames": np.full(len(paths), N_FRAMES, np.int32),
     }
     url = os.path.join(root, "cache.zarr")
-    cache = Cache.create(url, params, str(root), table, counts, frames_list, videos_per_group=2, clips_per_shard=4)
+    n = len(videos)
+    cache = Cache.create(url, params, str(root), table, [len(cf)] * n, [cf] * n, videos_per_group=2, clips_per_shard=4)
     clip_video, clip_table = cache.clip_table()
     for group in cache.groups():
         n = len(group.clips)
@@ -82,7 +89,7 @@ def make_cache(
             v = clip_video[clip]
             if v < 0:
                 continue
-            frames, truth = videos[v]
+            _, _, frames, truth = videos[v]
             masks[k] = truth[clip_table[clip]] * 255
             plate = frames[0].copy()
             plate[truth[0]] = frames[0][~truth[0]][0]

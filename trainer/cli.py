@@ -80,20 +80,36 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--resume", action="store_true", help="continue RUN_DIR/checkpoint.pt exactly")
     pre.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke tests)")
 
-    ev = sub.add_parser("eval", help="linear probe, kNN and retrieval with a frozen backbone")
+    ev = sub.add_parser("eval", help="linear probe, kNN, retrieval and the swapped-background test, backbone frozen")
     ev.add_argument("checkpoint")
     ev.add_argument("--train", required=True, help="labelled training videos: folder-per-class or split file")
-    ev.add_argument("--test", required=True, help="labelled test videos")
-    ev.add_argument("--protocol", default="linear,knn,retrieval", help="comma-separated: linear,knn,retrieval")
+    ev.add_argument("--test", help="labelled test videos (default with --test-cache: the test cache's videos)")
+    ev.add_argument(
+        "--protocol", default="linear,knn,retrieval", help="comma-separated: linear,knn,retrieval,swapped (%(default)s)"
+    )
+    ev.add_argument(
+        "--test-cache",
+        help="cache of the test videos, for --protocol swapped: each clip's foreground over another class's plate; "
+        "the clips' shape (--size, --clip-len, --stride, --clips-per-video) defaults to this cache's",
+    )
+    ev.add_argument("--seed", type=int, default=0, help="picks each test video's background partner (%(default)s)")
+    ev.add_argument("--preview", help="with --test-cache: draw original / swapped / background-only clips here")
     ev.add_argument("--json", help="write the metrics here")
     ev.add_argument("--finetune", action="store_true", help="also fine-tune the whole network and report top-1")
-    ev.add_argument("--clip-len", type=int, default=None, help=f"default: the run's, else {EVAL.clip_len}")
-    ev.add_argument("--stride", type=int, default=None, help=f"default: the run's, else {EVAL.stride}")
-    ev.add_argument("--clips-per-video", type=int, default=None, help=f"default: {EVAL.clips_per_video}")
+    ev.add_argument(
+        "--clip-len", type=int, default=None, help=f"default: the test cache's, the run's, else {EVAL.clip_len}"
+    )
+    ev.add_argument(
+        "--stride", type=int, default=None, help=f"default: the test cache's, the run's, else {EVAL.stride}"
+    )
+    ev.add_argument(
+        "--clips-per-video", type=int, default=None, help=f"default: the test cache's, else {EVAL.clips_per_video}"
+    )
     ev.add_argument(
         "--size",
         default=None,
-        help="HxW the frames are resized to before the centre crop (default: the run's, else {}x{})".format(*EVAL.size),
+        help="HxW the frames are resized to before the centre crop (default: the test cache's, the run's, else "
+        "{}x{})".format(*EVAL.size),
     )
     ev.add_argument("--device", default="cpu")
 
@@ -127,15 +143,27 @@ def _eval(args) -> int:
     from trainer.evaluate import evaluate, format_table, write_json
 
     backbone, config = load_backbone(args.checkpoint)
-    settings = EvalSettings.for_run(
-        config,
-        clip_len=args.clip_len,
-        stride=args.stride,
-        clips_per_video=args.clips_per_video,
-        size=parse_size(args.size) if args.size else None,
-    )
+    given = {
+        "clip_len": args.clip_len,
+        "stride": args.stride,
+        "clips_per_video": args.clips_per_video,
+        "size": parse_size(args.size) if args.size else None,
+    }
+    swap_set = None
+    if args.test_cache:
+        from pipeline.swap import plan_swaps
+
+        swap_set = plan_swaps(args.test_cache, seed=args.seed)
+        built = {"clip_len": swap_set.clip_len, "stride": swap_set.stride, "size": swap_set.size}
+        built["clips_per_video"] = swap_set.clips_per_video
+        given = {k: built[k] if v is None else v for k, v in given.items()}
+    settings = EvalSettings.for_run(config, **given)
     protocols = tuple(p.strip() for p in args.protocol.split(",") if p.strip())
-    metrics = evaluate(backbone, args.train, args.test, protocols, settings, args.device, args.finetune)
+    metrics = evaluate(backbone, args.train, args.test, protocols, settings, args.device, args.finetune, swap_set)
+    if args.preview and swap_set is not None:
+        from pipeline.swap_export import render_preview
+
+        print(f"preview: {render_preview(swap_set, args.preview)}")
     print(format_table(metrics))
     if args.json:
         write_json(metrics, args.json)
@@ -162,7 +190,12 @@ def _heatmap(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "eval" and not (args.test or args.test_cache):
+        parser.error("eval: give --test TEST, or --test-cache CACHE with --protocol swapped")
+    if args.command == "eval" and args.preview and not args.test_cache:
+        parser.error("eval: --preview draws the swapped test: it needs --test-cache CACHE")
     handlers = {"pretrain": _pretrain, "eval": _eval, "plot": _plot, "heatmap": _heatmap}
     try:
         with handle_signals():

@@ -1,8 +1,10 @@
-"""Evaluation of a frozen backbone on a labelled video set: linear probe, kNN, retrieval, optional fine-tuning.
+"""Evaluation of a frozen backbone on a labelled video set: linear probe, kNN, retrieval, optional fine-tuning, and
+the swapped-background test.
 
 Features: several evenly spaced clips per video, each resized whole, centre-cropped and normalised, through the
 backbone; the clip features of a video are averaged. Test videos are classified (probe, kNN) and retrieve training
-videos (R@k: one of the k nearest training videos has the query's class).
+videos (R@k: one of the k nearest training videos has the query's class). The swapped test (`pipeline.swap`) scores
+the same linear probe on each test video's clips pasted over another class's plates, and on its plates alone.
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ from pipeline.normalise import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.params import BuildParams
 from pipeline.plan import clip_frames
 from pipeline.sources import Source, list_source
+from pipeline.swap import SwapSet, read_swapped
 from pipeline.video import VideoError, decode
 from trainer.config import TrainConfig
 
 MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1)
 STD = torch.tensor(IMAGENET_STD).view(3, 1, 1, 1)
-PROTOCOLS = ("linear", "knn", "retrieval")
+PROTOCOLS = ("linear", "knn", "retrieval")  # the default set
+SWAPPED = "swapped"  # needs a test cache: `evaluate(..., swap_set=plan_swaps(CACHE))`
 RECALL_AT = (1, 5, 10, 20)
 
 
@@ -96,6 +100,12 @@ def video_clips(path: str, settings: EvalSettings) -> torch.Tensor:
     return to_input(centre_crop(clips, settings.crop))
 
 
+def video_feature(backbone: torch.nn.Module, clips: torch.Tensor, settings: EvalSettings, device) -> torch.Tensor:
+    """(D,) L2-normalised mean feature of one video's (K, 3, T, crop, crop) clips."""
+    out = torch.cat([backbone(b.to(device)) for b in clips.split(settings.batch_size)])
+    return F.normalize(out.mean(0), dim=0).cpu()
+
+
 @torch.no_grad()
 def extract(
     backbone: torch.nn.Module, source: Source, settings: EvalSettings, device: torch.device, desc: str = "features"
@@ -108,12 +118,59 @@ def extract(
         except VideoError as exc:
             skipped.append(str(exc))
             continue
-        out = torch.cat([backbone(b.to(device)) for b in clips.split(settings.batch_size)])
-        feats.append(F.normalize(out.mean(0), dim=0).cpu())
+        feats.append(video_feature(backbone, clips, settings, device))
         labels.append(entry.label)
     if not feats:
         raise EvalError(f"{source.root}: no video could be read ({len(skipped)} skipped)")
     return torch.stack(feats), np.array(labels, dtype=object), skipped
+
+
+@dataclass(frozen=True)
+class SwappedFeatures:
+    """Per test video of a swapped set: features of its swapped clips and of its plates alone, and both labels."""
+
+    swapped: torch.Tensor  # (N, D)
+    background: torch.Tensor  # (N, D)
+    labels: np.ndarray  # (N,) the video's own class
+    background_labels: np.ndarray  # (N,) the class of the video that gave the plates
+
+
+@torch.no_grad()
+def extract_swapped(backbone: torch.nn.Module, swap_set: SwapSet, settings: EvalSettings, device) -> SwappedFeatures:
+    """Features of the swapped set, made as `extract` makes a video's: its clips centre-cropped, through the
+    backbone, averaged and normalised; one swapped and one background-only feature per test video."""
+
+    def feature(arrays: list[np.ndarray]) -> torch.Tensor:
+        return video_feature(backbone, to_input(centre_crop(np.stack(arrays), settings.crop)), settings, device)
+
+    swapped, background, labels, background_labels = [], [], [], []
+    for clips in tqdm(read_swapped(swap_set), total=swap_set.n_videos, desc="swapped features", leave=False):
+        swapped.append(feature([c.swapped for c in clips]))
+        background.append(feature([c.background for c in clips]))
+        labels.append(clips[0].pair.label)
+        background_labels.append(clips[0].pair.background_label)
+    return SwappedFeatures(
+        torch.stack(swapped),
+        torch.stack(background),
+        np.array(labels, dtype=object),
+        np.array(background_labels, dtype=object),
+    )
+
+
+def check_swap_settings(swap_set: SwapSet, settings: EvalSettings) -> None:
+    """Refuse a test cache whose clips are not the shape the probe's features are made at, naming the cache."""
+    asked = (settings.clip_len, tuple(settings.size), settings.stride)
+    built = (swap_set.clip_len, tuple(swap_set.size), swap_set.stride)
+    if asked != built:
+        raise EvalError(
+            f"{swap_set.url}: the test cache holds clips of {built[0]} frames at stride {built[2]}, "
+            f"{built[1][0]}x{built[1][1]}, but features are made of {asked[0]} frames at stride {asked[2]}, "
+            f"{asked[1][0]}x{asked[1][1]}: leave --clip-len, --stride and --size unset (they default to the test "
+            "cache's) or use a test cache built with these"
+        )
+    if settings.crop > min(swap_set.size):
+        h, w = swap_set.size
+        raise EvalError(f"{swap_set.url}: the test cache's frames ({h}x{w}) are smaller than the crop {settings.crop}")
 
 
 def _encode_labels(train: np.ndarray, test: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -125,8 +182,9 @@ def _encode_labels(train: np.ndarray, test: np.ndarray) -> tuple[torch.Tensor, t
     return (torch.tensor([lookup[c] for c in train]), torch.tensor([lookup[c] for c in test]), classes)
 
 
-def linear_probe(train_x, train_y, test_x, test_y, epochs: int = 300, lr: float = 0.1) -> float:
-    """Top-1 of a softmax classifier trained on frozen features (full-batch L-BFGS-free Adam, weight decay)."""
+def fit_probe(train_x, train_y, epochs: int = 300, lr: float = 0.1) -> torch.nn.Linear:
+    """A softmax classifier trained on frozen features (full-batch Adam, weight decay), seeded: one probe, fitted
+    once, scores the unmodified and the swapped test alike."""
     torch.manual_seed(0)
     head = torch.nn.Linear(train_x.shape[1], int(train_y.max()) + 1)
     optimizer = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=1e-4)
@@ -134,7 +192,17 @@ def linear_probe(train_x, train_y, test_x, test_y, epochs: int = 300, lr: float 
         optimizer.zero_grad()
         F.cross_entropy(head(train_x), train_y).backward()
         optimizer.step()
-    return float((head(test_x).argmax(1) == test_y).float().mean())
+    return head
+
+
+@torch.no_grad()
+def top1(head: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    return float((head(x).argmax(1) == y).float().mean())
+
+
+def linear_probe(train_x, train_y, test_x, test_y, epochs: int = 300, lr: float = 0.1) -> float:
+    """Top-1 of a linear probe fitted on the training features (`fit_probe`)."""
+    return top1(fit_probe(train_x, train_y, epochs, lr), test_x, test_y)
 
 
 def knn(train_x, train_y, test_x, test_y, k: int = 20, temperature: float = 0.07) -> float:
@@ -180,35 +248,70 @@ def finetune(
     return correct / len(test.entries)
 
 
+def swapped_metrics(head: torch.nn.Module, classes: list[str], features: SwappedFeatures) -> dict[str, float]:
+    """The probe on the swapped set: named by the clip's own class (it follows the action), by the background's class
+    (it follows the scene), and on the plates alone (how much the scene by itself tells)."""
+    lookup = {c: i for i, c in enumerate(classes)}
+    own = torch.tensor([lookup[c] for c in features.labels])
+    scene = torch.tensor([lookup[c] for c in features.background_labels])
+    return {
+        "swapped_top1": top1(head, features.swapped, own),
+        "swapped_bg_top1": top1(head, features.swapped, scene),
+        "background_only_top1": top1(head, features.background, own),
+    }
+
+
 def evaluate(
     backbone,
     train_src: str,
-    test_src: str,
+    test_src: str | None,
     protocols=PROTOCOLS,
     settings: EvalSettings | None = None,
     device: str | torch.device = "cpu",
     do_finetune: bool = False,
+    swap_set: SwapSet | None = None,
 ) -> dict[str, float]:
-    """Run the protocols; returns the metrics dict (fractions in [0, 1]) with the JSON contract's keys."""
+    """Run the protocols; returns the metrics dict (fractions in [0, 1], counts of the swapped set as ints) with the
+    JSON contract's keys. `swapped` needs `swap_set`; the test videos then default to the swap set's cache's."""
     settings = settings or EvalSettings()
     torch.set_flush_denormal(True)  # a trained backbone makes denormal activations: CPU convolutions slow down ~30x
-    unknown = set(protocols) - set(PROTOCOLS)
+    unknown = set(protocols) - {*PROTOCOLS, SWAPPED}
     if unknown:
-        raise EvalError(f"unknown protocol(s) {sorted(unknown)}; choose from {', '.join(PROTOCOLS)}")
+        raise EvalError(f"unknown protocol(s) {sorted(unknown)}; choose from {', '.join((*PROTOCOLS, SWAPPED))}")
+    if (SWAPPED in protocols) != (swap_set is not None):
+        raise EvalError("the swapped protocol and a test cache (--test-cache) go together: give both or neither")
+    if swap_set is not None:
+        check_swap_settings(swap_set, settings)
+    if test_src is None and swap_set is None:
+        raise EvalError("no test set: give --test, or --test-cache with --protocol swapped")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise EvalError(f"--device {device}: torch finds no CUDA GPU on this machine; use --device cpu")
-    train, test = list_source(train_src), list_source(test_src)
+    train = list_source(train_src)
+    test = list_source(test_src) if test_src is not None else swap_set.source()
     for name, source in (("train", train), ("test", test)):
         if not source.entries:
             raise EvalError(f"{name} set {source.root} holds no videos (empty dataset)")
     backbone = backbone.to(device).eval()
     train_x, train_lab, _ = extract(backbone, train, settings, device, "train features")
+    if swap_set is not None:
+        unknown = sorted({swap_set.labels[v] for v in swap_set.done} - set(train_lab.tolist()))
+        if unknown:
+            raise EvalError(f"{swap_set.url}: test cache classes not in the training set: {unknown[:5]}")
     test_x, test_lab, _ = extract(backbone, test, settings, device, "test features")
-    train_y, test_y, _ = _encode_labels(train_lab, test_lab)
+    train_y, test_y, classes = _encode_labels(train_lab, test_lab)
     metrics: dict[str, float] = {}
-    if "linear" in protocols:
-        metrics["linear_top1"] = linear_probe(train_x, train_y, test_x, test_y)
+    if "linear" in protocols or swap_set is not None:
+        head = fit_probe(train_x, train_y)
+        metrics["linear_top1"] = top1(head, test_x, test_y)
+    if swap_set is not None:
+        metrics.update(swapped_metrics(head, classes, extract_swapped(backbone, swap_set, settings, device)))
+        metrics.update(
+            swapped_videos=swap_set.n_videos,
+            swapped_clips=len(swap_set.pairs),
+            swapped_empty_masks=swap_set.empty_masks,
+            swapped_damaged_clips=swap_set.damaged,
+        )
     if "knn" in protocols:
         metrics["knn_top1"] = knn(train_x, train_y, test_x, test_y, settings.knn_k)
     if "retrieval" in protocols:
@@ -219,8 +322,11 @@ def evaluate(
 
 
 def format_table(metrics: dict[str, float]) -> str:
+    """Fractions as percentages, counts (ints) as they are."""
     width = max(len(k) for k in metrics)
-    return "\n".join(f"{k:<{width}}  {100 * v:6.2f}%" for k, v in metrics.items())
+    return "\n".join(
+        f"{k:<{width}}  {v:6d}" if isinstance(v, int) else f"{k:<{width}}  {100 * v:6.2f}%" for k, v in metrics.items()
+    )
 
 
 def write_json(metrics: dict[str, float], path: str | Path) -> None:
