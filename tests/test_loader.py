@@ -11,7 +11,7 @@ from helpers import SIZE, T, make_cache
 
 from pipeline.loader import FameLoader, LoaderError, LoaderParams
 from pipeline.loader.graph import MEAN, STD
-from pipeline.loader.sampling import ClipIndex, batch_partners, plan_sample, shard_order
+from pipeline.loader.sampling import NO_BLUR, ClipIndex, batch_partners, plan_sample, shard_order
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,8 @@ def test_threshold_mode_binarises(cache_url):
 def test_augmentation_changes_exactly_the_views_that_drew_it(cache_url):
     """Hue/saturation and blur run only for clips that drew them: an identity draw gives the plain view, any other
     draw changes it."""
-    params = {"jitter_p": 0.5, "grayscale_p": 0.0, "blur_p": 0.5}
+    # blur_sigma is given at a 224-px crop: these draw 0.5-1 px on the 24-px crop, a blur that shows in uint8.
+    params = {"jitter_p": 0.5, "grayscale_p": 0.0, "blur_p": 0.5, "blur_sigma": (4.7, 9.3)}
     plain = FameLoader(cache_url, 6, params=quick(augment=False, fame_p=0.0), seed=4)
     augmented = FameLoader(cache_url, 6, params=quick(fame_p=0.0, **params), seed=4)
     catalog = plain.catalog
@@ -67,7 +68,7 @@ def test_augmentation_changes_exactly_the_views_that_drew_it(cache_url):
     drew = []
     for i, pos in enumerate(order[:6]):
         colour = plan_sample(index, quick(**params), SIZE, 4, 0, int(pos)).colour[1]
-        identity = np.allclose(colour[:4], [1.0, 1.0, 1.0, 0.0]) and colour[4] < 0.05
+        identity = np.allclose(colour[:4], [1.0, 1.0, 1.0, 0.0]) and colour[4] <= NO_BLUR
         drew.append(not identity)
         assert np.array_equal(key_plain[i], key_aug[i]) == identity
     assert any(drew) and not all(drew), "the seed should give both kinds of draw"
@@ -177,3 +178,16 @@ def test_refuses_mismatch_and_empty_and_warns_on_failed(tmp_path, cache_url):
         loader = FameLoader(url, 3, params=quick())
     assert any("video 1.mp4 (failed: broken on purpose)" in str(w.message) for w in caught)
     assert 1 not in {int(v) for b in loader for v in b["video"]}
+
+
+def test_blur_sigma_scales_with_the_crop():
+    """`blur_sigma` is given at a 224-px crop: a 56-px crop draws a quarter of it, so a small crop is not blurred
+    past recognition."""
+    index = ClipIndex.from_table(np.arange(8) // 2, np.ones(8, bool), np.zeros(4, np.int64), np.full(4, 32))
+
+    def sigmas(crop: int) -> np.ndarray:
+        params = LoaderParams(crop=crop, jitter_p=0.0, grayscale_p=0.0, blur_p=1.0, blur_sigma=(1.0, 2.0))
+        return np.array([plan_sample(index, params, (64, 80), 0, e, 0).colour[:, 4] for e in range(50)])
+
+    assert sigmas(224).min() >= 1.0 and sigmas(224).max() <= 2.0
+    assert sigmas(56).min() >= 0.25 and sigmas(56).max() <= 0.5

@@ -15,6 +15,9 @@ ON_DAMAGE = ("skip", "stop")
 QUERY_CROPS = ("random", "mover")
 
 
+BLUR_REFERENCE_CROP = 224  # the crop size `blur_sigma` is given at
+
+
 @dataclass(frozen=True)
 class LoaderParams:
     crop: int = 112  # output H = W of both views
@@ -46,6 +49,8 @@ class LoaderParams:
     jitter_p: float = 0.8
     grayscale_p: float = 0.2
     blur_p: float = 0.5
+    # Blur sigma in px of a BLUR_REFERENCE_CROP-px crop (MoCo v2's 0.1-2.0 at 224), scaled to `crop`: unscaled, a
+    # sigma of 2 on a 40-px crop wipes out a small mover.
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     return_partner: bool = False  # also output an augmented view of the partner clip (semi-negatives)
     return_background: bool = False  # also output the query's background alone, augmented as the query is

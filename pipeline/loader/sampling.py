@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.loader.params import LoaderParams
+from pipeline.loader.params import BLUR_REFERENCE_CROP, LoaderParams
 
 NO_BLUR = 0.01
 
@@ -85,6 +85,8 @@ def _crop_window(
 
 def _colour(rng: np.random.Generator, params: LoaderParams) -> np.ndarray:
     """[brightness, contrast, saturation, hue_degrees, blur_sigma] for one view; identity when not augmenting.
+    The blur's sigma is in px of this crop: `blur_sigma` scaled from its reference crop, as the blur of a 224-px
+    MoCo v2 crop is to the whole crop.
     A sigma of NO_BLUR means no blur was drawn: the graph skips the operator."""
     out = np.array([1.0, 1.0, 1.0, 0.0, NO_BLUR], np.float32)
     if not params.augment:
@@ -98,7 +100,7 @@ def _colour(rng: np.random.Generator, params: LoaderParams) -> np.ndarray:
     if rng.random() < params.grayscale_p:
         out[2] = 0.0
     if rng.random() < params.blur_p:
-        out[4] = rng.uniform(*params.blur_sigma)
+        out[4] = rng.uniform(*params.blur_sigma) * params.crop / BLUR_REFERENCE_CROP
     return out
 
 
