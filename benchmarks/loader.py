@@ -18,7 +18,7 @@ crop, workers and MoCo v2 augmentations; only the FAME step differs:
 clips/s counts training samples (one query/key pair each) per second: a fresh loader per arm and round, a warm-up
 batch (worker start-up is not timed), then --batches timed batches; the median over --repeats rounds, the arms taking
 turns within a round. The outputs are checked before anything is timed: same
-plan and key view with and without FAME, a query that FAME changed, partners from other videos.
+draws and key view with and without FAME, a query that FAME changed, partners from other videos.
 
 `two_clips_of_a_10s_video` times decoding two clips of a 10 s video with a keyframe every 2 s, from the first frame
 and by seeking. `--device gpu` runs the cached arms on the GPU (NVDEC); original_fame, a CPU mode, is left out there.
@@ -116,7 +116,7 @@ def seeking_ms(root: Path, size: tuple[int, int], clip_len: int, repeats: int = 
 
 
 def check(plain: dict, cached: dict, original: dict | None) -> None:
-    """Same seed, same plan: FAME changed the query and nothing else; every partner is another video."""
+    """Same seed, same draws: FAME changed the query and nothing else; every partner is another video."""
     plain, cached = _on_cpu(plain), _on_cpu(cached)
     for name in ("video", "clip_a", "clip_b", "partner_clip"):
         if not np.array_equal(plain[name], cached[name]):

@@ -49,8 +49,9 @@ class GcReport:
         }
 
 
-def plan_gc(cache: Cache, progress: bool = False) -> tuple[np.ndarray, list[tuple[int, str]]]:
-    """(videos to keep, [(video, why dropped)])."""
+def videos_to_keep(cache: Cache, progress: bool = False) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """(videos to keep, [(video, why dropped)]): dropped are the videos not done and those verify's own checks
+    (status, clip table, source, checksums) find at fault, each with the first reason found."""
     status = cache.videos("status")
     why: dict[int, str] = {int(v): f"status {status[v]}" for v in np.flatnonzero(status != DONE)}
     clip_video, frames, bad_chunks = cache.read_clip_table()
@@ -139,9 +140,9 @@ def _swap(url: str, tmp: str) -> None:
 
 
 def gc_cache(url: str, dry_run: bool = True, progress: bool = False) -> GcReport:
-    """Plan (and unless dry_run, do) the clean-up of the cache at url."""
+    """Decide (and unless dry_run, do) the clean-up of the cache at url."""
     cache = Cache.open(url, mode="r")
-    keep, dropped = plan_gc(cache, progress)
+    keep, dropped = videos_to_keep(cache, progress)
     paths = cache.videos("path")
     report = GcReport(url, kept=len(keep), dropped=[(str(paths[v]), why) for v, why in dropped], dry_run=dry_run)
     report.bytes_before = disk_bytes(url)

@@ -42,7 +42,7 @@ def videos_per_group(n_videos: int) -> int:
     return int(min(8, max(1, n_videos // 32)))
 
 
-# ---- plan phase ---------------------------------------------------------------------------------------------------
+# ---- plan phase: probe the videos, plan their clips (pipeline.plan), create the cache --------------------------------
 
 
 def _probe_row(source: Source, rel: str, params: BuildParams) -> dict[str, Any]:
@@ -71,7 +71,7 @@ def _probe_row(source: Source, rel: str, params: BuildParams) -> dict[str, Any]:
     return row
 
 
-def plan_videos(source: Source, params: BuildParams, threads: int = 8, progress: bool = True) -> dict[str, np.ndarray]:
+def probe_videos(source: Source, params: BuildParams, threads: int = 8, progress: bool = True) -> dict[str, np.ndarray]:
     """The video table of a source, probed in parallel threads (I/O and FFmpeg release the GIL)."""
     rels = [e.path for e in source.entries]
     with ThreadPoolExecutor(max_workers=threads) as pool:
@@ -94,13 +94,21 @@ def plan_videos(source: Source, params: BuildParams, threads: int = 8, progress:
     return table
 
 
-def create_cache(out: str, source: Source, params: BuildParams, progress: bool = True) -> Cache:
-    table = plan_videos(source, params, progress=progress)
+def plan_clips(table: dict[str, np.ndarray], params: BuildParams) -> tuple[list[int], list[np.ndarray | None]]:
+    """The build's plan of each video of a probed table: its clip count and their source frames (none for a video
+    that failed its probe)."""
     counts = [
         0 if s == FAILED else clip_count(int(n), params)
         for s, n in zip(table["status"], table["n_frames"], strict=True)
     ]
     frames = [clip_frames(int(n), params) if c else None for n, c in zip(table["n_frames"], counts, strict=True)]
+    return counts, frames
+
+
+def create_cache(out: str, source: Source, params: BuildParams, progress: bool = True) -> Cache:
+    """The plan phase whole: a new cache at out holding the source's planned videos and clips, nothing computed."""
+    table = probe_videos(source, params, progress=progress)
+    counts, frames = plan_clips(table, params)
     return Cache.create(
         out, params, source.root, table, counts, frames, videos_per_group=videos_per_group(len(source.entries))
     )
@@ -230,78 +238,16 @@ def _fail_group(cache: Cache, task: GroupTask, exc: BaseException) -> GroupResul
     return result
 
 
-def _absolute(out: str) -> str:
-    return out if is_url(out) else os.path.abspath(out)
-
-
-def build_cache(
-    src: str,
-    out: str,
-    params: BuildParams,
-    *,
-    workers: int = 1,
-    address: str | None = None,
-    resume: bool = False,
-    videos_root: str | None = None,
-    progress: bool = True,
-    report_path: str | None = None,
-    force_unlock: bool = False,
-) -> BuildReport:
-    """Build (or with resume, finish) the cache of `src` at `out` and return what happened.
-
-    The cache's writer lock (see `pipeline.cache.lock`) is held from before the cache is opened or created to the end,
-    so a second build of the same cache is refused before it touches anything; force_unlock removes a dead holder's
-    lock."""
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
-    if report_path:
-        try:
-            check_report_path(report_path)  # now, not after the whole build
-        except ValueError as exc:
-            raise BuildError(str(exc)) from exc
-    start = time.perf_counter()
-    out = _absolute(out)
-    try:
-        source = list_source(src, videos_root)
-    except SourceError as exc:
-        raise BuildError(str(exc)) from exc
-    if not source.entries:
-        raise BuildError(f"{src}: no videos found (extensions: .mp4, .avi, .mkv, .webm, ...)")
-    try:
-        with writer_lock(out, "fame-pipeline build", force=force_unlock):
-            return _fill(source, out, params, start, workers, address, resume, progress, report_path)
-    except LockError as exc:
-        raise BuildError(str(exc)) from exc
-
-
-def _fill(
-    source: Source,
-    out: str,
-    params: BuildParams,
-    start: float,
-    workers: int,
-    address: str | None,
-    resume: bool,
-    progress: bool,
-    report_path: str | None,
-) -> BuildReport:
-    """The build proper, run while holding the writer lock: open or create the cache, compute what is missing."""
-    try:
-        cache, existed = open_or_create(out, source, params, resume, progress)
-    except CacheError as exc:
-        raise BuildError(str(exc)) from exc
-    if existed and cache.source_root != source.root:  # the same videos, moved: read them where they are now
-        cache.root.attrs["source_root"] = source.root
-    plan_seconds = time.perf_counter() - start
-
-    tasks = _tasks(cache, params, source.root)
-    use_ray = len(tasks) > 1 and (workers > 1 or address is not None)
-    runner = RayRunner(workers, address) if use_ray else InProcessRunner()
-    n_todo = sum(len(t.paths) for t in tasks)
+def _compute(
+    cache: Cache, tasks: list[GroupTask], runner: InProcessRunner | RayRunner, progress: bool
+) -> tuple[int, int, float]:
+    """Run the group tasks, then close the runner: (videos computed, clips computed, seconds before the runner's
+    shut-down). A task that died for good fails its videos; videos refused when planned count as not computed."""
     computed = clips = 0
     refused = (cache.videos("status") == FAILED) & (cache.videos("n_clips") == 0)  # failed when planned
     failed_now = int(refused.sum())
     t0 = time.perf_counter()
+    n_todo = sum(len(t.paths) for t in tasks)
     bar = tqdm(total=n_todo, desc="build", unit="video", disable=not progress, dynamic_ncols=True)
     try:
         for task, outcome in runner.run(tasks):
@@ -317,10 +263,108 @@ def _fill(
     finally:
         bar.close()
         runner.close()
+    return computed, clips, compute_seconds
 
-    status, errors, paths = cache.videos("status"), cache.videos("error"), cache.videos("path")
+
+# ---- the build: both phases, under the writer lock -------------------------------------------------------------------
+
+
+def _absolute(out: str) -> str:
+    return out if is_url(out) else os.path.abspath(out)
+
+
+def _check_request(workers: int, report_path: str | None) -> None:
+    """Refuse bad arguments now, not after the whole build."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if report_path:
+        try:
+            check_report_path(report_path)
+        except ValueError as exc:
+            raise BuildError(str(exc)) from exc
+
+
+def _list_videos(src: str, videos_root: str | None, split: str | None = None) -> Source:
+    """The source's videos (`split`: the part of HMDB51 split files); a source that cannot be listed, or lists none,
+    is a BuildError."""
+    try:
+        source = list_source(src, videos_root, split)
+    except SourceError as exc:
+        raise BuildError(str(exc)) from exc
+    if not source.entries:
+        raise BuildError(f"{src}: no videos found (extensions: .mp4, .avi, .mkv, .webm, ...)")
+    return source
+
+
+def build_cache(
+    src: str,
+    out: str,
+    params: BuildParams,
+    *,
+    workers: int = 1,
+    address: str | None = None,
+    resume: bool = False,
+    videos_root: str | None = None,
+    progress: bool = True,
+    report_path: str | None = None,
+    force_unlock: bool = False,
+    split: str | None = None,
+) -> BuildReport:
+    """Build (or with resume, finish) the cache of `src` at `out` and return what happened.
+
+    The cache's writer lock (see `pipeline.cache.lock`) is held from before the cache is opened or created to the end,
+    so a second build of the same cache is refused before it touches anything; force_unlock removes a dead holder's
+    lock."""
+    _check_request(workers, report_path)
+    start = time.perf_counter()
+    out = _absolute(out)
+    source = _list_videos(src, videos_root, split)
+    try:
+        with writer_lock(out, "fame-pipeline build", force=force_unlock):
+            return _fill(source, out, params, start, workers, address, resume, progress, report_path)
+    except LockError as exc:
+        raise BuildError(str(exc)) from exc
+
+
+def _open_for_build(out: str, source: Source, params: BuildParams, resume: bool, progress: bool) -> Cache:
+    """The cache to fill (see open_or_create); when its videos have moved, it reads them where the source has them."""
+    try:
+        cache, existed = open_or_create(out, source, params, resume, progress)
+    except CacheError as exc:
+        raise BuildError(str(exc)) from exc
+    if existed and cache.source_root != source.root:  # the same videos, moved: read them where they are now
+        cache.root.attrs["source_root"] = source.root
+    return cache
+
+
+def _failures(cache: Cache, status: np.ndarray, source: Source) -> list[tuple[str, str]]:
+    """(path, reason) of every failed video (`status`: the cache's status column), and of those the source listed
+    but left out: they were never planned, and are reported with the failed videos."""
+    errors, paths = cache.videos("error"), cache.videos("path")
     failures = [(str(paths[v]), str(errors[v])) for v in np.flatnonzero(status == FAILED)]
-    failures += list(source.left_out)  # listed but never planned: reported with the failed videos
+    return failures + list(source.left_out)
+
+
+def _fill(
+    source: Source,
+    out: str,
+    params: BuildParams,
+    start: float,
+    workers: int,
+    address: str | None,
+    resume: bool,
+    progress: bool,
+    report_path: str | None,
+) -> BuildReport:
+    """The build proper, run while holding the writer lock: open or create the cache, compute what is missing."""
+    cache = _open_for_build(out, source, params, resume, progress)
+    plan_seconds = time.perf_counter() - start  # listing, probing, creating (or opening) the cache
+    tasks = _tasks(cache, params, source.root)
+    use_ray = len(tasks) > 1 and (workers > 1 or address is not None)
+    runner = RayRunner(workers, address) if use_ray else InProcessRunner()
+    computed, clips, compute_seconds = _compute(cache, tasks, runner, progress)
+    status = cache.videos("status")
+    failures = _failures(cache, status, source)
     report = BuildReport(
         n_videos=len(status),
         n_done=int((status == DONE).sum()),

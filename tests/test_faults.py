@@ -107,13 +107,13 @@ def test_loader_skips_and_counts_a_video_that_no_longer_decodes(clean, tmp_path)
 
 
 def test_gc_drops_the_videos_of_an_unreadable_clip_table_chunk(clean, tmp_path):
-    from cache_tools.gc import plan_gc
+    from cache_tools.gc import videos_to_keep
 
     _, _, url, _ = clean
     copy = str(tmp_path / "c.zarr")
     shutil.copytree(url, copy)
     faults.corrupt_frames_chunk(copy)
-    keep, dropped = plan_gc(Cache.open(copy))
+    keep, dropped = videos_to_keep(Cache.open(copy))
     assert [v for v, _ in dropped] == [0] and "clip table chunk" in dropped[0][1] and 0 not in keep
 
 

@@ -11,7 +11,7 @@ from helpers import SIZE, T, make_cache
 
 from pipeline.loader import FameLoader, LoaderError, LoaderParams
 from pipeline.loader.graph import MEAN, STD
-from pipeline.loader.sampling import NO_BLUR, ClipIndex, batch_partners, plan_sample, shard_order
+from pipeline.loader.sampling import NO_BLUR, ClipIndex, batch_partners, draw_sample, shard_order
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_augmentation_changes_exactly_the_views_that_drew_it(cache_url):
     order = shard_order(len(index), 4, 0, 0, 1)
     drew = []
     for i, pos in enumerate(order[:6]):
-        colour = plan_sample(index, quick(**params), SIZE, 4, 0, int(pos)).colour[1]
+        colour = draw_sample(index, quick(**params), SIZE, 4, 0, int(pos)).colour[1]
         identity = np.allclose(colour[:4], [1.0, 1.0, 1.0, 0.0]) and colour[4] <= NO_BLUR
         drew.append(not identity)
         assert np.array_equal(key_plain[i], key_aug[i]) == identity
@@ -187,7 +187,7 @@ def test_blur_sigma_scales_with_the_crop():
 
     def sigmas(crop: int) -> np.ndarray:
         params = LoaderParams(crop=crop, jitter_p=0.0, grayscale_p=0.0, blur_p=1.0, blur_sigma=(1.0, 2.0))
-        return np.array([plan_sample(index, params, (64, 80), 0, e, 0).colour[:, 4] for e in range(50)])
+        return np.array([draw_sample(index, params, (64, 80), 0, e, 0).colour[:, 4] for e in range(50)])
 
     assert sigmas(224).min() >= 1.0 and sigmas(224).max() <= 2.0
     assert sigmas(56).min() >= 0.25 and sigmas(56).max() <= 0.5

@@ -11,7 +11,7 @@ from helpers import make_cache
 
 from pipeline.loader import FameLoader, LoaderParams
 from pipeline.loader.query_mask import centre_on_mask, crop_mask, query_alpha, top_fraction
-from pipeline.loader.sampling import ClipIndex, key_clip_frames, plan_sample
+from pipeline.loader.sampling import ClipIndex, draw_sample, key_clip_frames
 
 WHOLE = np.array([0.0, 0.0, 1.0, 1.0], np.float32)
 RIGHT_HALF = np.array([0.0, 0.5, 1.0, 1.0], np.float32)
@@ -113,12 +113,12 @@ def test_key_starts_cover_the_whole_video(cache_url):
     span = catalog.span
     n = int(index.n_frames[0])
     starts = {
-        plan_sample(index, loader.params, catalog.size, 3, epoch, 0, key_span=span).key_start for epoch in range(200)
+        draw_sample(index, loader.params, catalog.size, 3, epoch, 0, key_span=span).key_start for epoch in range(200)
     }
     assert starts == set(range(n - span + 1))
     cached = LoaderParams(crop=24, num_workers=0, key_start="cached")
-    plan = plan_sample(index, cached, catalog.size, 3, 0, 0, key_span=span)
-    assert plan.key_start == -1 and plan.clip_b in index.clips_of(0)
+    draw = draw_sample(index, cached, catalog.size, 3, 0, 0, key_span=span)
+    assert draw.key_start == -1 and draw.clip_b in index.clips_of(0)
     batch = next(iter(loader))
     assert (batch["clip_b"] == -1).all() and (batch["key_start"] >= 0).all()
     np.testing.assert_array_equal(key_clip_frames(3, 5, 4, 2), [3, 0, 2, 4])  # looped like the build's short clips

@@ -1,4 +1,5 @@
-"""Every node of a cache, defined once: caches are created from here, and their metadata checked and repaired here.
+"""Every node of a cache and the clip slots of each video, defined once: caches are created from here, and their
+metadata checked and repaired here.
 
 A node's metadata (its `zarr.json`) is a pure function of a few numbers: videos, clip slots, clip length, frame size
 and the layout (videos per group, clips per shard). So a metadata file that was deleted, truncated or edited (a fill
@@ -12,6 +13,7 @@ import functools
 import json
 import tempfile
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +72,22 @@ class CacheShape:
     size: tuple[int, int]
     videos_per_group: int
     clips_per_shard: int
+
+
+def assign_clip_slots(
+    clip_counts: Sequence[int], videos_per_group: int, clips_per_shard: int
+) -> tuple[np.ndarray, int]:
+    """First clip slot of each video and the total slots N. Every writer group starts on a shard boundary, so no two
+    groups share a shard; N is a whole number of shards (at least one)."""
+    first = np.zeros(len(clip_counts), dtype=np.int64)
+    cursor = 0
+    for start in range(0, len(clip_counts), videos_per_group):
+        cursor = -(-cursor // clips_per_shard) * clips_per_shard
+        for v in range(start, min(start + videos_per_group, len(clip_counts))):
+            first[v] = cursor
+            cursor += int(clip_counts[v])
+    total = -(-cursor // clips_per_shard) * clips_per_shard
+    return first, max(total, clips_per_shard)
 
 
 def array_specs(shape: CacheShape) -> dict[str, dict[str, Any]]:

@@ -42,7 +42,15 @@ import numpy as np
 import zarr
 
 from pipeline.cache.codecs import jpeg_roundtrip
-from pipeline.cache.layout import MASK_COMPRESSOR, PLATE_QUALITY, VIDEO_FIELDS, CacheShape, array_specs
+from pipeline.cache.layout import (
+    GROUPS,
+    MASK_COMPRESSOR,
+    PLATE_QUALITY,
+    VIDEO_FIELDS,
+    CacheShape,
+    array_specs,
+    assign_clip_slots,
+)
 from pipeline.cache.lock import remove_all_but_lock
 from pipeline.cache.zarr_async import read_arrays, together, with_async_group, write_arrays
 from pipeline.params import FORMAT_VERSION, BuildParams
@@ -89,21 +97,83 @@ class Group:
     clips: range
 
 
-def plan_layout(clip_counts: Sequence[int], videos_per_group: int, clips_per_shard: int) -> tuple[np.ndarray, int]:
-    """First clip of each video and the total clip slots N, with every group starting on a shard boundary."""
-    first = np.zeros(len(clip_counts), dtype=np.int64)
-    cursor = 0
-    for start in range(0, len(clip_counts), videos_per_group):
-        cursor = -(-cursor // clips_per_shard) * clips_per_shard
-        for v in range(start, min(start + videos_per_group, len(clip_counts))):
-            first[v] = cursor
-            cursor += int(clip_counts[v])
-    total = -(-cursor // clips_per_shard) * clips_per_shard
-    return first, max(total, clips_per_shard)
-
-
 def _now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+# ---- the parts of a new cache (Cache.create) ------------------------------------------------------------------------
+
+
+def _default_clips_per_shard(params: BuildParams, videos_per_group: int) -> int:
+    """One shard per writer group when every video gives its clips_per_video (8 assumed with 'all')."""
+    per_video = params.clips_per_video or 8
+    return max(1, videos_per_group * per_video)
+
+
+def _root_attrs(params: BuildParams, source_root: str, shape: CacheShape) -> dict[str, Any]:
+    """The root's attributes: what the build was (params and their hash) and how the cache is laid out."""
+    h, w = shape.size
+    return {
+        "format_version": FORMAT_VERSION,
+        "method": params.method,
+        "params": params.to_dict(),
+        "params_hash": params.params_hash(),
+        "size": [h, w],
+        "clip_len": shape.clip_len,
+        "source_root": source_root,
+        "tool_version": TOOL_VERSION,
+        "created": _now(),
+        "layout": {"videos_per_group": shape.videos_per_group, "clips_per_shard": shape.clips_per_shard},
+    }
+
+
+def _video_columns(
+    video_table: dict[str, np.ndarray], first: np.ndarray, clip_counts: Sequence[int]
+) -> dict[str, np.ndarray]:
+    """Every `videos/` column as created: the table given with its clips' places, 'pending' and no error where it
+    says no status, and zeros (or empty strings) for a column it lacks."""
+    n_videos = len(clip_counts)
+    table = dict(video_table)
+    table["first_clip"] = first
+    table["n_clips"] = np.asarray(clip_counts, dtype=np.int32)
+    table.setdefault("status", np.full(n_videos, PENDING, dtype=object))
+    table.setdefault("error", np.full(n_videos, "", dtype=object))
+    columns = {}
+    for name, dtype in VIDEO_FIELDS.items():
+        data = table.get(name)
+        data = np.zeros(n_videos, dtype=dtype) if data is None else data
+        columns[f"videos/{name}"] = np.asarray(data, dtype=object if dtype is str else dtype)
+    return columns
+
+
+def _clip_columns(
+    first: np.ndarray, clip_counts: Sequence[int], clip_frames: Sequence[np.ndarray], shape: CacheShape
+) -> dict[str, np.ndarray]:
+    """`clips/video` and `clips/frames` of every slot; padding slots hold video -1."""
+    clip_video = np.full(shape.n_slots, -1, dtype=np.int32)
+    frames = np.zeros((shape.n_slots, shape.clip_len), dtype=np.int32)
+    for v in range(len(clip_counts)):
+        start, count = int(first[v]), int(clip_counts[v])
+        clip_video[start : start + count] = v
+        if count:
+            frames[start : start + count] = clip_frames[v]
+    return {"clips/video": clip_video, "clips/frames": frames}
+
+
+async def _create_array(root: zarr.AsyncGroup, name: str, spec: dict[str, Any], data: np.ndarray | None) -> None:
+    arr = await root.create_array(name, **spec)
+    if data is not None:
+        await arr.setitem(slice(None), data)
+
+
+async def _create_arrays(
+    root: zarr.AsyncGroup, specs: dict[str, dict[str, Any]], values: dict[str, np.ndarray]
+) -> None:
+    """Every array of `specs`, side by side, filled from `values` where given; plates last: a cache whose plates
+    array exists was created in full."""
+    first = {name: spec for name, spec in specs.items() if name != "plates"}
+    await asyncio.gather(*(_create_array(root, name, spec, values.get(name)) for name, spec in first.items()))
+    await _create_array(root, "plates", specs["plates"], values.get("plates"))
 
 
 class Cache:
@@ -154,67 +224,23 @@ class Cache:
         videos_per_group: int = 8,
         clips_per_shard: int | None = None,
     ) -> Cache:
-        """Make an empty cache: attrs, the video table, the clip table, and empty mask/plate arrays."""
+        """Make an empty cache: attrs, the video table, the clip table, and empty mask/plate arrays. Its values are
+        made before anything at `url` is removed, so a table that does not fit fails with the old output intact."""
         n_videos = len(clip_counts)
         if n_videos == 0:
             raise CacheError(f"{url}: no videos to put in the cache")
         if clips_per_shard is None:
-            per_video = params.clips_per_video or 8
-            clips_per_shard = max(1, videos_per_group * per_video)
-        first, n_clips = plan_layout(clip_counts, videos_per_group, clips_per_shard)
-        h, w = params.size
-        t = params.clip_len
-        shape = CacheShape(n_videos, n_clips, t, (h, w), videos_per_group, clips_per_shard)
+            clips_per_shard = _default_clips_per_shard(params, videos_per_group)
+        first, n_slots = assign_clip_slots(clip_counts, videos_per_group, clips_per_shard)
+        shape = CacheShape(n_videos, n_slots, params.clip_len, tuple(params.size), videos_per_group, clips_per_shard)
+        values = _video_columns(video_table, first, clip_counts) | _clip_columns(first, clip_counts, clip_frames, shape)
         remove_all_but_lock(url)  # what Zarr's mode "w" does, except that the writer lock held on the folder stays
         group = zarr.open_group(url, mode="a")
-        group.attrs.update(
-            {
-                "format_version": FORMAT_VERSION,
-                "method": params.method,
-                "params": params.to_dict(),
-                "params_hash": params.params_hash(),
-                "size": [h, w],
-                "clip_len": t,
-                "source_root": source_root,
-                "tool_version": TOOL_VERSION,
-                "created": _now(),
-                "layout": {"videos_per_group": videos_per_group, "clips_per_shard": clips_per_shard},
-            }
-        )
-        table = dict(video_table)
-        table["first_clip"] = first
-        table["n_clips"] = np.asarray(clip_counts, dtype=np.int32)
-        table.setdefault("status", np.full(n_videos, PENDING, dtype=object))
-        table.setdefault("error", np.full(n_videos, "", dtype=object))
-        clip_video = np.full(n_clips, -1, dtype=np.int32)
-        frames = np.zeros((n_clips, t), dtype=np.int32)
-        for v in range(n_videos):
-            start, count = int(first[v]), int(clip_counts[v])
-            clip_video[start : start + count] = v
-            if count:
-                frames[start : start + count] = clip_frames[v]
-        values = {f"videos/{name}": table.get(name) for name in VIDEO_FIELDS}
-        values.update({"clips/video": clip_video, "clips/frames": frames})
-        specs = array_specs(shape)
-        plates_spec = specs.pop("plates")
-        for name in ("videos", "clips"):
+        group.attrs.update(_root_attrs(params, source_root, shape))
+        for name in GROUPS:
             group.create_group(name)
-
-        async def create(root: zarr.AsyncGroup, name: str, spec: dict[str, Any]) -> None:
-            arr = await root.create_array(name, **spec)
-            data = values.get(name)
-            if name.startswith("videos/"):
-                dtype = spec["dtype"]
-                data = np.zeros(n_videos, dtype=dtype) if data is None else data
-                data = np.asarray(data, dtype=object if dtype is str else dtype)
-            if data is not None:
-                await arr.setitem(slice(None), data)
-
-        async def create_all(root: zarr.AsyncGroup) -> None:
-            await asyncio.gather(*(create(root, name, spec) for name, spec in specs.items()))
-            await create(root, "plates", plates_spec)  # last: a cache whose plates array exists was created in full
-
-        with_async_group(group, create_all)
+        specs = array_specs(shape)
+        with_async_group(group, lambda root: _create_arrays(root, specs, values))
         return cls(group, url)
 
     # ---- metadata ---------------------------------------------------------------------------------------------

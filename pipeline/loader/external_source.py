@@ -27,11 +27,11 @@ from pipeline.loader.params import LoaderParams
 from pipeline.loader.query_mask import centre_on_mask, query_alpha
 from pipeline.loader.sampling import (
     ClipIndex,
-    SamplePlan,
+    SampleDraw,
     batch_partners,
     batches_per_epoch,
+    draw_sample,
     key_clip_frames,
-    plan_sample,
     shard_order,
 )
 from pipeline.video import VideoError, decode_clips
@@ -89,40 +89,40 @@ class SampleSource:
             self._cache = Cache.open(self.catalog.cache_url)
         return self._cache
 
-    def _read_clip(self, plan: SamplePlan) -> tuple[np.ndarray, np.ndarray]:
-        """(mask, plate) of the plan's clip a, checked against its checksum and the frame numbers the loader uses."""
+    def _read_clip(self, draw: SampleDraw) -> tuple[np.ndarray, np.ndarray]:
+        """(mask, plate) of the draw's clip a, checked against its checksum and the frame numbers the loader uses."""
         try:
-            return self._store().read_clip(plan.clip_a, self.catalog.clip_frames[plan.clip_a])
+            return self._store().read_clip(draw.clip_a, self.catalog.clip_frames[draw.clip_a])
         except ClipDamaged as exc:
-            raise UnusableClip(plan.video, plan.clip_a, str(exc)) from exc
+            raise UnusableClip(draw.video, draw.clip_a, str(exc)) from exc
 
-    def _clip_frames(self, plan: SamplePlan) -> list[np.ndarray]:
+    def _clip_frames(self, draw: SampleDraw) -> list[np.ndarray]:
         """Source frame numbers of the query's clip a and of the key clip."""
         catalog = self.catalog
-        if plan.key_start >= 0:
-            key = key_clip_frames(plan.key_start, int(catalog.n_frames[plan.video]), catalog.clip_len, catalog.stride)
+        if draw.key_start >= 0:
+            key = key_clip_frames(draw.key_start, int(catalog.n_frames[draw.video]), catalog.clip_len, catalog.stride)
         else:
-            key = catalog.clip_frames[plan.clip_b]
-        return [catalog.clip_frames[plan.clip_a].astype(np.int32), key.astype(np.int32)]
+            key = catalog.clip_frames[draw.clip_b]
+        return [catalog.clip_frames[draw.clip_a].astype(np.int32), key.astype(np.int32)]
 
-    def _decode(self, plan: SamplePlan) -> list[np.ndarray]:
+    def _decode(self, draw: SampleDraw) -> list[np.ndarray]:
         """Clips a and b of a sample's video, from one decoding pass."""
         threads = 1 if self.params.num_workers > 0 else 0  # parallel workers: one decoding thread each
-        path = self.catalog.video_path(plan.video)
+        path = self.catalog.video_path(draw.video)
         try:
-            return decode_clips(path, self._clip_frames(plan), self.catalog.size, threads=threads)
+            return decode_clips(path, self._clip_frames(draw), self.catalog.size, threads=threads)
         except VideoError as exc:
-            raise UnusableClip(plan.video, -1, str(exc)) from exc
+            raise UnusableClip(draw.video, -1, str(exc)) from exc
 
-    def _encoded(self, plan: SamplePlan) -> tuple[np.ndarray, list[np.ndarray]]:
+    def _encoded(self, draw: SampleDraw) -> tuple[np.ndarray, list[np.ndarray]]:
         """The encoded file of the sample's video (read once for clips a and b) and each clip's frame numbers."""
-        path = self.catalog.video_path(plan.video)
+        path = self.catalog.video_path(draw.video)
         try:
             with fsspec.open(path, "rb") as handle:
                 data = np.frombuffer(handle.read(), dtype=np.uint8)
         except OSError as exc:
-            raise UnusableClip(plan.video, -1, f"{path}: {exc}") from exc
-        return data, self._clip_frames(plan)
+            raise UnusableClip(draw.video, -1, f"{path}: {exc}") from exc
+        return data, self._clip_frames(draw)
 
     def __call__(self, info) -> tuple[np.ndarray, ...]:
         """One sample; raises StopIteration at the end of this shard's epoch (DALI's end-of-epoch signal)."""
@@ -138,18 +138,18 @@ class SampleSource:
         partner_slot = int(partners[slot])
         own, skipped, partners_tried = position, None, 0
         for _ in range(MAX_SUBSTITUTES + 1):
-            plan = self._plan(epoch, int(order[own % len(order)]))
+            draw = self._draw(epoch, int(order[own % len(order)]))
             if partners_tried >= self.batch_size - 1:  # no partner of the batch has a sound plate: merge nothing
-                plan = dataclasses.replace(plan, fame=False)
-            partner = self._plan(epoch, int(order[batch * self.batch_size + partner_slot]))
+                draw = dataclasses.replace(draw, fame=False)
+            partner = self._draw(epoch, int(order[batch * self.batch_size + partner_slot]))
             try:
-                data = self._gpu_outputs(plan, partner) if self.gpu else self._cpu_outputs(plan, partner)
+                data = self._gpu_outputs(draw, partner) if self.gpu else self._cpu_outputs(draw, partner)
                 break
             except UnusableClip as exc:
                 if self.params.on_damage == "stop":
                     raise UnusableClip(exc.video, exc.clip, f"{exc} (on_damage='stop')") from exc
                 skipped = skipped or exc
-                if exc.video == plan.video or single:  # another video of the epoch stands in
+                if exc.video == draw.video or single:  # another video of the epoch stands in
                     own += 1
                 else:  # another clip of the batch gives the background
                     partners_tried += 1
@@ -164,62 +164,63 @@ class SampleSource:
             )
         lost = (skipped.video, skipped.clip) if skipped else (-1, -1)
         meta = np.array(
-            [plan.video, plan.label, plan.clip_a, plan.clip_b, partner.video, partner.clip_a, plan.key_start, *lost],
+            [draw.video, draw.label, draw.clip_a, draw.clip_b, partner.video, partner.clip_a, draw.key_start, *lost],
             np.int64,
         )
         return (
             *data,
-            np.stack([plan.crop_a, plan.crop_b]).astype(np.float32),
-            plan.flip,
-            plan.colour,
-            np.array(plan.fame, np.float32),
+            np.stack([draw.crop_a, draw.crop_b]).astype(np.float32),
+            draw.flip,
+            draw.colour,
+            np.array(draw.fame, np.float32),
             np.array(partner_slot, np.int32),
             meta,
         )
 
-    def _plan(self, epoch: int, video_pos: int) -> SamplePlan:
+    def _draw(self, epoch: int, video_pos: int) -> SampleDraw:
+        """The random draws of eligible video `video_pos`'s sample in `epoch`."""
         catalog = self.catalog
-        return plan_sample(self.index, self.params, catalog.size, self.seed, epoch, video_pos, key_span=catalog.span)
+        return draw_sample(self.index, self.params, catalog.size, self.seed, epoch, video_pos, key_span=catalog.span)
 
     @property
     def merges_plates(self) -> bool:
         """Whether the background is the partner's cached plate (otherwise its frames, taken from the batch)."""
         return self.params.use_cache and self.params.background == "plate"
 
-    def _alpha(self, plan: SamplePlan, mask: np.ndarray | None) -> np.ndarray:
+    def _alpha(self, draw: SampleDraw, mask: np.ndarray | None) -> np.ndarray:
         """(T, crop, crop, 1) uint8 alpha of the query's own clip inside its crop (zeros when not merged: the graph
         then keeps the clip whole)."""
         crop = self.params.crop
-        if not plan.fame or mask is None:
+        if not draw.fame or mask is None:
             return np.zeros((self.catalog.clip_len, crop, crop, 1), np.uint8)
-        return query_alpha(mask, plan.crop_a, self.params)[..., None]
+        return query_alpha(mask, draw.crop_a, self.params)[..., None]
 
-    def _cached_alpha_and_plate(self, plan: SamplePlan, partner: SamplePlan) -> tuple[np.ndarray, np.ndarray]:
+    def _cached_alpha_and_plate(self, draw: SampleDraw, partner: SampleDraw) -> tuple[np.ndarray, np.ndarray]:
         """Clip a's alpha from its cached mask and the partner's plate, read (and checked) only when this sample is
         merged."""
-        mask = self._read_clip(plan)[0] if plan.fame else None
-        plate = self._read_clip(partner)[1] if plan.fame and self.merges_plates else PLACEHOLDER_PLATE
+        mask = self._read_clip(draw)[0] if draw.fame else None
+        plate = self._read_clip(partner)[1] if draw.fame and self.merges_plates else PLACEHOLDER_PLATE
         if mask is not None and self.params.query_crop == "mover":
-            plan.crop_a[:] = centre_on_mask(plan.crop_a, mask)  # the plan's window: the graph crops the clip there
-        return self._alpha(plan, mask), plate[None]
+            draw.crop_a[:] = centre_on_mask(draw.crop_a, mask)  # the draw's window: the graph crops the clip there
+        return self._alpha(draw, mask), plate[None]
 
-    def _cpu_outputs(self, plan: SamplePlan, partner: SamplePlan) -> tuple[np.ndarray, ...]:
-        clip_a, clip_b = self._decode(plan)
+    def _cpu_outputs(self, draw: SampleDraw, partner: SampleDraw) -> tuple[np.ndarray, ...]:
+        clip_a, clip_b = self._decode(draw)
         if self.params.use_cache:
-            alpha, plate = self._cached_alpha_and_plate(plan, partner)
+            alpha, plate = self._cached_alpha_and_plate(draw, partner)
         else:  # the original code's way: the mask from the decoded clip, every time
             from pipeline.masks import get_method
 
-            mask = get_method("fame")(clip_a) if plan.fame else None
+            mask = get_method("fame")(clip_a) if draw.fame else None
             if mask is not None and self.params.query_crop == "mover":
-                plan.crop_a[:] = centre_on_mask(plan.crop_a, mask)
-            alpha = self._alpha(plan, mask)
+                draw.crop_a[:] = centre_on_mask(draw.crop_a, mask)
+            alpha = self._alpha(draw, mask)
             plate = PLACEHOLDER_PLATE[None]
         return clip_a, alpha, plate, clip_b
 
-    def _gpu_outputs(self, plan: SamplePlan, partner: SamplePlan) -> tuple[np.ndarray, ...]:
+    def _gpu_outputs(self, draw: SampleDraw, partner: SampleDraw) -> tuple[np.ndarray, ...]:
         if not self.params.use_cache:
             raise ValueError("the GPU path reads masks from a cache; use device='cpu' for use_cache=False")
-        encoded, (frames_a, frames_b) = self._encoded(plan)
-        alpha, plate = self._cached_alpha_and_plate(plan, partner)
+        encoded, (frames_a, frames_b) = self._encoded(draw)
+        alpha, plate = self._cached_alpha_and_plate(draw, partner)
         return encoded, frames_a, alpha, plate, encoded, frames_b

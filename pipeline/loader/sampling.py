@@ -105,7 +105,10 @@ def _colour(rng: np.random.Generator, params: LoaderParams) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class SamplePlan:
+class SampleDraw:
+    """One training sample's random draws (clips, crops, flips, colours, FAME or not), made by `draw_sample` from
+    (seed, epoch, video) alone, so every worker and both decode paths make the same sample."""
+
     video: int  # cache video index
     label: int
     clip_a: int  # cache clip index of the query
@@ -124,7 +127,7 @@ def key_clip_frames(start: int, n_frames: int, clip_len: int, stride: int) -> np
     return ((start + np.arange(clip_len, dtype=np.int64) * stride) % max(1, n_frames)).astype(np.int32)
 
 
-def plan_sample(
+def draw_sample(
     index: ClipIndex,
     params: LoaderParams,
     size: tuple[int, int],
@@ -132,7 +135,7 @@ def plan_sample(
     epoch: int,
     video_pos: int,
     key_span: int = 1,
-) -> SamplePlan:
+) -> SampleDraw:
     """The sample of eligible video `video_pos` in `epoch`: each video is drawn once per epoch, so
     (seed, epoch, video) names the sample whichever rank or worker makes it. `key_span` is the source frames a
     clip covers; with key_start="any" the key clip starts anywhere it fits."""
@@ -152,7 +155,7 @@ def plan_sample(
     if anywhere:  # a stream of its own: the other draws (some conditional on options) do not move it
         key_rng = np.random.default_rng([seed, epoch, video_pos, 0x4E7])
         start = int(key_rng.integers(0, max(0, int(index.n_frames[video_pos]) - key_span) + 1))
-    return SamplePlan(
+    return SampleDraw(
         video=int(index.videos[video_pos]),
         label=int(index.labels[video_pos]),
         clip_a=int(clips[a]),
