@@ -17,12 +17,23 @@ probe and kNN are fitted on the training videos and scored on the swapped test. 
 - fame+semi: defaults + semi-negatives.
 - fame+semi+micro: defaults + semi-negatives + the micro-bias term (weight 0.5).
 - fame+bgneg: defaults + the merged query's own background as an extra negative.
+- supervised: not pretraining but the budget's ceiling: the same backbone, merged query views and steps, trained with
+  the class. If it cannot follow the motion, no self-supervised arm can be expected to at this budget.
+
+Besides the rendered swapped test, each run is scored as a user would score a model on their own data
+(`fame-train eval --protocol swapped --test-cache`): on a cache of held-out videos whose backgrounds follow the
+class (`val`), each clip's cached foreground over a plate of another class. Its columns: `cache swap: own` (the
+clip's class), `background` (the plate's class) and `plate alone`.
+
+`--looks N` dresses every mover in one of N shared looks (texture and hue) drawn independently of the class, so a
+look names neither the class nor the video (by default each video draws its own).
 
 Seeds run in the outer loop, arms in the inner one, so a slow spell of a shared machine hits every arm alike; the
 gain of an arm over moco is the paired per-seed difference, with a 95% t-interval.
 
     python benchmarks/bias.py [--quick] [--sizes small actor] [--arms moco fame] [--seeds 0 1 2] [--epochs N]
-        [--arm 'fame_b30={"loader": {"mask_mode": "area", "beta": 0.3}}'] [--json benchmarks/results/bias.json]
+        [--looks N] [--arm 'fame_b30={"loader": {"mask_mode": "area", "beta": 0.3}}']
+        [--json benchmarks/results/bias.json]
 
 `--arm NAME=JSON` adds an arm (repeatable): TrainConfig overrides, a nested "loader" dict of LoaderParams overrides,
 and "method" ("motion" or "fame") choosing the cache. Outputs: the JSON, a Markdown table with the same stem, and
@@ -59,23 +70,30 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from benchmarks.bias_scenes import CLASSES, MOVER_AREAS, load_real_frames, write_bias_set  # noqa: E402
 from pipeline.build import build_cache  # noqa: E402
+from pipeline.loader import FameLoader  # noqa: E402
 from pipeline.loader.params import LoaderParams  # noqa: E402
 from pipeline.params import METHODS, BuildParams  # noqa: E402
+from pipeline.signals import descendants, handle_signals, reap  # noqa: E402
 from pipeline.sources import list_source  # noqa: E402
+from pipeline.swap import SwapSet, plan_swaps  # noqa: E402
+from trainer.backbones import build_backbone  # noqa: E402
 from trainer.checkpoint import load_backbone  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.evaluate import EvalSettings, evaluate, extract, linear_probe  # noqa: E402
-from trainer.train import pretrain  # noqa: E402
+from trainer.train import lr_at, pretrain  # noqa: E402
 
 CHANCE = 1 / len(CLASSES)
 BASELINE = "moco"
 QUICK_ARMS = ("moco", "fame", "fame_paper")
+# `fame-train eval --protocol swapped` on the test videos' own cache: own class, background's class, plate alone.
+CACHE_SWAP_KEYS = ("swapped_top1", "swapped_bg_top1", "background_only_top1")
 
 
 # The paper's merge: the top-beta (0.5) area rule inside the crop, the partner's raw frames, and no own-pixel floor
@@ -88,6 +106,8 @@ ARMS: dict[str, dict[str, Any]] = {
     "fame+semi": {"semi_negatives": True},
     "fame+semi+micro": {"semi_negatives": True, "micro": True, "micro_weight": 0.5},
     "fame+bgneg": {"background_negatives": True},
+    # Not pretraining: the ceiling. The same backbone, merged views and budget, told the class.
+    "supervised": {"supervised": True},
 }
 
 
@@ -114,6 +134,7 @@ class Budget:
     warmup_epochs: int = 2
     moco_momentum: float = 0.99
     loader_workers: int = 1
+    looks: int | None = None
     data_seed: int = 0  # both mover sizes draw the same videos (paths, backgrounds, pans), the mover's size aside
 
     @property
@@ -146,7 +167,7 @@ def check_arm(name: str, overrides: dict[str, Any]) -> dict[str, Any]:
     """Refuse unknown keys before any work starts, naming them and the allowed ones."""
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"loader", "cache", "out"}
     loader_fields = {f.name for f in dataclasses.fields(LoaderParams)}
-    unknown = set(overrides) - train_fields - {"loader", "method"}
+    unknown = set(overrides) - train_fields - {"loader", "method", "supervised"}
     if unknown:
         raise ValueError(f"arm {name}: unknown TrainConfig field(s) {sorted(unknown)}; allowed: {sorted(train_fields)}")
     unknown = set(overrides.get("loader", {})) - loader_fields
@@ -183,7 +204,7 @@ def base_loader(budget: Budget) -> LoaderParams:
 
 def make_config(overrides: dict[str, Any], budget: Budget, cache: str, out: str, seed: int) -> TrainConfig:
     """The arm's TrainConfig: the shared budget, then the arm's overrides (loader options merged, not replaced)."""
-    arm = {k: v for k, v in overrides.items() if k not in ("loader", "method")}
+    arm = {k: v for k, v in overrides.items() if k not in ("loader", "method", "supervised")}
     loader = dataclasses.replace(base_loader(budget), **overrides.get("loader", {}))
     shared = {
         "cache": cache,
@@ -244,21 +265,60 @@ def decodability(backbone: torch.nn.Module, test_dir: Path, budget: Budget) -> d
     return {"motion_cv_top1": cv_top1(features, motion), "scene_cv_top1": cv_top1(features, family)}
 
 
-def run_one(config: TrainConfig, train_dir: Path, test_dir: Path, budget: Budget) -> tuple[dict, dict]:
-    """Pretrain, evaluate on the swapped test; returns (the run's record, its loss curves)."""
+def train_supervised(config: TrainConfig) -> tuple[torch.nn.Module, list[float]]:
+    """The ceiling of a budget: the arms' backbone, merged query views, steps and learning-rate schedule, trained
+    with the class (cross-entropy through a linear head). If this cannot follow the motion on the swapped test, no
+    self-supervised arm can be expected to at this budget. Returns the backbone and its loss by step."""
+    torch.manual_seed(config.seed)
+    loader = FameLoader(config.cache, config.batch_size, params=config.loader_params(), device="cpu", seed=config.seed)
+    backbone = build_backbone(config.backbone)
+    head = torch.nn.Linear(backbone.out_dim, len(loader.catalog.classes))
+    optimizer = torch.optim.SGD(
+        [*backbone.parameters(), *head.parameters()],
+        lr=config.lr,
+        momentum=config.momentum_sgd,
+        weight_decay=config.weight_decay,
+    )
+    total, warmup = len(loader) * config.epochs, len(loader) * config.warmup_epochs
+    losses: list[float] = []
+    try:
+        for _ in range(config.epochs):
+            for batch in loader:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(len(losses), total, warmup, config.lr)
+                loss = F.cross_entropy(head(backbone(batch["query"])), batch["label"].long().view(-1))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                losses.append(float(loss.detach()))
+    finally:
+        loader.close()
+    return backbone.eval(), losses
+
+
+def run_one(
+    config: TrainConfig, supervised: bool, train_dir: Path, test_dir: Path, swap_set: SwapSet, budget: Budget
+) -> tuple[dict, dict]:
+    """Pretrain (or, for the ceiling, train with labels), evaluate on the swapped test and on the cache-built swapped
+    set; returns (the run's record, its loss curves)."""
     start = time.perf_counter()
-    final = pretrain(config, progress=False)
+    if supervised:
+        backbone, losses = train_supervised(config)
+        curves = {"loss": losses}
+    else:
+        backbone, _ = load_backbone(pretrain(config, progress=False))
+        curves = read_losses(Path(config.out))
     trained = time.perf_counter()
-    backbone, _ = load_backbone(final)
-    metrics = evaluate(backbone, str(train_dir), str(test_dir), ("linear", "knn"), budget.eval_settings)
+    protocols = ("linear", "knn", "swapped")
+    metrics = evaluate(backbone, str(train_dir), str(test_dir), protocols, budget.eval_settings, swap_set=swap_set)
     metrics.update(decodability(backbone, test_dir, budget))
-    curves = read_losses(Path(config.out))
     record = {
         "seed": config.seed,
         "linear_top1": metrics["linear_top1"],
         "knn_top1": metrics["knn_top1"],
         "motion_cv_top1": metrics["motion_cv_top1"],
         "scene_cv_top1": metrics["scene_cv_top1"],
+        **{key: metrics[key] for key in CACHE_SWAP_KEYS},
         "loss_end": tail_mean(curves["loss"]),
         **({"contrastive_end": tail_mean(curves["contrastive"])} if "contrastive" in curves else {}),
         "steps": len(curves["loss"]),
@@ -296,7 +356,7 @@ def ci95(values: list[float], low: float = 0.0, high: float = 1.0) -> list[float
 def summarise(runs: list[dict], setting: dict) -> dict:
     """An arm's means and intervals over seeds."""
     out: dict[str, Any] = {}
-    for key in ("linear_top1", "knn_top1", "motion_cv_top1", "scene_cv_top1"):
+    for key in ("linear_top1", "knn_top1", "motion_cv_top1", "scene_cv_top1", *CACHE_SWAP_KEYS):
         values = [r[key] for r in runs if key in r]
         if not values:
             continue
@@ -332,6 +392,19 @@ def mean_curve(curves: list[list[float]]) -> list[float]:
 # ---- the benchmark --------------------------------------------------------------------------------------------------
 
 
+def build_test_cache(val_dir: Path, work: Path, budget: Budget) -> SwapSet:
+    """The swapped set `fame-train eval --protocol swapped` builds from a cache (default method, frames at the
+    evaluation's size) of held-out videos whose backgrounds follow the class, as a real test split's do: each clip's
+    foreground over a plate of another class. Its `swapped_top1` is what a user without a rendered swapped test
+    would measure; beside the rendered test's `linear_top1` it shows how far the cache's masks get there."""
+    params = BuildParams(
+        size=budget.eval_size, clip_len=budget.clip_len, stride=budget.stride, clips_per_video=budget.clips_per_video
+    )
+    url = str(work / "cache-test.zarr")
+    build_cache(str(val_dir), url, params, workers=1, progress=False)
+    return plan_swaps(url, seed=budget.data_seed)
+
+
 def build_caches(train_dir: Path, work: Path, budget: Budget, methods: set[str]) -> tuple[dict[str, str], dict]:
     """One cache per mask method the arms need; returns {method: path} and the build seconds."""
     caches, seconds = {}, {}
@@ -363,16 +436,19 @@ def run_size(mover: str, arms: dict[str, dict], budget: Budget, work: Path, pool
         period=budget.period,
         seed=budget.data_seed,
         pool=pool,
+        looks=budget.looks,
+        val_per_class=budget.test_per_class,
     )
     generate_seconds = time.perf_counter() - start
     caches, build_seconds = build_caches(train_dir, work, budget, {a.get("method", "motion") for a in arms.values()})
+    swap_set = build_test_cache(train_dir.parent / "val", work, budget)
     runs: dict[str, list[dict]] = {name: [] for name in arms}
     curves: dict[str, list[dict]] = {name: [] for name in arms}
     for seed in budget.seeds:
         for name, overrides in arms.items():
             out = work / "runs" / f"{name}-{seed}"
             config = make_config(overrides, budget, caches[overrides.get("method", "motion")], str(out), seed)
-            record, curve = run_one(config, train_dir, test_dir, budget)
+            record, curve = run_one(config, overrides.get("supervised", False), train_dir, test_dir, swap_set, budget)
             runs[name].append(record)
             curves[name].append(curve)
             print(
@@ -440,19 +516,23 @@ def table(report: dict) -> str:
             f"\n**{mover}** mover ({100 * lo:.0f}-{100 * hi:.0f}% of the frame); top-1 % on the swapped test, "
             f"mean [95% CI] over seeds; chance {100 * report['chance']:.0f}",
             "",
-            "| arm | linear | kNN | linear gain over moco | motion CV | scene CV | loss end | contrastive end "
-            "| linear per seed |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| arm | linear | kNN | linear gain over moco | motion CV | scene CV | cache swap: own | background "
+            "| plate alone | loss end | contrastive end | linear per seed |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for name, arm in res["arms"].items():
             gain = _with_ci(arm.get("gain_over_moco_mean"), arm.get("gain_over_moco_ci95"), signed=True)
             per_seed = " ".join(_pct(r["linear_top1"]) for r in arm["runs"])
+            end = f"{arm.get('contrastive_end_mean', arm['loss_end_mean']):.3f}"
+            if arm["setting"].get("supervised"):
+                end = "(cross-entropy)"
             lines.append(
                 f"| {name} | {_with_ci(arm['linear_top1_mean'], arm['linear_top1_ci95'])} "
                 f"| {_with_ci(arm['knn_top1_mean'], arm['knn_top1_ci95'])} | {gain if name != BASELINE else ''} "
                 f"| {_with_ci(arm.get('motion_cv_top1_mean'), arm.get('motion_cv_top1_ci95'))} "
                 f"| {_with_ci(arm.get('scene_cv_top1_mean'), arm.get('scene_cv_top1_ci95'))} "
-                f"| {arm['loss_end_mean']:.3f} | {arm.get('contrastive_end_mean', arm['loss_end_mean']):.3f} "
+                + "".join(f"| {_with_ci(arm.get(f'{k}_mean'), arm.get(f'{k}_ci95'))} " for k in CACHE_SWAP_KEYS)
+                + f"| {arm['loss_end_mean']:.3f} | {end} "
                 f"| {per_seed} |"
             )
     lines.append("\n" + footer(report))
@@ -493,7 +573,12 @@ def write_outputs(report: dict, json_path: Path) -> None:
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(report, indent=2) + "\n")
     json_path.with_suffix(".md").write_text(table(report) + "\n")
-    curves = {mover: res["curves"] for mover, res in report["sizes"].items() if "curves" in res}
+    contrastive = {n for n, arm in report["setting"]["arms"].items() if not arm.get("supervised")}  # not the ceiling
+    curves = {
+        mover: {name: curve for name, curve in res["curves"].items() if name in contrastive}
+        for mover, res in report["sizes"].items()
+        if "curves" in res
+    }
     if curves:
         plot_losses(curves, report["setting"]["queue_size"], json_path.with_name(f"{json_path.stem}_loss.png"))
 
@@ -516,6 +601,7 @@ def child_flags(args: argparse.Namespace) -> list[str]:
         flags += ["--arm", arm]
     flags += ["--seeds", *map(str, args.seeds)] if args.seeds else []
     flags += ["--epochs", str(args.epochs)] if args.epochs else []
+    flags += ["--looks", str(args.looks)] if args.looks else []
     return flags + (["--keep"] if args.keep else [])
 
 
@@ -524,11 +610,16 @@ def run_sizes_side_by_side(args: argparse.Namespace, work: Path) -> dict:
     of one after the other."""
     start = time.perf_counter()
     children = {}
-    for mover in args.sizes:
-        out = work / f"{mover}.json"
-        command = [sys.executable, __file__, *child_flags(args), "--sizes", mover, "--jobs", "1", "--json", str(out)]
-        children[mover] = (subprocess.Popen(command), out)
-    failed = [mover for mover, (child, _) in children.items() if child.wait() != 0]
+    with handle_signals():  # Ctrl-C or SIGTERM here ends the children (and their loader workers) too
+        try:
+            for mover in args.sizes:
+                out = work / f"{mover}.json"
+                flags = [*child_flags(args), "--sizes", mover, "--jobs", "1", "--json", str(out)]
+                children[mover] = (subprocess.Popen([sys.executable, __file__, *flags]), out)
+            failed = [mover for mover, (child, _) in children.items() if child.wait() != 0]
+        except BaseException:
+            reap([pid for child, _ in children.values() for pid in (child.pid, *descendants(child.pid))], grace=0)
+            raise
     if failed:
         raise SystemExit(f"error: the run of mover size(s) {', '.join(failed)} failed (see its output above)")
     reports = [json.loads(out.read_text()) for _, out in children.values()]
@@ -549,6 +640,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--arm", action="append", default=[], metavar="NAME=JSON", help="an ad-hoc arm (repeatable)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--looks", type=int, default=None, help="movers share this many looks")
     parser.add_argument("--keep", action="store_true", help="keep the working folder (videos, caches, runs)")
     parser.add_argument(
         "--jobs",
@@ -584,6 +676,7 @@ def main(argv: list[str] | None = None) -> None:
         budget,
         epochs=args.epochs or budget.epochs,
         seeds=tuple(args.seeds) if args.seeds else budget.seeds,
+        looks=args.looks,
     )
     torch.set_num_threads(1)  # 2 threads on 2 shared cores stall at OpenMP barriers (steps of 0.4 s took 2-5 s)
     json_path = Path(args.json or f"benchmarks/results/bias{'_quick' if args.quick else ''}.json")

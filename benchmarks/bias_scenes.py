@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -207,6 +207,19 @@ def draw_split(
     return specs
 
 
+def look_palette(looks: int, seed: int) -> list[tuple[int, int]]:
+    """`looks` mover looks (texture seed, hue) shared by both splits."""
+    rng = np.random.default_rng([seed, 7919])
+    return [(int(rng.integers(1 << 30)), int(rng.integers(180))) for _ in range(looks)]
+
+
+def share_looks(specs: list[SceneSpec], palette: list[tuple[int, int]], seed: int) -> list[SceneSpec]:
+    """Each mover takes a look from `palette`, drawn independently of its class: a look then names neither the class
+    nor the video, as a person's looks name neither their action nor their clip."""
+    picks = np.random.default_rng([seed, 104729]).integers(len(palette), size=len(specs))
+    return [replace(s, mover_seed=palette[k][0], mover_hue=palette[k][1]) for s, k in zip(specs, picks, strict=True)]
+
+
 def write_split(root: Path, specs: list[SceneSpec], pool: list[np.ndarray]) -> list[str]:
     """Render and encode (H.264) every video as root/<class>/vNNN.mp4, plus root/manifest.json; returns the paths
     relative to root."""
@@ -233,6 +246,8 @@ def write_bias_set(
     period: float = 24.0,
     seed: int = 0,
     pool: list[np.ndarray] | None = None,
+    looks: int | None = None,
+    val_per_class: int = 0,
 ) -> tuple[Path, Path]:
     """root/train and root/test (folder per class) for one mover size; the seed fixes every byte.
 
@@ -244,8 +259,13 @@ def write_bias_set(
     if size[1] % ALIGN:
         raise ValueError(f"size must have a width that is a multiple of {ALIGN} (deterministic encoding), got {size}")
     pool = pool if pool is not None else load_real_frames(seed=seed)
-    splits = {"train": (train_per_class, True, 1), "test": (test_per_class, False, 2)}
+    # val: held-out videos drawn as training's are (backgrounds follow the class), as a real test split's do.
+    splits = {"train": (train_per_class, True, 1), "test": (test_per_class, False, 2), "val": (val_per_class, True, 3)}
     for split, (per_class, train, offset) in splits.items():
+        if not per_class:
+            continue
         specs = draw_split(seed * 10 + offset, per_class, train, mover, size, n_frames, period)
+        if looks:
+            specs = share_looks(specs, look_palette(looks, seed), seed * 10 + offset)
         write_split(root / split, specs, pool)
     return root / "train", root / "test"

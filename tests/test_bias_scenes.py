@@ -3,6 +3,7 @@ and one seed gives the same frames."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from benchmarks.bias_scenes import (
     MOVER_AREAS,
     draw_split,
     load_real_frames,
+    look_palette,
     render,
     write_bias_set,
 )
@@ -87,6 +89,20 @@ def test_same_seed_same_videos_and_layout(pool, tmp_path):
     again, _ = write_bias_set(tmp_path / "b", "small", 1, 1, n_frames=8, pool=pool)
     for video in sorted(train.glob("*/*.mp4")):
         assert video.read_bytes() == (again / video.relative_to(train)).read_bytes()
+
+
+def test_shared_looks_come_from_one_palette_for_both_splits(pool, tmp_path):
+    """With `looks`, every mover of both splits wears one of the palette's looks, whatever its class; without, each
+    video draws its own."""
+    train, test = write_bias_set(tmp_path / "shared", "small", 4, 2, n_frames=4, pool=pool, looks=2)
+    palette = set(look_palette(2, 0))
+    rows = [r for split in (train, test) for r in json.loads((split / "manifest.json").read_text())]
+    worn = {(r["mover_seed"], r["mover_hue"]) for r in rows}
+    assert worn == palette  # both looks worn, nothing else
+    assert {r["motion"] for r in rows if (r["mover_seed"], r["mover_hue"]) == min(palette)} != {rows[0]["motion"]}
+    own, _ = write_bias_set(tmp_path / "own", "small", 4, 2, n_frames=4, pool=pool)
+    rows = json.loads((own / "manifest.json").read_text())
+    assert len({(r["mover_seed"], r["mover_hue"]) for r in rows}) == len(rows)
 
 
 def test_widths_that_encode_differently_from_run_to_run_are_refused(pool, tmp_path):
