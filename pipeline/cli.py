@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pipeline.params import BuildParams, parse_clips_per_video, parse_size
 from pipeline.report import EXIT_FAILED_JOB, EXIT_OK, EXIT_USAGE, check_report_path
 from pipeline.signals import handle_signals, interrupted
+from pipeline.sources import SPLITS
 
 
 class UsageError(ValueError):
@@ -28,10 +29,20 @@ def _add_build_parser(sub: argparse._SubParsersAction) -> None:
         description="Decode every video of SRC once, compute per-clip soft foreground masks and background plates, "
         "and store them in a Zarr v3 cache.",
     )
-    p.add_argument("src", help="folder (class = parent folder), list file (.txt/.csv: path[,label]; .jsonl), or URL")
+    p.add_argument(
+        "src",
+        help="folder (class = parent folder), list file (.txt/.csv: path[,label], UCF101 split files; .jsonl), "
+        "HMDB51 split files ('DIR/*_test_split1.txt', quoted, with --split), Kinetics CSV, or a URL of any",
+    )
     p.add_argument("--out", help="cache to create or finish (local path or fsspec URL, e.g. s3://bucket/c.zarr)")
     p.add_argument("--cache-root", help="find the cache with the same params hash under ROOT, or make ROOT/<hash>.zarr")
     p.add_argument("--videos-root", help="folder that list-file paths are relative to (default: the list's folder)")
+    p.add_argument(
+        "--split",
+        choices=SPLITS,
+        help="which part of HMDB51 split files to build: train (id 1) or test (id 2); required for them, "
+        "other sources have no parts and ignore it",
+    )
     p.add_argument("--size", default=f"{d.size[0]}x{d.size[1]}", help="HxW frames are resized to, whole (%(default)s)")
     p.add_argument("--clip-len", type=int, default=d.clip_len, help="frames per clip (%(default)s)")
     p.add_argument("--stride", type=int, default=d.stride, help="source frames between clip frames (%(default)s)")
@@ -92,6 +103,7 @@ def _run_build(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             report_path=args.report,
             force_unlock=args.force_unlock,
+            split=args.split,
         )
     except BuildError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -26,7 +26,7 @@ CHOICES = {
     "on_damage": ON_DAMAGE,
     "query_crop": QUERY_CROPS,
 }
-ALIASES = {"num_workers": ["--workers"]}
+ALIASES = {"num_workers": ["--workers"], "videos": ["--videos-root"]}  # --videos-root: the name build uses
 EVAL = EvalSettings()  # what eval and heatmap use where the run recorded nothing
 
 
@@ -82,8 +82,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="linear probe, kNN, retrieval and the swapped-background test, backbone frozen")
     ev.add_argument("checkpoint")
-    ev.add_argument("--train", required=True, help="labelled training videos: folder-per-class or split file")
-    ev.add_argument("--test", help="labelled test videos (default with --test-cache: the test cache's videos)")
+    ev.add_argument(
+        "--train",
+        required=True,
+        help="labelled training videos: folder-per-class, list or split file (UCF101 trainlistNN.txt; HMDB51 "
+        "'DIR/*_test_split1.txt', quoted: its train videos; Kinetics train.csv)",
+    )
+    ev.add_argument(
+        "--test",
+        help="labelled test videos, as --train (HMDB51 split files: their test videos); default with --test-cache: "
+        "the test cache's videos",
+    )
+    ev.add_argument(
+        "--videos-root",
+        help="folder that --train/--test list-file paths are relative to (default: each list's folder)",
+    )
     ev.add_argument(
         "--protocol", default="linear,knn,retrieval", help="comma-separated: linear,knn,retrieval,swapped (%(default)s)"
     )
@@ -159,7 +172,17 @@ def _eval(args) -> int:
         given = {k: built[k] if v is None else v for k, v in given.items()}
     settings = EvalSettings.for_run(config, **given)
     protocols = tuple(p.strip() for p in args.protocol.split(",") if p.strip())
-    metrics = evaluate(backbone, args.train, args.test, protocols, settings, args.device, args.finetune, swap_set)
+    metrics = evaluate(
+        backbone,
+        args.train,
+        args.test,
+        protocols,
+        settings,
+        args.device,
+        args.finetune,
+        swap_set,
+        videos_root=args.videos_root,
+    )
     if args.preview and swap_set is not None:
         from pipeline.swap_export import render_preview
 

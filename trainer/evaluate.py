@@ -23,7 +23,7 @@ from pipeline.loader.params import LoaderParams
 from pipeline.normalise import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.params import BuildParams
 from pipeline.plan import clip_frames
-from pipeline.sources import Source, list_source
+from pipeline.sources import Source, SourceError, check_videos_exist, list_source
 from pipeline.swap import SwapSet, read_swapped
 from pipeline.video import VideoError, decode
 from trainer.config import TrainConfig
@@ -270,9 +270,13 @@ def evaluate(
     device: str | torch.device = "cpu",
     do_finetune: bool = False,
     swap_set: SwapSet | None = None,
+    videos_root: str | None = None,
 ) -> dict[str, float]:
     """Run the protocols; returns the metrics dict (fractions in [0, 1], counts of the swapped set as ints) with the
-    JSON contract's keys. `swapped` needs `swap_set`; the test videos then default to the swap set's cache's."""
+    JSON contract's keys. `swapped` needs `swap_set`; the test videos then default to the swap set's cache's.
+
+    `videos_root` is what list-file paths are relative to (default: each list's folder). The role picks the part of
+    HMDB51 split files: the training set reads their train videos (id 1), the test set their test videos (id 2)."""
     settings = settings or EvalSettings()
     torch.set_flush_denormal(True)  # a trained backbone makes denormal activations: CPU convolutions slow down ~30x
     unknown = set(protocols) - {*PROTOCOLS, SWAPPED}
@@ -287,11 +291,15 @@ def evaluate(
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise EvalError(f"--device {device}: torch finds no CUDA GPU on this machine; use --device cpu")
-    train = list_source(train_src)
-    test = list_source(test_src) if test_src is not None else swap_set.source()
-    for name, source in (("train", train), ("test", test)):
-        if not source.entries:
-            raise EvalError(f"{name} set {source.root} holds no videos (empty dataset)")
+    try:
+        train = list_source(train_src, videos_root, split="train")
+        test = list_source(test_src, videos_root, split="test") if test_src is not None else swap_set.source()
+        for name, source in (("train", train), ("test", test)):
+            if not source.entries:
+                raise EvalError(f"{name} set {source.root} holds no videos (empty dataset)")
+            check_videos_exist(source)
+    except SourceError as exc:
+        raise EvalError(str(exc)) from exc
     backbone = backbone.to(device).eval()
     train_x, train_lab, _ = extract(backbone, train, settings, device, "train features")
     if swap_set is not None:

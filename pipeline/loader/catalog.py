@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.cache import DONE, Cache
-from pipeline.cache.fingerprint import source_changes
+from pipeline.cache.fingerprint import SourceChange, source_changes
 from pipeline.cache.layout import metadata_summary
 from pipeline.loader.params import LoaderParams
 from pipeline.params import BuildParams
@@ -71,12 +71,20 @@ def _check_sources(
         shown = "; ".join(escapes[:3]) + (f"; and {len(escapes) - 3} more" if len(escapes) > 3 else "")
         raise LoaderError(f"{url}: {len(escapes)} video path(s) lead outside the source root, refused: {shown}")
     if changes:
-        shown = "; ".join(map(str, changes[:5])) + (f"; and {len(changes) - 5} more" if len(changes) > 5 else "")
+        shown = "; ".join(map(_described, changes[:5], [root] * 5))
+        shown += f"; and {len(changes) - 5} more" if len(changes) > 5 else ""
         raise LoaderError(
             f"{url}: {len(changes)} source video(s) under {root} differ from the build: {shown}. "
             "Rebuild with `fame-pipeline build --resume` after `fame-cache verify --fix`, "
-            "or point --videos at the originals."
+            "or point --videos-root at the originals."
         )
+
+
+def _described(change: SourceChange, root: str) -> str:
+    """A change as the error shows it: a missing video with the full path looked for, so a wrong root is seen."""
+    if change.kind == "source-missing":
+        return f"{change.path}: vanished (not found at {join(root, change.path)})"
+    return str(change)
 
 
 def _key_range(n_frames: np.ndarray, clip_video: np.ndarray, frames: np.ndarray) -> np.ndarray:

@@ -73,7 +73,12 @@ def add_preview_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("cache", help="cache made by `fame-pipeline build` (local path or fsspec URL)")
     p.add_argument("--out", default="batch.png", help="picture to write (%(default)s)")
-    p.add_argument("--videos", help="where the source videos are, when not at the cache's recorded source root")
+    p.add_argument(
+        "--videos-root",
+        "--videos",
+        dest="videos",
+        help="where the source videos are, when not at the cache's recorded source root",
+    )
     p.add_argument("--batch-size", type=int, default=4, help="samples = rows (%(default)s)")
     p.add_argument("--frames", type=int, default=4, help="frames shown per clip (%(default)s)")
     p.add_argument("--epoch", type=int, default=0, help="which epoch's first batch (%(default)s)")
