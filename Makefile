@@ -49,8 +49,10 @@ demo: $(STAMP)
 		--test-cache $(DEMO)/test.zarr --json $(DEMO)/metrics.json
 	$(BIN)/fame-train heatmap $(DEMO)/run/checkpoint.pt $(DEMO)/test/class_0/video_0.mp4 --clip-len 8 \
 		--out $(DEMO)/heatmap.png
+	$(BIN)/fame-train export $(DEMO)/run/checkpoint.pt --out $(DEMO)/backbone.pt
 	@echo "demo outputs in $(DEMO)/: cache.zarr, build.json, clip.png, batch.png, run/checkpoint.pt," \
-		"run/log.jsonl, run/curves.png, test.zarr, swapped/ (labels.csv), swapped.png, metrics.json, heatmap.png"
+		"run/log.jsonl, run/curves.png, test.zarr, swapped/ (labels.csv), swapped.png, metrics.json, heatmap.png," \
+		"backbone.pt"
 
 bench: bench-preprocess bench-masks bench-loader bench-wait bench-bias bench-faults
 

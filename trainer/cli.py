@@ -1,6 +1,6 @@
-"""`fame-train`: pretrain, eval, plot, heatmap. Pretraining flags are generated from the fields of TrainConfig and of
-its LoaderParams, so the defaults live in one place (`--batch-size` fills `batch_size`, `--mask-mode` the loader's
-`mask_mode`; booleans take `--x/--no-x`, e.g. `--no-fame`)."""
+"""`fame-train`: pretrain, eval, export, plot, heatmap. Pretraining flags are generated from the fields of
+TrainConfig and of its LoaderParams, so the defaults live in one place (`--batch-size` fills `batch_size`,
+`--mask-mode` the loader's `mask_mode`; booleans take `--x/--no-x`, e.g. `--no-fame`)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,12 @@ CHOICES = {
     "query_crop": QUERY_CROPS,
 }
 ALIASES = {"num_workers": ["--workers"], "videos": ["--videos-root"]}  # --videos-root: the name build uses
+# What a flag means, where its name does not say it; argparse's help adds the default.
+HELP = {
+    "init": "a state dict the backbone starts from: torchvision's r2plus1d_18/r3d_18 weights (fc left out), "
+    "a `fame-train export` or a checkpoint; ",
+    "videos": "where the cache's videos are, when not at its recorded source root; ",
+}
 EVAL = EvalSettings()  # what eval and heatmap use where the run recorded nothing
 
 
@@ -43,19 +49,16 @@ def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, defaults: o
         args = typing.get_args(hint)
         base = next((a for a in args if a is not type(None)), hint) if isinstance(hint, types.UnionType) else hint
         default = getattr(defaults, field.name)
+        help_text = HELP.get(field.name, "") + f"default: {default}"
         if base is bool:
-            parser.add_argument(*flags, action=argparse.BooleanOptionalAction, help=f"default: {default}", **kwargs)
+            parser.add_argument(*flags, action=argparse.BooleanOptionalAction, help=help_text, **kwargs)
         elif typing.get_origin(base) is tuple:
             items = typing.get_args(base)
-            parser.add_argument(
-                *flags, nargs=len(items), type=items[0], metavar=metavar, help=f"default: {default}", **kwargs
-            )
+            parser.add_argument(*flags, nargs=len(items), type=items[0], metavar=metavar, help=help_text, **kwargs)
         else:
             choices = CHOICES.get(field.name)
             metavar = None if choices else metavar
-            parser.add_argument(
-                *flags, type=base, choices=choices, metavar=metavar, help=f"default: {default}", **kwargs
-            )
+            parser.add_argument(*flags, type=base, choices=choices, metavar=metavar, help=help_text, **kwargs)
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -126,6 +129,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--device", default="cpu")
 
+    export = sub.add_parser(
+        "export",
+        help="write a checkpoint's backbone as a plain state dict (torchvision's layout for r3d18 and r2plus1d18)",
+        description="Write the query encoder's backbone of CHECKPOINT as a plain state dict. For r2plus1d18 and "
+        "r3d18 it is torchvision's r2plus1d_18 / r3d_18 layout: `model = r2plus1d_18(); model.fc = nn.Identity(); "
+        "model.load_state_dict(torch.load(OUT), strict=True)`, or with --num-classes as it is.",
+    )
+    export.add_argument("checkpoint", help="a fame-train checkpoint (RUN/checkpoint.pt)")
+    export.add_argument("--out", required=True, help="the state dict to write, e.g. backbone.pt")
+    export.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help="also write a classifier fc of this many classes, initialised as torchvision does (normal, std 0.01; "
+        "drawn from --seed), so r2plus1d_18(num_classes=N) loads the file as it is",
+    )
+    export.add_argument("--seed", type=int, default=0, help="draws the --num-classes classifier (%(default)s)")
+
     plot = sub.add_parser("plot", help="write RUN/curves.png from RUN/log.jsonl")
     plot.add_argument("run")
 
@@ -194,6 +215,14 @@ def _eval(args) -> int:
     return EXIT_OK
 
 
+def _export(args) -> int:
+    from trainer.checkpoint import export_backbone
+
+    backbone = export_backbone(args.checkpoint, args.out, num_classes=args.num_classes, seed=args.seed)
+    print(f"{args.out}: the {backbone} backbone of {args.checkpoint}")
+    return EXIT_OK
+
+
 def _plot(args) -> int:
     from trainer.plot import plot_run
 
@@ -219,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("eval: give --test TEST, or --test-cache CACHE with --protocol swapped")
     if args.command == "eval" and args.preview and not args.test_cache:
         parser.error("eval: --preview draws the swapped test: it needs --test-cache CACHE")
-    handlers = {"pretrain": _pretrain, "eval": _eval, "plot": _plot, "heatmap": _heatmap}
+    handlers = {"pretrain": _pretrain, "eval": _eval, "export": _export, "plot": _plot, "heatmap": _heatmap}
     try:
         with handle_signals():
             return handlers[args.command](args)

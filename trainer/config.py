@@ -28,6 +28,9 @@ class TrainConfig:
     out: str = "runs/run"
     videos: str | None = None  # overrides the cache's recorded source root
     backbone: str = "r2plus1d18"
+    # A state dict the backbone starts from instead of random weights: torchvision's (r3d_18/r2plus1d_18, e.g. its
+    # Kinetics-400 weights; the classifier is left out), a `fame-train export`, or another run's checkpoint.
+    init: str | None = None
     epochs: int = 200
     batch_size: int = 64
     lr: float = 0.01

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from pipeline.loader import FameLoader
 from pipeline.signals import Interrupted, deferred, interrupted
 from trainer.backbones import build_backbone
-from trainer.checkpoint import load_checkpoint, save_checkpoint
+from trainer.checkpoint import CheckpointError, load_checkpoint, load_init, save_checkpoint
 from trainer.config import TrainConfig
 from trainer.micro import micro_loss
 from trainer.moco import MoCo, check_queue
@@ -62,7 +62,7 @@ class Run:
 
 def pretrain(config: TrainConfig, resume: bool = False, progress: bool = True, max_steps: int | None = None) -> Path:
     """Train; returns the path of the final checkpoint. `max_steps` stops early (tests, benchmarks)."""
-    run = _start(config)
+    run = _start(config, resume)
     if resume:
         _resume(run)
     if run.rank == 0:
@@ -76,9 +76,9 @@ def pretrain(config: TrainConfig, resume: bool = False, progress: bool = True, m
 # --- set-up ---------------------------------------------------------------------------------------------------------
 
 
-def _start(config: TrainConfig) -> Run:
+def _start(config: TrainConfig, resume: bool = False) -> Run:
     """Device, DDP and seeds, then the loader, the model and the optimizer (in that order: it fixes the random
-    state the model starts from)."""
+    state the model starts from). A resumed run's weights come from its checkpoint, so `init` is not read then."""
     device = _device(config)
     torch.set_flush_denormal(True)  # denormal activations slow CPU convolutions many times over (no effect on GPU)
     rank, world = _setup_distributed(device)
@@ -97,7 +97,7 @@ def _start(config: TrainConfig) -> Run:
         num_shards=world,
         seed=config.seed,
     )
-    model = _model(config).to(device)
+    model = _model(config, with_init=not resume).to(device)
     ddp = model
     if world > 1:
         ddp = torch.nn.parallel.DistributedDataParallel(
@@ -146,9 +146,16 @@ def _seed(config: TrainConfig) -> None:
     np.random.seed(config.seed)
 
 
-def _model(config: TrainConfig) -> MoCo:
+def _model(config: TrainConfig, with_init: bool = True) -> MoCo:
+    """The MoCo model; its backbone starts from `config.init` when given (both encoders: the key encoder is a copy)."""
+    backbone = build_backbone(config.backbone)
+    if config.init and with_init:
+        try:
+            load_init(backbone, config.init)
+        except CheckpointError as exc:
+            raise TrainError(f"--init: {exc}") from exc
     return MoCo(
-        build_backbone(config.backbone),
+        backbone,
         config.dim,
         config.queue_size,
         config.moco_momentum,
@@ -165,7 +172,8 @@ def _resume(run: Run) -> None:
     if not latest.exists():
         raise TrainError(f"--resume: no checkpoint at {latest}")
     state = load_checkpoint(latest)
-    diff = TrainConfig.from_dict(state["config"]).differences(run.config)
+    # --init chose where the run started; the checkpoint holds where it is now.
+    diff = TrainConfig.from_dict(state["config"]).differences(run.config, ignore=("epochs", "out", "init"))
     if diff:
         raise TrainError(f"--resume: {latest} was made with other settings: {diff}")
     run.model.load_state_dict(state["model"])
