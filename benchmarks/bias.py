@@ -82,7 +82,7 @@ from pipeline.loader.params import LoaderParams  # noqa: E402
 from pipeline.params import METHODS, BuildParams  # noqa: E402
 from pipeline.signals import descendants, handle_signals, reap  # noqa: E402
 from pipeline.sources import list_source  # noqa: E402
-from pipeline.swap import SwapSet, plan_swaps  # noqa: E402
+from pipeline.swap import SwapSet, draw_swaps  # noqa: E402
 from trainer.backbones import build_backbone  # noqa: E402
 from trainer.checkpoint import load_backbone  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
@@ -402,7 +402,7 @@ def build_test_cache(val_dir: Path, work: Path, budget: Budget) -> SwapSet:
     )
     url = str(work / "cache-test.zarr")
     build_cache(str(val_dir), url, params, workers=1, progress=False)
-    return plan_swaps(url, seed=budget.data_seed)
+    return draw_swaps(url, seed=budget.data_seed)
 
 
 def build_caches(train_dir: Path, work: Path, budget: Budget, methods: set[str]) -> tuple[dict[str, str], dict]:

@@ -4,7 +4,7 @@ scene names the class of the video that gave the background. (HAT, Chung, Wu and
 action-swap videos with a segmentation network; here they come from the cache's own masks and plates.)
 
 One set, two users: `fame-train eval --protocol swapped` scores it and `fame-pipeline swap-test` writes it as videos,
-so other models can be scored on the same clips. Planning is deterministic for a seed: in video order, each test
+so other models can be scored on the same clips. The draw is deterministic for a seed: in video order, each test
 video draws one partner video of another class, and its k-th clip goes over the plate of the partner's
 (k mod n)-th clip, so every clip of a video shares one background class and a video can be scored as a whole.
 
@@ -48,7 +48,7 @@ class SwapPair:
 
 @dataclass(frozen=True)
 class SwapSet:
-    """The planned set: which clips are pasted over which plates, and what was left out. Arrays come later."""
+    """The drawn set: which clips are pasted over which plates, and what was left out. Arrays come later."""
 
     url: str
     root: str  # where the source videos are
@@ -130,7 +130,7 @@ def _check_sources(url: str, root: str, table: dict[str, np.ndarray], videos: Se
         raise SwapError(f"{url}: {len(changes)} source video(s) under {root} differ from the build: {shown}")
 
 
-def plan_swaps(url: str, seed: int = 0, videos_root: str | None = None) -> SwapSet:
+def draw_swaps(url: str, seed: int = 0, videos_root: str | None = None) -> SwapSet:
     """Plan the swapped set of a cache: read every readable clip's mask once (checked), leave out empty and damaged
     clips, and give each remaining test video a partner video of another class. Raises SwapError naming the cache
     when it cannot serve: no readable clip, videos without labels, one class only, changed sources."""
@@ -223,7 +223,7 @@ def read_swapped(swap_set: SwapSet, pairs: Sequence[SwapPair] | None = None) -> 
                 mask, own_plate = cache.read_clip(pair.clip, np.asarray(pair.frames, np.int32))
                 _, partner_plate = cache.read_clip(pair.partner_clip)
             except ClipDamaged as exc:
-                raise SwapError(f"{exc} (damaged since the swapped set was planned)") from exc
+                raise SwapError(f"{exc} (damaged since the swapped set was drawn)") from exc
             background = np.broadcast_to(own_plate, frames.shape)
             out.append(SwappedClip(pair, frames, paste(frames, mask, partner_plate), background))
         yield out

@@ -18,7 +18,7 @@ import sys
 import numpy as np
 
 from pipeline.report import EXIT_FAILED_JOB, EXIT_OK
-from pipeline.swap import SwapError, SwapPair, SwapSet, plan_swaps, read_swapped
+from pipeline.swap import SwapError, SwapPair, SwapSet, draw_swaps, read_swapped
 from pipeline.video import write_video
 
 LABEL_COLUMNS = (
@@ -131,7 +131,7 @@ def add_swap_test_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_swap_test(args: argparse.Namespace) -> int:
     try:
-        swap_set = plan_swaps(args.cache, seed=args.seed, videos_root=args.videos)
+        swap_set = draw_swaps(args.cache, seed=args.seed, videos_root=args.videos)
         labels = export_swapped(swap_set, args.out)
         if args.preview:
             print(f"preview: {render_preview(swap_set, args.preview)}", file=sys.stderr)

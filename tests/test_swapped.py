@@ -20,7 +20,7 @@ from pipeline.cache import Cache
 from pipeline.cli import main as pipeline_main
 from pipeline.loader.params import LoaderParams
 from pipeline.sources import list_source
-from pipeline.swap import SwapError, paste, plan_swaps, read_swapped
+from pipeline.swap import SwapError, draw_swaps, paste, read_swapped
 from pipeline.video import decode_clip, write_video
 from synthetic import Scene, render
 from trainer.cli import main as train_main
@@ -102,7 +102,7 @@ def test_paste_takes_the_clip_where_the_mask_is_foreground_at_the_default_thresh
 
 
 def test_background_features_follow_the_scene(data):
-    metrics = evaluate(CornerColour(), data["train"], None, ("swapped",), SETTINGS, swap_set=plan_swaps(data["cache"]))
+    metrics = evaluate(CornerColour(), data["train"], None, ("swapped",), SETTINGS, swap_set=draw_swaps(data["cache"]))
     assert metrics["linear_top1"] == 1.0  # the unmodified test: scene and actor agree
     assert metrics["swapped_bg_top1"] >= 0.9
     assert metrics["swapped_top1"] <= 0.1  # chance is 1/3; a partner is always of another class
@@ -110,14 +110,14 @@ def test_background_features_follow_the_scene(data):
 
 
 def test_foreground_features_follow_the_action(data):
-    metrics = evaluate(CentreColour(), data["train"], None, ("swapped",), SETTINGS, swap_set=plan_swaps(data["cache"]))
+    metrics = evaluate(CentreColour(), data["train"], None, ("swapped",), SETTINGS, swap_set=draw_swaps(data["cache"]))
     assert metrics["linear_top1"] == 1.0
     assert metrics["swapped_top1"] >= 0.9
     assert metrics["swapped_bg_top1"] <= 0.1
 
 
 def test_plan_is_deterministic_for_a_seed_and_pairs_other_classes(data):
-    first, again, other = (plan_swaps(data["cache"], seed=seed) for seed in (0, 0, 1))
+    first, again, other = (draw_swaps(data["cache"], seed=seed) for seed in (0, 0, 1))
     assert first == again
     assert [p.partner_video for p in first.pairs] != [p.partner_video for p in other.pairs]
     assert all(p.background_label != p.label for p in first.pairs)
@@ -128,7 +128,7 @@ def test_plan_is_deterministic_for_a_seed_and_pairs_other_classes(data):
 
 
 def test_empty_masks_are_left_out_and_counted(data):
-    swap_set = plan_swaps(data["cache"])
+    swap_set = draw_swaps(data["cache"])
     still = swap_set.paths.index("class_0/still.mp4")
     assert swap_set.empty_masks == 2  # the still video's two clips
     assert still not in {p.video for p in swap_set.pairs}
@@ -136,7 +136,7 @@ def test_empty_masks_are_left_out_and_counted(data):
 
 
 def test_swapped_clip_is_the_foreground_over_the_partner_plate(data):
-    swap_set = plan_swaps(data["cache"])
+    swap_set = draw_swaps(data["cache"])
     item = next(read_swapped(swap_set))[0]
     assert swap_set.paths[item.pair.video] == "class_0/t0.mp4"
     frames, truth = (a[list(item.pair.frames)] for a in video(0, 0))
@@ -153,7 +153,7 @@ def test_swap_test_exports_the_set_with_both_labels(data, tmp_path):
     out, picture = tmp_path / "swapped", tmp_path / "swap.png"
     assert pipeline_main(["swap-test", data["cache"], "--out", str(out), "--seed", "0", "--preview", str(picture)]) == 0
     assert picture.stat().st_size > 1000
-    swap_set = plan_swaps(data["cache"], seed=0)
+    swap_set = draw_swaps(data["cache"], seed=0)
     rows = list(csv.DictReader((out / "labels.csv").open()))
     assert len(rows) == len(swap_set.pairs)
     for row, pair in zip(rows, swap_set.pairs, strict=True):
@@ -172,19 +172,19 @@ def test_swap_test_exports_the_set_with_both_labels(data, tmp_path):
 def test_refuses_caches_it_cannot_swap(tmp_path):
     one_class = swapped_cache(tmp_path / "one", classes=(1,))
     with pytest.raises(SwapError, match="one class only") as info:
-        plan_swaps(one_class)
+        draw_swaps(one_class)
     assert one_class in str(info.value)
     unlabelled = swapped_cache(tmp_path / "unlabelled", labelled=False)
     with pytest.raises(SwapError, match="no class label"):
-        plan_swaps(unlabelled)
+        draw_swaps(unlabelled)
     with pytest.raises(SwapError, match="no cache here"):
-        plan_swaps(str(tmp_path / "missing.zarr"))
+        draw_swaps(str(tmp_path / "missing.zarr"))
 
 
 def test_eval_refuses_a_test_cache_that_does_not_match(data):
     other = EvalSettings(clip_len=T + 2, stride=2, clips_per_video=2, size=SIZE, crop=24)
     with pytest.raises(EvalError, match="test cache holds clips of 4 frames") as info:
-        evaluate(CornerColour(), data["train"], None, ("swapped",), other, swap_set=plan_swaps(data["cache"]))
+        evaluate(CornerColour(), data["train"], None, ("swapped",), other, swap_set=draw_swaps(data["cache"]))
     assert data["cache"] in str(info.value)
     with pytest.raises(EvalError, match="go together"):
         evaluate(CornerColour(), data["train"], None, ("swapped",), SETTINGS)
@@ -192,7 +192,7 @@ def test_eval_refuses_a_test_cache_that_does_not_match(data):
     with open(two_classes, "w") as handle:
         handle.writelines(f"class_{c}/v{v}.mp4,class_{c}\n" for c in (0, 1) for v in range(3))
     with pytest.raises(EvalError, match="classes not in the training set") as info:
-        evaluate(CornerColour(), two_classes, None, ("swapped",), SETTINGS, swap_set=plan_swaps(data["cache"]))
+        evaluate(CornerColour(), two_classes, None, ("swapped",), SETTINGS, swap_set=draw_swaps(data["cache"]))
     assert data["cache"] in str(info.value)
 
 

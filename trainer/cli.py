@@ -185,9 +185,9 @@ def _eval(args) -> int:
     }
     swap_set = None
     if args.test_cache:
-        from pipeline.swap import plan_swaps
+        from pipeline.swap import draw_swaps
 
-        swap_set = plan_swaps(args.test_cache, seed=args.seed)
+        swap_set = draw_swaps(args.test_cache, seed=args.seed)
         built = {"clip_len": swap_set.clip_len, "stride": swap_set.stride, "size": swap_set.size}
         built["clips_per_video"] = swap_set.clips_per_video
         given = {k: built[k] if v is None else v for k, v in given.items()}

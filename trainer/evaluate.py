@@ -31,7 +31,7 @@ from trainer.config import TrainConfig
 MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1)
 STD = torch.tensor(IMAGENET_STD).view(3, 1, 1, 1)
 PROTOCOLS = ("linear", "knn", "retrieval")  # the default set
-SWAPPED = "swapped"  # needs a test cache: `evaluate(..., swap_set=plan_swaps(CACHE))`
+SWAPPED = "swapped"  # needs a test cache: `evaluate(..., swap_set=draw_swaps(CACHE))`
 RECALL_AT = (1, 5, 10, 20)
 
 
