@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cache_tools.api import disk_bytes
-from cache_tools.verify import Problem, _clips, _sources, _statuses, _unreadable_table
+from cache_tools.verify import Problem, _clips, _sources, _statuses, _unreadable_table, index_problem
 from pipeline.cache import DONE, Cache
 
 PLATE_REENCODE_TOLERANCE = 1.0  # mean grey levels a JPEG plate may move when copied (decoded and encoded again)
@@ -69,9 +69,18 @@ def videos_to_keep(cache: Cache, progress: bool = False) -> tuple[np.ndarray, li
     return keep, sorted(why.items())
 
 
+def _trusted_indexes(texts: np.ndarray, n_frames: np.ndarray) -> np.ndarray:
+    """The stored frame indexes to copy: one verify does not trust becomes '' (the loader demuxes that video), so a
+    damaged index costs a demux, not the video."""
+    sound = [index_problem(str(t), int(n)) is None for t, n in zip(texts, n_frames, strict=True)]
+    return np.where(sound, texts, "").astype(object)
+
+
 def _copy(cache: Cache, keep: np.ndarray, url: str, progress: bool) -> Cache:
     """A new cache at url holding only the kept videos, with their clips, copied group by group."""
     table = {name: values[keep] for name, values in cache.video_table().items()}
+    if "frame_index" in table:
+        table["frame_index"] = _trusted_indexes(table["frame_index"], table["n_frames"])
     counts = table["n_clips"].astype(int)
     _, frames = cache.clip_table()
     first = table["first_clip"].astype(int)

@@ -25,12 +25,13 @@ from pipeline.cache import DONE, PENDING, STATUSES, Cache
 from pipeline.cache.fingerprint import source_changes
 from pipeline.cache.layout import MetadataError, check_metadata, rewrite_metadata
 from pipeline.signals import deferred
+from pipeline.video import NO_INDEX, FrameIndex
 
 
 @dataclass(frozen=True)
 class Problem:
     """One thing wrong. kind: metadata, structure, status, clip-table, layout, unreadable, checksum, frames,
-    source-missing, source-changed, source-escape. Metadata problems name the file in `path`."""
+    frame-index, source-missing, source-changed, source-escape. Metadata problems name the file in `path`."""
 
     kind: str
     detail: str
@@ -99,6 +100,35 @@ def _layout(cache: Cache, clip_video: np.ndarray, frames: np.ndarray) -> list[Pr
     return problems
 
 
+def index_problem(text: str, n_frames: int) -> str | None:
+    """Why a stored frame index cannot be trusted to seek in a video of n_frames, or None when it can ('' and
+    NO_INDEX say there is none: the loader demuxes the file, or decodes it from the start)."""
+    if text in ("", NO_INDEX):
+        return None
+    try:
+        index = FrameIndex.from_text(text)
+    except ValueError as exc:
+        return str(exc)
+    if n_frames > 0 and len(index.pts) != n_frames:
+        return f"frame index numbers {len(index.pts)} frames, the video decoded to {n_frames}"
+    return None
+
+
+def _frame_indexes(cache: Cache) -> list[Problem]:
+    """Done videos whose stored frame index (where the cache has the column) is malformed or numbers another count
+    of frames than the video decoded to: a loader would fall back to demuxing, a sign of damaged bytes."""
+    if "frame_index" not in cache.video_fields:
+        return []
+    status, paths = cache.videos("status"), cache.videos("path")
+    texts, n_frames = cache.videos("frame_index"), cache.videos("n_frames")
+    problems = []
+    for v in np.flatnonzero(status == DONE):
+        why = index_problem(str(texts[v]), int(n_frames[v]))
+        if why:
+            problems.append(Problem("frame-index", why, int(v), str(paths[v])))
+    return problems
+
+
 def _read(cache: Cache, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
     return cache.root["masks"][lo:hi], cache.root["plates"][lo:hi]
 
@@ -161,8 +191,8 @@ def _sources(cache: Cache, progress: bool) -> list[Problem]:
 
 
 def verify_cache(cache: Cache, sources: bool = True, progress: bool = False) -> list[Problem]:
-    """Every problem found, in the order metadata, status, clip table, clip data, sources. [] means the cache is
-    sound. Damaged metadata stops the check there: what follows would read through it."""
+    """Every problem found, in the order metadata, status, clip table, frame indexes, clip data, sources. [] means
+    the cache is sound. Damaged metadata stops the check there: what follows would read through it."""
     problems = _metadata(cache)
     if problems:
         return problems
@@ -171,6 +201,7 @@ def verify_cache(cache: Cache, sources: bool = True, progress: bool = False) -> 
     problems += _unreadable_table(cache, bad_chunks)
     stored = cache.root["clips/checksum"][:]
     problems += _layout(cache, clip_video, frames)
+    problems += _frame_indexes(cache)
     problems += _clips(cache, cache.readable_clips(clip_video), stored, clip_video, progress, frames)
     if sources:
         problems += _sources(cache, progress)

@@ -26,7 +26,7 @@ from pipeline.params import BuildParams
 from pipeline.plan import clip_count, clip_frames
 from pipeline.signals import descendants, keep_handlers, reap
 from pipeline.sources import join, stat_source
-from pipeline.video import VideoError, decode
+from pipeline.video import NO_INDEX, FrameIndex, VideoError, decode_indexed
 
 TASK_RETRIES = 3  # a task whose worker dies (killed, out of memory) runs again; video errors are never retried
 
@@ -87,14 +87,27 @@ def planned_frames(n_frames: int, params: BuildParams, n_clips: int) -> np.ndarr
     return clip_frames(n_frames, params, n_clips=n_clips)
 
 
-def _decode_clips(
-    path: str, params: BuildParams, n_planned: int, n_clips: int, threads: int = 0
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Decode the video once and return (clips (n,T,h,w,3), frame table (n,T), frames decoded)."""
+@dataclass(frozen=True)
+class DecodedVideo:
+    """What the build takes from decoding a video: its clips' frames and what the cache records of the file."""
+
+    clips: np.ndarray  # (n, T, h, w, 3) uint8
+    table: np.ndarray  # (n, T) source frame numbers
+    n_frames: int  # frames decoded
+    frame_index: str  # FrameIndex.to_text(), or NO_INDEX: where a loader can seek
+
+
+def _index_text(index: FrameIndex | None) -> str:
+    return NO_INDEX if index is None else index.to_text()
+
+
+def _decode_clips(path: str, params: BuildParams, n_planned: int, n_clips: int, threads: int = 0) -> DecodedVideo:
+    """Decode the video once (twice when it has another length than its header said) for its clips' frames and its
+    frame index."""
     limits = {"max_pixels": params.max_pixels, "max_frames": params.max_frames, "threads": threads}
     table = planned_frames(max(n_planned, 2), params, n_clips)
     keep = np.unique(table)
-    frames, info = decode(path, params.size, keep=keep, **limits)
+    frames, info, index = decode_indexed(path, params.size, keep=keep, **limits)
     if info.n_frames != n_planned:
         # The file decodes to another length than its header said: keep the planned clip count, spread anew.
         if info.n_frames < 2:
@@ -103,11 +116,11 @@ def _decode_clips(
         needed = np.unique(table)
         got = keep[keep < info.n_frames]
         if not np.isin(needed, got).all():
-            frames, info = decode(path, params.size, keep=needed, **limits)
+            frames, info, index = decode_indexed(path, params.size, keep=needed, **limits)
             got = needed
         keep = got
     rows = np.searchsorted(keep, table)
-    return frames[rows], table, info.n_frames
+    return DecodedVideo(frames[rows], table, info.n_frames, _index_text(index))
 
 
 def _clip_outputs(
@@ -155,6 +168,7 @@ def _run_group(task: GroupTask, stop: threading.Event | None) -> GroupResult:
     n_frames = np.asarray(task.n_frames, np.int32).copy()
     size_col = np.asarray(task.bytes, np.int64).copy()
     mtime_col = np.asarray(task.mtime, np.float64).copy()
+    index_col = [""] * len(task.paths)  # a failed or refused video has no index
     status, errors = list(task.status), list(task.error)
     mask_step = get_step(params.method)
     result = GroupResult(group.index)
@@ -173,10 +187,10 @@ def _run_group(task: GroupTask, stop: threading.Event | None) -> GroupResult:
                 size_col[i], mtime_col[i] = stat_source(path)
             except FileNotFoundError as exc:
                 raise VideoError(path, "file not found") from exc
-            clips, table, decoded = _decode_clips(path, params, int(task.n_frames[i]), n_clips, task.threads)
-            masks[rows], plates[rows] = _clip_outputs(clips, mask_step, background_plate, path)
-            frames_out[rows] = table
-            n_frames[i] = decoded
+            video_out = _decode_clips(path, params, int(task.n_frames[i]), n_clips, task.threads)
+            masks[rows], plates[rows] = _clip_outputs(video_out.clips, mask_step, background_plate, path)
+            frames_out[rows] = video_out.table
+            n_frames[i], index_col[i] = video_out.n_frames, video_out.frame_index
             status[i], errors[i] = DONE, ""
             result.clips += n_clips
         except Exception as exc:  # any per-video failure is recorded with its reason; the group goes on
@@ -185,7 +199,14 @@ def _run_group(task: GroupTask, stop: threading.Event | None) -> GroupResult:
             frames_out[rows] = planned_frames(max(int(task.n_frames[i]), 2), params, n_clips)
             status[i], errors[i] = FAILED, reason
         result.videos.append(VideoResult(video, rel, status[i], errors[i], n_clips))
-    updates = {"n_frames": n_frames, "bytes": size_col, "mtime": mtime_col, "status": status, "error": errors}
+    updates = {
+        "n_frames": n_frames,
+        "bytes": size_col,
+        "mtime": mtime_col,
+        "frame_index": index_col,
+        "status": status,
+        "error": errors,
+    }
     _check(stop)
     cache.write_group(group, masks, plates, frames_out, updates)
     result.seconds = time.perf_counter() - start

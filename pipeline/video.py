@@ -138,8 +138,24 @@ def decode(
     cache must not silently hold clips of a broken video. `threads` caps FFmpeg's decoding threads (0: one per
     core), so that parallel workers do not oversubscribe the cores.
     """
+    frames, info, _ = decode_indexed(path, size, keep, max_pixels, max_frames, threads)
+    return frames, info
+
+
+def decode_indexed(
+    path: str,
+    size: tuple[int, int] | None = None,
+    keep: Iterable[int] | None = None,
+    max_pixels: int | None = None,
+    max_frames: int | None = None,
+    threads: int = 0,
+) -> tuple[np.ndarray, VideoInfo, FrameIndex | None]:
+    """`decode`, and the video's FrameIndex from the packets that pass demuxed (the build stores it, so loaders need
+    not demux the file again); None where `frame_index` would give None, or where the packets do not number the
+    frames decoded (a packet that gives no frame)."""
     wanted = None if keep is None else {int(i) for i in keep}
     frames: list[np.ndarray] = []
+    packets = _PacketLog()
     to_rgb = FrameConverter(size)
     with open_container(path) as container:
         meta = _stream_info(path, container)
@@ -151,12 +167,14 @@ def decode(
         stream = container.streams.video[0]
         count = 0
         try:
-            for frame in container.decode(stream):
-                if max_frames and count >= max_frames:
-                    raise VideoError(path, f"has more than --max-frames {max_frames} frames")
-                if wanted is None or count in wanted:
-                    frames.append(to_rgb(frame))
-                count += 1
+            for packet in container.demux(stream):  # what `container.decode` does, with each packet seen
+                packets.add(packet)
+                for frame in packet.decode():
+                    if max_frames and count >= max_frames:
+                        raise VideoError(path, f"has more than --max-frames {max_frames} frames")
+                    if wanted is None or count in wanted:
+                        frames.append(to_rgb(frame))
+                    count += 1
         except av.error.FFmpegError as exc:
             raise VideoError(path, f"decoding failed after {count} frames (truncated or corrupt?): {exc}") from exc
     if count == 0:
@@ -167,13 +185,17 @@ def decode(
     info = VideoInfo(n_frames=count, fps=meta.fps, height=meta.height, width=meta.width)
     if not frames:
         raise VideoError(path, f"none of the requested frames exist (video has {count} frames)")
-    return np.stack(frames), info
+    index = packets.index()
+    return np.stack(frames), info, index if index is not None and len(index.pts) == count else None
 
 
 def decode_all(path: str, size: tuple[int, int] | None = None, **kwargs) -> np.ndarray:
     """All frames of a video, resized to `size` when given."""
     frames, _ = decode(path, size, keep=None, **kwargs)
     return frames
+
+
+NO_INDEX = "-"  # a stored frame index saying the video's timestamps cannot number its frames: decode from the start
 
 
 @dataclass(frozen=True)
@@ -198,12 +220,75 @@ class FrameIndex:
         """The last keyframe at or before `frame`."""
         return int(self.keyframes[np.searchsorted(self.keyframes, frame, side="right") - 1])
 
+    def to_text(self) -> str:
+        """The index as a cache stores it: 'PTS / KEYFRAMES', each its first value then runs of equal steps
+        ('0 512*299 / 0 48*6'), a few bytes for a constant frame rate and a fixed keyframe interval."""
+        return f"{_to_runs(self.pts)} / {_to_runs(self.keyframes)}"
+
+    @classmethod
+    def from_text(cls, text: str) -> FrameIndex:
+        """The index `to_text` wrote; ValueError (naming the text) when it is not one a seek can trust."""
+        try:
+            pts_text, key_text = text.split(" / ")
+            pts, keyframes = _from_runs(pts_text), _from_runs(key_text)
+        except ValueError as exc:
+            raise ValueError(f"frame index {text[:60]!r} is not 'PTS / KEYFRAMES' runs ({exc})") from exc
+        if np.any(np.diff(pts) <= 0) or np.any(np.diff(keyframes) <= 0):
+            raise ValueError(f"frame index {text[:60]!r}: timestamps and keyframes must increase")
+        if keyframes[0] != 0 or keyframes[-1] >= len(pts):
+            raise ValueError(f"frame index {text[:60]!r}: keyframes must start at 0 and lie within {len(pts)} frames")
+        return cls(pts=pts, keyframes=keyframes)
+
+
+def _to_runs(values: np.ndarray) -> str:
+    """'first step*count ...': the first value, then each run of equal steps between neighbours."""
+    steps = np.diff(np.asarray(values, np.int64))
+    starts = np.flatnonzero(np.diff(steps, prepend=np.int64(steps[0] + 1) if len(steps) else 0))
+    counts = np.diff(np.append(starts, len(steps)))
+    return " ".join([str(int(values[0]))] + [f"{int(steps[s])}*{int(c)}" for s, c in zip(starts, counts, strict=True)])
+
+
+def _from_runs(text: str) -> np.ndarray:
+    """The values `_to_runs` wrote (ValueError when the text is not such runs)."""
+    first, *runs = text.split(" ")
+    steps = [np.full(int(count), int(step), np.int64) for step, count in (run.split("*") for run in runs)]
+    return np.cumsum(np.concatenate([[np.int64(first)], *steps]))
+
+
+class _PacketLog:
+    """The timestamps and keyframe flags of a video's packets as they are demuxed."""
+
+    def __init__(self) -> None:
+        self.pts: list[int | None] = []
+        self.keyframes: list[bool] = []
+
+    def add(self, packet: av.Packet) -> None:
+        if packet.size == 0:  # the demuxer's end-of-stream flush packet
+            return
+        self.pts.append(packet.pts)
+        self.keyframes.append(packet.is_keyframe)
+
+    def index(self) -> FrameIndex | None:
+        """The FrameIndex of the packets seen, or None when their timestamps cannot number the frames (missing or
+        repeated, no keyframe at the start)."""
+        if not self.pts or any(p is None for p in self.pts):
+            return None
+        order = np.argsort(self.pts, kind="stable")
+        sorted_pts = np.asarray(self.pts, np.int64)[order]
+        if np.any(np.diff(sorted_pts) == 0):
+            return None
+        key_frames = np.flatnonzero(np.asarray(self.keyframes)[order])
+        if len(key_frames) == 0 or key_frames[0] != 0:
+            return None
+        return FrameIndex(pts=sorted_pts, keyframes=key_frames)
+
 
 def frame_index(path: str) -> FrameIndex | None:
     """The FrameIndex of a video from its packets (demuxed, not decoded: a few ms), or None when its timestamps
     cannot number the frames (missing or repeated, no keyframe at the start): such videos are decoded from the
     start. Kept per process and per file version (size and mtime of a local file), so a loader worker reads each
-    video's packets once and a rewritten file is indexed again."""
+    video's packets once and a rewritten file is indexed again. A cache built by this version stores the index
+    (`decode_indexed`), so a loader reading it demuxes nothing."""
     local = path.removeprefix("file://")
     stamp = None
     if not is_remote(path) and os.path.isfile(local):
@@ -214,28 +299,32 @@ def frame_index(path: str) -> FrameIndex | None:
 
 @functools.lru_cache(maxsize=4096)
 def _frame_index(path: str, stamp: tuple[int, int] | None) -> FrameIndex | None:
-    pts, keyframes = [], []
+    packets = _PacketLog()
     with open_container(path) as container:
         try:
             for packet in container.demux(container.streams.video[0]):
-                if packet.size == 0:  # the demuxer's end-of-stream flush packet
-                    continue
-                if packet.pts is None:
-                    return None
-                pts.append(packet.pts)
-                keyframes.append(packet.is_keyframe)
+                packets.add(packet)
         except av.error.FFmpegError:  # a damaged file: decoding from the start reports what is wrong
             return None
-    if not pts:
+    return packets.index()
+
+
+@functools.lru_cache(maxsize=4096)
+def _stored_index(text: str) -> FrameIndex | None:
+    """A cache's stored index, parsed once per process; None for a malformed one (verify reports it)."""
+    try:
+        return FrameIndex.from_text(text)
+    except ValueError:
         return None
-    order = np.argsort(pts, kind="stable")
-    sorted_pts = np.asarray(pts, np.int64)[order]
-    if np.any(np.diff(sorted_pts) == 0):
+
+
+def _index_for(path: str, seek: bool, stored: str) -> FrameIndex | None:
+    """The index to seek with: none without seeking or when the build found the video unindexable, the stored one
+    when there is one, else the file's packets demuxed here (a cache without the index, or a malformed one)."""
+    if not seek or stored == NO_INDEX:
         return None
-    key_frames = np.flatnonzero(np.asarray(keyframes)[order])
-    if len(key_frames) == 0 or key_frames[0] != 0:
-        return None
-    return FrameIndex(pts=sorted_pts, keyframes=key_frames)
+    index = _stored_index(stored) if stored else None
+    return index if index is not None else frame_index(path)
 
 
 class _SeekFailed(Exception):
@@ -293,6 +382,7 @@ def decode_clips(
     size: tuple[int, int] | None = None,
     threads: int = 0,
     seek: bool = True,
+    stored_index: str = "",
 ) -> list[np.ndarray]:
     """The frames of several clips of one video, each (T, h, w, 3) uint8 in the order given (repeats allowed, as in
     looped clips), from one decoding pass.
@@ -301,14 +391,15 @@ def decode_clips(
     stops after the last frame any clip needs. Two clips of one video cost one pass, from the keyframe before the
     first to the end of the last, skipping to the second clip's keyframe when there is one between them. `threads`
     caps FFmpeg's decoding threads (0: its choice); parallel loader workers decode one thread each. `seek=False`
-    decodes from the first frame (the reference the seeking path is tested and measured against).
+    decodes from the first frame (the reference the seeking path is tested and measured against). `stored_index`:
+    the video's index as its cache stores it (`FrameIndex.to_text`, or `NO_INDEX`); empty: demux the file for it.
     """
     orders = [np.asarray(frames, dtype=np.int64) for frames in clips]
     wanted = np.unique(np.concatenate(orders))
     last = int(wanted[-1])
     keep = frozenset(int(i) for i in wanted)
     to_rgb = FrameConverter(size)
-    index = frame_index(path) if seek else None
+    index = _index_for(path, seek, stored_index)
     runs = _seek_runs(wanted, index) if index is not None and last < len(index.pts) else [(0, last)]
     found: dict[int, np.ndarray] | None = None
     if runs != [(0, last)] and index is not None:

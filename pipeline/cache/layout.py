@@ -39,6 +39,7 @@ VIDEO_FIELDS: dict[str, Any] = {
     "mtime": np.float64,
     "first_clip": np.int64,
     "n_clips": np.int32,
+    "frame_index": str,  # packet timestamps and keyframes, for seeking (pipeline.video.FrameIndex.to_text)
     "status": str,
     "error": str,
 }
@@ -56,6 +57,9 @@ CHECKED_FIELDS = (
 )
 CLIP_ARRAYS = ("clips/video", "clips/frames", "clips/checksum", "masks", "plates")  # one row per clip slot
 NODES = (*GROUPS, *(f"videos/{name}" for name in VIDEO_FIELDS), *CLIP_ARRAYS)  # every node but the root
+# Nodes added within a format: a cache built before one has no file of it and loads as before (without the frame
+# index, the loader demuxes each video to find where to seek). One with data but no metadata is damaged, not absent.
+OPTIONAL_NODES = ("videos/frame_index",)
 
 
 class MetadataError(Exception):
@@ -161,10 +165,17 @@ def _majority(values: list[int]) -> int | None:
     return Counter(values).most_common(1)[0][0] if values else None
 
 
+def nodes_in(url: str) -> tuple[str, ...]:
+    """Every node but the root that the cache at `url` has: all of NODES, less an optional node it was built
+    without (no file of it at all)."""
+    fs, root = _fs_root(url)
+    return tuple(node for node in NODES if node not in OPTIONAL_NODES or fs.exists(f"{root}/{node}"))
+
+
 def _read_documents(url: str) -> dict[str, tuple[dict | None, str]]:
     """Every node's (parsed zarr.json, why not), each file read once."""
     fs, root = _fs_root(url)
-    return {node: _read_document(fs, root, node) for node in NODES}
+    return {node: _read_document(fs, root, node) for node in nodes_in(url)}
 
 
 def shape_of(
@@ -204,12 +215,13 @@ class MetadataProblem:
 
 
 def check_metadata(url: str, attrs: dict[str, Any]) -> list[MetadataProblem]:
-    """Every node whose metadata file is missing, unreadable or not what this cache's numbers give."""
+    """Every node the cache has (`nodes_in`) whose metadata file is missing, unreadable or not what this cache's
+    numbers give."""
     documents = _read_documents(url)
     expected = expected_documents(shape_of(url, attrs, documents))
     problems = []
-    for node, want_bytes in expected.items():
-        have, why = documents[node]
+    for node, (have, why) in documents.items():
+        want_bytes = expected[node]
         if have is None:
             problems.append(MetadataProblem(node, why))
             continue

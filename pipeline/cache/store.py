@@ -13,6 +13,8 @@ Layout (a public contract, documented in the README):
     videos/mtime     (V,)  float64 source modification time at build time (0 when the store has none)
     videos/first_clip(V,)  int64   index of the video's first clip
     videos/n_clips   (V,)  int32
+    videos/frame_index (V,) str   packet timestamps and keyframes, for seeking ('' when not recorded; absent in
+                                   caches built before it: see layout.OPTIONAL_NODES)
     videos/status    (V,)  str     pending | done | failed
     videos/error     (V,)  str     why it failed, empty otherwise
     clips/video      (N,)  int32   index into videos; -1 for padding slots that hold no clip
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as _dt
+import functools
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,6 +48,7 @@ from pipeline.cache.codecs import jpeg_roundtrip
 from pipeline.cache.layout import (
     GROUPS,
     MASK_COMPRESSOR,
+    OPTIONAL_NODES,
     PLATE_QUALITY,
     VIDEO_FIELDS,
     CacheShape,
@@ -95,6 +99,11 @@ class Group:
     index: int
     videos: range
     clips: range
+
+
+def _optional(field: str) -> bool:
+    """Whether a video column may be absent (added within the format: see layout.OPTIONAL_NODES)."""
+    return f"videos/{field}" in OPTIONAL_NODES
 
 
 def _now() -> str:
@@ -281,13 +290,20 @@ class Cache:
     def n_slots(self) -> int:
         return int(self.root["clips/video"].shape[0])
 
+    @functools.cached_property
+    def video_fields(self) -> dict[str, Any]:
+        """The video columns this cache has: all of VIDEO_FIELDS, less an optional one it was built without."""
+        present = set(self.root["videos"].array_keys())
+        return {name: dtype for name, dtype in VIDEO_FIELDS.items() if name in present or not _optional(name)}
+
     def videos(self, field: str) -> np.ndarray:
         """One column of the video table."""
         return self.root[f"videos/{field}"][:]
 
     def video_table(self) -> dict[str, np.ndarray]:
-        """Every column of the video table, read side by side."""
-        return dict(zip(VIDEO_FIELDS, read_arrays(self.root["videos"], list(VIDEO_FIELDS)), strict=True))
+        """Every column of the video table the cache has (`video_fields`), read side by side."""
+        names = list(self.video_fields)
+        return dict(zip(names, read_arrays(self.root["videos"], names), strict=True))
 
     def groups(self) -> list[Group]:
         """The writer groups, recomputed from the layout attrs and the video table."""
@@ -384,7 +400,8 @@ class Cache:
         """Commit one group: clip arrays first, then video fields, status last.
 
         masks/plates/frames cover the whole group's clip range (padding slots included, as zeros); video_updates
-        holds full columns for the group's videos and must include 'status' and 'error'.
+        holds full columns for the group's videos and must include 'status' and 'error'; a column the cache was
+        built without (`video_fields`) is left out.
         """
         sl = slice(group.clips.start, group.clips.stop)
         stored = [jpeg_roundtrip(p[None], PLATE_QUALITY)[0] for p in plates]  # what a reader gets back (lossy)
@@ -395,8 +412,9 @@ class Cache:
         clip_arrays = [("masks", masks), ("plates", plates), ("clips/frames", frames), ("clips/checksum", checksums)]
         write_arrays(self.root, [(name, sl, values) for name, values in clip_arrays])
         vs = slice(group.videos.start, group.videos.stop)
-        columns = {name: v for name, v in video_updates.items() if name not in ("status", "error")}
-        write_arrays(self.root, [(f"videos/{k}", vs, np.asarray(v, dtype=VIDEO_FIELDS[k])) for k, v in columns.items()])
+        fields = self.video_fields
+        columns = {name: v for name, v in video_updates.items() if name in fields and name not in ("status", "error")}
+        write_arrays(self.root, [(f"videos/{k}", vs, np.asarray(v, dtype=fields[k])) for k, v in columns.items()])
         states = zip(video_updates["status"], video_updates["error"], strict=True)
         self.mark({group.videos.start + i: (str(st), str(er)) for i, (st, er) in enumerate(states)}, group.videos)
 

@@ -40,11 +40,17 @@ class Catalog:
     stride: int  # source frames between a clip's frames
     n_frames: np.ndarray  # (V,) frames a key clip may start in (decoded count when built)
     cache_url: str | None  # None: no cache, masks are computed per sample
+    frame_index: np.ndarray | None = None  # (V,) str, each video's stored FrameIndex text; None: no cache has one
 
     @property
     def span(self) -> int:
         """Source frames covered by one clip (as `BuildParams.span`)."""
         return (self.clip_len - 1) * self.stride + 1
+
+    def stored_index(self, video: int) -> str:
+        """The video's frame index as the build stored it, so decoding seeks without demuxing the file; '' when the
+        cache has none (built before the index, or the video copied without one): the decoder demuxes for it."""
+        return "" if self.frame_index is None else str(self.frame_index[video])
 
     def video_path(self, video: int) -> str:
         """The video's file; refuses a path that leads outside the root (`..`, a link out: see `sources.join`)."""
@@ -142,6 +148,7 @@ def from_cache(url: str, params: LoaderParams, videos_root: str | None = None) -
         cache.params.stride,
         _key_range(table["n_frames"], clip_video, frames),
         url,
+        table.get("frame_index"),
     )
 
 

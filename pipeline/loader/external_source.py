@@ -109,8 +109,9 @@ class SampleSource:
         """Clips a and b of a sample's video, from one decoding pass."""
         threads = 1 if self.params.num_workers > 0 else 0  # parallel workers: one decoding thread each
         path = self.catalog.video_path(draw.video)
+        stored = self.catalog.stored_index(draw.video)
         try:
-            return decode_clips(path, self._clip_frames(draw), self.catalog.size, threads=threads)
+            return decode_clips(path, self._clip_frames(draw), self.catalog.size, threads=threads, stored_index=stored)
         except VideoError as exc:
             raise UnusableClip(draw.video, -1, str(exc)) from exc
 
