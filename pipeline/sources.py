@@ -358,7 +358,8 @@ def check_videos_exist(source: Source, shown: int = 3) -> None:
     object store is a round trip each; readers there report each video they cannot open)."""
     if is_remote(source.root):
         return
-    missing = [(e, source.full_path(e.path)) for e in source.entries if not os.path.isfile(source.full_path(e.path))]
+    full = {e.path: source.full_path(e.path) for e in source.entries}
+    missing = [(e, full[e.path]) for e in source.entries if not os.path.isfile(full[e.path].removeprefix("file://"))]
     if not missing:
         return
     lines = "; ".join(f"{e.origin or e.path}: video not found: {full}" for e, full in missing[:shown])

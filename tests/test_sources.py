@@ -112,6 +112,7 @@ def test_missing_listed_video_names_line_and_path(tmp_path):
     lists.mkdir()
     (lists / "trainlist01.txt").write_text("walk/a.avi 1\nrun/b.avi 2\n")
     check_videos_exist(list_source(str(lists / "trainlist01.txt"), str(videos)))
+    check_videos_exist(list_source(str(lists / "trainlist01.txt"), f"file://{videos}"))  # a local file URL
     with pytest.raises(SourceError) as info:
         check_videos_exist(list_source(str(lists / "trainlist01.txt")))
     message = str(info.value)
