@@ -3,8 +3,8 @@
 Plates are natural images that lossless codecs barely shrink (about 1.1x), and they would make a cache larger than
 its source videos. JPEG at quality 90 (4:4:4) shrinks a real 128x171 plate about 15x, to a mean error of about one
 grey level; plates only ever serve as backgrounds for augmented training views. Masks stay lossless. The codec is
-registered as "fame.jpeg" when this module is imported (`pipeline.cache` imports it), so any reader that imports the
-package can open a cache.
+"fame.jpeg": declared under the `zarr.codecs` entry point (pyproject.toml), so plain `zarr.open_group` reads plates
+wherever this package is installed, and registered again when this module is imported.
 """
 
 from __future__ import annotations
