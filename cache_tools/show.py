@@ -56,6 +56,12 @@ def merge(frame: np.ndarray, mask: np.ndarray, background: np.ndarray) -> np.nda
 def pick_clip(cache: Cache, clip: int | None = None, video: str | None = None) -> int:
     """The clip to show: --clip N, the first clip of --video PATH, or the first readable clip."""
     if clip is not None:
+        n_slots = cache.root["clips/video"].shape[0]
+        if not 0 <= clip < n_slots:  # a bad value, not a damaged cache: a usage error (exit 2)
+            n_readable = len(cache.readable_clips())
+            raise ValueError(
+                f"--clip {clip} is out of range: {cache.url} has clips 0..{n_slots - 1} ({n_readable} readable)"
+            )
         if not is_readable(cache, clip):
             raise CacheError(f"{cache.url}: clip {clip} is not readable (out of range, padding, or its video not done)")
         return clip

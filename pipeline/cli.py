@@ -15,10 +15,7 @@ from pipeline.params import BuildParams, parse_clips_per_video, parse_size
 from pipeline.report import EXIT_FAILED_JOB, EXIT_OK, EXIT_USAGE, check_report_path
 from pipeline.signals import handle_signals, interrupted
 from pipeline.sources import SPLITS
-
-
-class UsageError(ValueError):
-    """A bad option value, found after parsing; exits 2 with the subcommand's usage."""
+from pipeline.usage import UsageError  # a bad option value, found after parsing: exits 2 with the usage
 
 
 def _add_build_parser(sub: argparse._SubParsersAction) -> None:

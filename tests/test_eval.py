@@ -66,7 +66,7 @@ def test_bad_inputs(tmp_path):
         evaluate(ColourFeatures(), train, str(tmp_path / "empty"), settings=SMALL)
     with pytest.raises(EvalError, match="unknown protocol"):
         evaluate(ColourFeatures(), train, train, protocols=("top5",), settings=SMALL)
-    assert main(["eval", str(tmp_path / "missing.pt"), "--train", train, "--test", train]) == 1
+    assert main(["eval", str(tmp_path / "missing.pt"), "--train", train, "--test", train]) == 2  # usage
 
 
 def test_cli_pretrain_eval_plot_heatmap(tmp_path):

@@ -199,8 +199,10 @@ def test_eval_refuses_a_test_cache_that_does_not_match(data):
 def test_cli_eval_swapped(data, tmp_path, monkeypatch, capsys):
     config = TrainConfig(loader=LoaderParams(crop=24))
     monkeypatch.setattr("trainer.checkpoint.load_backbone", lambda path: (CornerColour(), config))
-    metrics_path, picture = tmp_path / "metrics.json", tmp_path / "preview.png"
-    args = ["eval", "run.pt", "--train", data["train"], "--test-cache", data["cache"], "--protocol", "swapped,knn"]
+    metrics_path, picture, checkpoint = tmp_path / "metrics.json", tmp_path / "preview.png", tmp_path / "run.pt"
+    checkpoint.touch()  # must exist (else usage error, exit 2); the patched load_backbone never reads it
+    args = ["eval", str(checkpoint), "--train", data["train"], "--test-cache", data["cache"]]
+    args += ["--protocol", "swapped,knn"]
     assert train_main([*args, "--json", str(metrics_path), "--preview", str(picture)]) == 0
     metrics = json.loads(metrics_path.read_text())
     assert set(metrics) == {

@@ -12,6 +12,7 @@ import typing
 
 from pipeline.loader.params import BACKGROUNDS, KEY_STARTS, MASK_MODES, ON_DAMAGE, QUERY_CROPS, LoaderParams
 from pipeline.signals import handle_signals, interrupted
+from pipeline.usage import UsageError, require_path
 from trainer.config import TrainConfig
 from trainer.evaluate import EvalSettings
 
@@ -154,35 +155,60 @@ def build_parser() -> argparse.ArgumentParser:
     heat.add_argument("checkpoint")
     heat.add_argument("video")
     heat.add_argument("--out", required=True, help="PNG montage; .gif or .mp4 for an animation")
-    heat.add_argument("--block", type=int, default=None, help="backbone block (default: the run's micro_block)")
+    heat.add_argument(
+        "--block",
+        type=int,
+        choices=range(5),  # what forward_blocks returns: the stem and four stages
+        metavar="{0..4}",
+        default=None,
+        help="backbone block: 0 the stem, 1-4 the stages (default: the run's micro_block)",
+    )
     heat.add_argument("--clip-len", type=int, default=None, help=f"default: the run's, else {EVAL.clip_len}")
     heat.add_argument("--stride", type=int, default=None, help=f"default: the run's, else {EVAL.stride}")
     return parser
 
 
-def _pretrain(args) -> int:
-    from trainer.train import pretrain
+def _pretrain(args: argparse.Namespace) -> int:
+    from trainer.train import check_run_folder, pretrain
 
-    config = _config_from(args)
+    try:
+        config = _config_from(args)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
     if not config.cache:
-        raise ValueError("--cache is required")
+        raise UsageError("--cache CACHE is required: a cache made by `fame-pipeline build`")
+    require_path(config.cache, "--cache", "a cache made by `fame-pipeline build`")
+    require_path(config.init, "--init", "a state dict or checkpoint")
+    require_path(config.videos, "--videos-root", "the folder of the cache's videos")
+    check_run_folder(config.out, args.resume)
     final = pretrain(config, resume=args.resume, max_steps=args.max_steps)
     print(f"checkpoint: {final}\nlog: {final.parent / 'log.jsonl'}\ncurves: {final.parent / 'curves.png'}")
     return EXIT_OK
 
 
-def _eval(args) -> int:
+def _eval(args: argparse.Namespace) -> int:
     from pipeline.params import parse_size
     from trainer.checkpoint import load_backbone
-    from trainer.evaluate import evaluate, format_table, write_json
+    from trainer.evaluate import PROTOCOLS, SWAPPED, evaluate, format_table, write_json
 
+    require_path(args.checkpoint, "CHECKPOINT", "a fame-train checkpoint (RUN/checkpoint.pt)")
+    labelled = "a folder per class, a list or split file"
+    if "*" not in args.train:  # a quoted glob of HMDB51 split files is expanded by the reader
+        require_path(args.train, "--train", labelled)
+    if args.test and "*" not in args.test:
+        require_path(args.test, "--test", labelled)
+    require_path(args.test_cache, "--test-cache", "a cache made by `fame-pipeline build` of the test videos")
+    require_path(args.videos_root, "--videos-root", "the folder the list files' paths are relative to")
+    protocols = tuple(p.strip() for p in args.protocol.split(",") if p.strip())
+    allowed = (*PROTOCOLS, SWAPPED)
+    if not protocols or set(protocols) - set(allowed):
+        raise UsageError(f"--protocol {args.protocol!r}: choose a comma-separated list of {', '.join(allowed)}")
+    try:
+        size = parse_size(args.size) if args.size else None
+    except ValueError as exc:
+        raise UsageError(f"--size: {exc}") from exc
     backbone, config = load_backbone(args.checkpoint)
-    given = {
-        "clip_len": args.clip_len,
-        "stride": args.stride,
-        "clips_per_video": args.clips_per_video,
-        "size": parse_size(args.size) if args.size else None,
-    }
+    given = {"clip_len": args.clip_len, "stride": args.stride, "clips_per_video": args.clips_per_video, "size": size}
     swap_set = None
     if args.test_cache:
         from pipeline.swap import draw_swaps
@@ -192,7 +218,6 @@ def _eval(args) -> int:
         built["clips_per_video"] = swap_set.clips_per_video
         given = {k: built[k] if v is None else v for k, v in given.items()}
     settings = EvalSettings.for_run(config, **given)
-    protocols = tuple(p.strip() for p in args.protocol.split(",") if p.strip())
     metrics = evaluate(
         backbone,
         args.train,
@@ -215,24 +240,28 @@ def _eval(args) -> int:
     return EXIT_OK
 
 
-def _export(args) -> int:
+def _export(args: argparse.Namespace) -> int:
     from trainer.checkpoint import export_backbone
 
+    require_path(args.checkpoint, "CHECKPOINT", "a fame-train checkpoint (RUN/checkpoint.pt)")
     backbone = export_backbone(args.checkpoint, args.out, num_classes=args.num_classes, seed=args.seed)
     print(f"{args.out}: the {backbone} backbone of {args.checkpoint}")
     return EXIT_OK
 
 
-def _plot(args) -> int:
+def _plot(args: argparse.Namespace) -> int:
     from trainer.plot import plot_run
 
+    require_path(args.run, "RUN", "a run folder of `fame-train pretrain`")
     print(plot_run(args.run))
     return EXIT_OK
 
 
-def _heatmap(args) -> int:
+def _heatmap(args: argparse.Namespace) -> int:
     from trainer.heatmap import write_heatmap
 
+    require_path(args.checkpoint, "CHECKPOINT", "a fame-train checkpoint (RUN/checkpoint.pt)")
+    require_path(args.video, "VIDEO", "a video file")
     print(
         write_heatmap(
             args.checkpoint, args.video, args.out, block=args.block, clip_len=args.clip_len, stride=args.stride
@@ -242,6 +271,11 @@ def _heatmap(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 done, 1 an input that exists but cannot be used or a failed step, 2 bad usage (a bad option
+    value, a path that names nothing, a run folder that holds a run without --resume), 130 / 143 Ctrl-C / SIGTERM."""
+    from pipeline.cache import CacheError
+    from pipeline.video import VideoError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "eval" and not (args.test or args.test_cache):
@@ -252,7 +286,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with handle_signals():
             return handlers[args.command](args)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except UsageError as exc:  # the command must change: one line, no usage, no traceback
+        print(f"fame-train {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ValueError, FileNotFoundError, RuntimeError, CacheError, VideoError) as exc:
         print(f"fame-train {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: exit 130 or 143

@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
@@ -23,6 +24,7 @@ from tqdm import tqdm
 
 from pipeline.loader import FameLoader
 from pipeline.signals import Interrupted, deferred, interrupted
+from pipeline.usage import UsageError
 from trainer.backbones import build_backbone
 from trainer.checkpoint import CheckpointError, load_checkpoint, load_init, save_checkpoint
 from trainer.config import TrainConfig
@@ -32,6 +34,24 @@ from trainer.moco import MoCo, check_queue
 
 class TrainError(RuntimeError):
     """A run that cannot start or continue, with the reason."""
+
+
+class RunFolderError(TrainError, UsageError):
+    """`--out` holds a run and `--resume` was not given: the command must change (exit 2), nothing was touched."""
+
+
+RUN_FILES = ("config.json", "checkpoint.pt", "log.jsonl")  # any of them means the folder holds a run
+
+
+def check_run_folder(out: str | Path, resume: bool) -> None:
+    """Refuse to start a fresh run in a folder that holds one: it would overwrite the checkpoint and the log."""
+    if resume:
+        return
+    found = [name for name in RUN_FILES if (Path(out) / name).exists()]
+    if found:
+        raise RunFolderError(
+            f"--out {out} already holds a run ({', '.join(found)}): add --resume to continue it, or give another --out"
+        )
 
 
 @dataclass
@@ -61,15 +81,20 @@ class Run:
 
 
 def pretrain(config: TrainConfig, resume: bool = False, progress: bool = True, max_steps: int | None = None) -> Path:
-    """Train; returns the path of the final checkpoint. `max_steps` stops early (tests, benchmarks)."""
+    """Train; returns the path of the final checkpoint. `max_steps` stops early (tests, benchmarks). A folder that
+    holds a run is refused unless `resume` (check_run_folder)."""
+    check_run_folder(config.out, resume)
     run = _start(config, resume)
     if resume:
         _resume(run)
     if run.rank == 0:
         _write_config(config, run.out)
         _trim_log(run.out / "log.jsonl", run.step)
-    _train(run, run.total if max_steps is None else min(run.total, max_steps), progress)
+    first, start = run.step, time.perf_counter()
+    last = _train(run, run.total if max_steps is None else min(run.total, max_steps), progress)
     _finish(run)
+    if run.rank == 0:
+        print(_summary(run, run.step - first, time.perf_counter() - start, last), file=sys.stderr)
     return run.checkpoint
 
 
@@ -186,9 +211,11 @@ def _resume(run: Run) -> None:
 # --- the loop -------------------------------------------------------------------------------------------------------
 
 
-def _train(run: Run, stop: int, progress: bool) -> None:
-    """Take steps until `stop`, logging each and saving every `checkpoint_every`. Ctrl-C or SIGTERM lands between
-    steps: the checkpoint is saved there and Interrupted raised."""
+def _train(run: Run, stop: int, progress: bool) -> float | None:
+    """Take steps until `stop`, logging each and saving every `checkpoint_every`; returns the last step's loss (None
+    when no step was left). Ctrl-C or SIGTERM lands between steps: the checkpoint is saved there and Interrupted
+    raised."""
+    last = None
     log = open(run.out / "log.jsonl", "a") if run.rank == 0 else None  # noqa: SIM115 - kept open for the run
     bar = tqdm(total=run.total, initial=run.step, desc="pretrain", unit="step", disable=not progress or run.rank != 0)
     run.model.train()
@@ -204,7 +231,9 @@ def _train(run: Run, stop: int, progress: bool) -> None:
                     end = time.perf_counter()
                     run.step += 1
                     trained = run.loader.state_dict()
-                    _write(log, bar, _record(run, epoch, loss, parts, lr, wait=start - waited, span=end - waited))
+                    record = _record(run, epoch, loss, parts, lr, wait=start - waited, span=end - waited)
+                    last = record["loss"]
+                    _write(log, bar, record)
                     if run.rank == 0 and run.step % run.config.checkpoint_every == 0:
                         _save(run)
                 if run.step >= stop:
@@ -222,6 +251,7 @@ def _train(run: Run, stop: int, progress: bool) -> None:
         if log:
             log.close()
         run.loader.close()  # DALI's worker processes go now, not at exit
+    return last
 
 
 def _step(run: Run, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float], float]:
@@ -269,9 +299,10 @@ def compute_loss(model, batch: dict[str, torch.Tensor], config: TrainConfig) -> 
 
 def _record(
     run: Run, epoch: int, loss: torch.Tensor, parts: dict[str, float], lr: float, wait: float, span: float
-) -> dict[str, float]:
+) -> dict[str, float | str]:
     """One line of log.jsonl. `span` is the time from the end of the last step to the end of this one, `wait` the
-    part of it spent waiting for the batch: clips/s counts every rank's clips over the span."""
+    part of it spent waiting for the batch: clips/s counts every rank's clips over the span. `timestamp` (UTC, ISO
+    8601) says when the step ended, so a log lines up with other logs and a resumed run's gap shows."""
     span = max(span, 1e-9)
     return {
         "step": run.step,
@@ -281,10 +312,11 @@ def _record(
         "lr": lr,
         "clips_per_s": run.config.batch_size * run.world / span,
         "data_wait": wait / span,
+        "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"),
     }
 
 
-def _write(log: IO[str] | None, bar: tqdm, record: dict[str, float]) -> None:
+def _write(log: IO[str] | None, bar: tqdm, record: dict[str, float | str]) -> None:
     """Append the record to the log (rank 0 has one) and show it on the progress bar."""
     if log:
         log.write(json.dumps(record) + "\n")
@@ -318,6 +350,17 @@ def _trim_log(path: Path, step: int) -> None:
 def _write_config(config: TrainConfig, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+
+
+def _summary(run: Run, steps: int, seconds: float, last_loss: float | None) -> str:
+    """The run's one closing line: what a user looks for once the progress bar is gone."""
+    if not steps or last_loss is None:
+        return f"pretrain: no step left to take (step {run.step} of {run.total}); checkpoint {run.checkpoint}"
+    clips = steps * run.config.batch_size * run.world
+    return (
+        f"pretrain: {steps} steps (to step {run.step} of {run.total}) in {seconds:.1f} s, final loss {last_loss:.4f}, "
+        f"{clips / max(seconds, 1e-9):.1f} clips/s"
+    )
 
 
 # --- the end --------------------------------------------------------------------------------------------------------

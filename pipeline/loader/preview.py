@@ -96,8 +96,15 @@ def add_preview_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_preview(args: argparse.Namespace) -> int:
+    from pipeline.cache import CacheError
     from pipeline.loader import FameLoader, LoaderError, LoaderParams
+    from pipeline.usage import UsageError, require_path
 
+    try:
+        require_path(args.cache, "CACHE", "a cache made by `fame-pipeline build`")
+        require_path(args.videos, "--videos-root", "the folder of the cache's videos")
+    except UsageError as exc:
+        args.subparser.error(str(exc))
     if args.batch_size < 1 or args.frames < 1:
         p = args.subparser
         p.error(f"--batch-size and --frames must be >= 1, got {args.batch_size} and {args.frames}")
@@ -119,7 +126,7 @@ def run_preview(args: argparse.Namespace) -> int:
     try:
         loader = FameLoader(args.cache, args.batch_size, videos=args.videos, params=params, seed=args.seed)
         batch = loader.debug_batch(epoch=args.epoch)
-    except (LoaderError, FileNotFoundError) as exc:
+    except (LoaderError, CacheError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     title = f"{args.cache} - background {args.background}, mask {args.mask_mode}, epoch {args.epoch}"
