@@ -24,7 +24,7 @@ from pipeline.cache import DONE, FAILED, Cache, Group
 from pipeline.masks import MaskStep
 from pipeline.params import BuildParams
 from pipeline.plan import clip_count, clip_frames
-from pipeline.signals import descendants, keep_handlers, reap
+from pipeline.signals import descendants, keep_handlers, process_group, reap
 from pipeline.sources import join, stat_source
 from pipeline.video import NO_INDEX, FrameIndex, VideoError, decode_indexed
 
@@ -234,7 +234,8 @@ class RayRunner:
         self.pending: dict[object, GroupTask] = {}  # ref -> task, of the tasks not finished
         if not ray.is_initialized():
             quiet = {"logging_level": logging.ERROR, "log_to_driver": False, "configure_logging": True}
-            self.others = set(descendants(os.getpid()))  # processes of ours that are not Ray's
+            # Processes of ours, or of our process group (a pipe's other end), that are not Ray's.
+            self.others = set(descendants(os.getpid())) | set(process_group(os.getpgid(0)))
             with keep_handlers():  # ray.init would make SIGTERM exit at once, with status 15
                 if address:
                     ray.init(address=address, **quiet)
@@ -263,9 +264,12 @@ class RayRunner:
         self.pending = {}
         if self.started:
             # Ray's node: raylet, workers and the agents the raylet starts (nothing this process had before).
-            helpers = [pid for pid in descendants(os.getpid()) if pid not in self.others]
+            helpers = {pid for pid in descendants(os.getpid()) if pid not in self.others}
             self.ray.shutdown()
-            reap(helpers)  # the agents only notice the raylet's end on a timer
+            # Agents the raylet started after that look, now orphans: still in this process group.
+            helpers |= {pid for pid in process_group(os.getpgid(0)) if pid not in self.others}
+            helpers.discard(os.getpid())
+            reap(sorted(helpers))  # the agents only notice the raylet's end on a timer
 
 
 class InProcessRunner:

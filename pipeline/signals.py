@@ -153,6 +153,23 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def process_group(pgid: int) -> list[int]:
+    """Every process of process group `pgid`, read from /proc; [] where there is no /proc. Finds helpers that
+    outlive their parent and are no longer anyone's descendants (reparented to init)."""
+    found = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != "Z":
+            found.append(int(entry))
+    return found
+
+
 def _alive(pid: int) -> bool:
     """Whether the process runs (an ended one not yet waited for, a zombie, does not)."""
     try:
