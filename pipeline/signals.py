@@ -133,18 +133,28 @@ def keep_handlers() -> Iterator[None]:
             signal.signal(s, handler)
 
 
+def _stat(pid: int | str) -> list[str] | None:
+    """The fields of /proc/PID/stat after the name (state, ppid, pgrp, ...), or None when it cannot be read. The
+    name may hold spaces and parentheses, so the fields start after its last ')'."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _processes() -> Iterator[tuple[int, list[str]]]:
+    """(pid, stat fields) of every process /proc shows; nothing where there is no /proc."""
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if entry.isdigit() and (fields := _stat(entry)) is not None and len(fields) > 2:
+            yield int(entry), fields
+
+
 def descendants(pid: int) -> list[int]:
     """Every process below `pid` (children, theirs, ...), read from /proc; [] where there is no /proc."""
     parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])  # the name may hold spaces and parentheses
-        except (OSError, IndexError, ValueError):
-            continue
-        parents.setdefault(ppid, []).append(int(entry))
+    for child, fields in _processes():
+        parents.setdefault(int(fields[1]), []).append(child)
     found, todo = [], [pid]
     while todo:
         children = parents.get(todo.pop(), [])
@@ -154,29 +164,15 @@ def descendants(pid: int) -> list[int]:
 
 
 def process_group(pgid: int) -> list[int]:
-    """Every process of process group `pgid`, read from /proc; [] where there is no /proc. Finds helpers that
+    """Every live process of process group `pgid`, read from /proc; [] where there is no /proc. Finds helpers that
     outlive their parent and are no longer anyone's descendants (reparented to init)."""
-    found = []
-    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != "Z":
-            found.append(int(entry))
-    return found
+    return [pid for pid, fields in _processes() if int(fields[2]) == pgid and fields[0] != "Z"]
 
 
 def _alive(pid: int) -> bool:
     """Whether the process runs (an ended one not yet waited for, a zombie, does not)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
+    fields = _stat(pid)
+    return fields is not None and fields[0] != "Z"
 
 
 def reap(pids: list[int], grace: float = 3.0) -> None:
