@@ -144,6 +144,12 @@ class Budget:
         h, w = self.size
         return self.crop, round(self.crop * w / h)
 
+    def build_params(self, size: tuple[int, int], method: str = BuildParams.method) -> BuildParams:
+        """A cache of this budget's clips, frames resized to `size`."""
+        return BuildParams(
+            size=size, clip_len=self.clip_len, stride=self.stride, clips_per_video=self.clips_per_video, method=method
+        )
+
     @property
     def eval_settings(self) -> EvalSettings:
         """The clips the probe sees: the cache's clip shape, centre crops at the training crop's scale."""
@@ -397,9 +403,7 @@ def build_test_cache(val_dir: Path, work: Path, budget: Budget) -> SwapSet:
     evaluation's size) of held-out videos whose backgrounds follow the class, as a real test split's do: each clip's
     foreground over a plate of another class. Its `swapped_top1` is what a user without a rendered swapped test
     would measure; beside the rendered test's `linear_top1` it shows how far the cache's masks get there."""
-    params = BuildParams(
-        size=budget.eval_size, clip_len=budget.clip_len, stride=budget.stride, clips_per_video=budget.clips_per_video
-    )
+    params = budget.build_params(budget.eval_size)
     url = str(work / "cache-test.zarr")
     build_cache(str(val_dir), url, params, workers=1, progress=False)
     return draw_swaps(url, seed=budget.data_seed)
@@ -409,13 +413,7 @@ def build_caches(train_dir: Path, work: Path, budget: Budget, methods: set[str])
     """One cache per mask method the arms need; returns {method: path} and the build seconds."""
     caches, seconds = {}, {}
     for method in sorted(methods):
-        params = BuildParams(
-            size=budget.size,
-            clip_len=budget.clip_len,
-            stride=budget.stride,
-            clips_per_video=budget.clips_per_video,
-            method=method,
-        )
+        params = budget.build_params(budget.size, method)
         start = time.perf_counter()
         caches[method] = str(work / f"cache-{method}.zarr")
         build_cache(str(train_dir), caches[method], params, workers=1, progress=False)
