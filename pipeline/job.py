@@ -141,6 +141,17 @@ def _clip_outputs(
     return masks, plates
 
 
+def video_outputs(frames: np.ndarray, numbers: np.ndarray, table: np.ndarray, method: str, path: str = "") -> tuple:
+    """Masks (n, T, h, w) and plates (n, h, w, 3) of one video's clips: `frames` (F, h, w, 3) are the decoded frames
+    whose source numbers are `numbers` (sorted), `table` (n, T) the clips' frame numbers. Per-clip methods see each
+    clip alone; a whole-video method sees every frame given."""
+    from pipeline.masks import get_step
+    from pipeline.plates import background_plate
+
+    clips = frames[np.searchsorted(numbers, table)]
+    return _clip_outputs(clips, get_step(method), background_plate, path)
+
+
 def run_group(task: GroupTask, stop: threading.Event | None = None) -> GroupResult:
     """Compute and commit one group. Per-video errors are recorded, not raised; store errors raise. Once `stop` is
     set the group raises `Cancelled` before its next video and before its commit: it is written whole or not at all."""
