@@ -25,7 +25,7 @@ from pipeline.masks import MaskStep
 from pipeline.params import BuildParams
 from pipeline.plan import clip_count, clip_frames
 from pipeline.signals import descendants, keep_handlers, process_group, reap
-from pipeline.sources import join, stat_source
+from pipeline.sources import join, stamp_source
 from pipeline.video import NO_INDEX, FrameIndex, VideoError, decode_indexed
 
 TASK_RETRIES = 3  # a task whose worker dies (killed, out of memory) runs again; video errors are never retried
@@ -56,6 +56,7 @@ class GroupTask:
     error: tuple[str, ...]
     bytes: np.ndarray
     mtime: np.ndarray
+    fingerprint: tuple[str, ...] = ()  # the video table's, where the cache has the column
     cost: float = 0.0  # a rough work estimate (source pixels to decode), to start the biggest groups first
     threads: int = 0  # decoding/OpenCV threads for this task; 0: all cores (one in-process worker)
 
@@ -91,8 +92,9 @@ def planned_frames(n_frames: int, params: BuildParams, n_clips: int) -> np.ndarr
 class DecodedVideo:
     """What the build takes from decoding a video: its clips' frames and what the cache records of the file."""
 
-    clips: np.ndarray  # (n, T, h, w, 3) uint8
-    table: np.ndarray  # (n, T) source frame numbers
+    frames: np.ndarray  # (F, h, w, 3) uint8: the frames the mask method reads
+    numbers: np.ndarray  # (F,) their source frame numbers, sorted
+    table: np.ndarray  # (n, T) source frame numbers of the clips
     n_frames: int  # frames decoded
     frame_index: str  # FrameIndex.to_text(), or NO_INDEX: where a loader can seek
 
@@ -101,12 +103,24 @@ def _index_text(index: FrameIndex | None) -> str:
     return NO_INDEX if index is None else index.to_text()
 
 
+def frames_read(n_frames: int, table: np.ndarray, method: str) -> np.ndarray:
+    """Sorted source frame numbers a method reads of a video of n_frames whose clips are `table`: the clips' own,
+    and for a whole-video method the frames of its background model too."""
+    from pipeline.masks import VIDEO_METHODS
+
+    if method in VIDEO_METHODS:
+        from pipeline.masks.video import model_frames
+
+        return model_frames(n_frames, table)
+    return np.unique(table)
+
+
 def _decode_clips(path: str, params: BuildParams, n_planned: int, n_clips: int, threads: int = 0) -> DecodedVideo:
-    """Decode the video once (twice when it has another length than its header said) for its clips' frames and its
-    frame index."""
+    """Decode the video once (twice when it has another length than its header said) for the frames its mask method
+    reads and its frame index."""
     limits = {"max_pixels": params.max_pixels, "max_frames": params.max_frames, "threads": threads}
     table = planned_frames(max(n_planned, 2), params, n_clips)
-    keep = np.unique(table)
+    keep = frames_read(max(n_planned, 2), table, params.method)
     frames, info, index = decode_indexed(path, params.size, keep=keep, **limits)
     if info.n_frames != n_planned:
         # The file decodes to another length than its header said: keep the planned clip count, spread anew.
@@ -116,11 +130,11 @@ def _decode_clips(path: str, params: BuildParams, n_planned: int, n_clips: int, 
         needed = np.unique(table)
         got = keep[keep < info.n_frames]
         if not np.isin(needed, got).all():
+            needed = frames_read(info.n_frames, table, params.method)
             frames, info, index = decode_indexed(path, params.size, keep=needed, **limits)
             got = needed
         keep = got
-    rows = np.searchsorted(keep, table)
-    return DecodedVideo(frames[rows], table, info.n_frames, _index_text(index))
+    return DecodedVideo(frames, keep, table, info.n_frames, _index_text(index))
 
 
 def _clip_outputs(
@@ -143,11 +157,20 @@ def _clip_outputs(
 
 def video_outputs(frames: np.ndarray, numbers: np.ndarray, table: np.ndarray, method: str, path: str = "") -> tuple:
     """Masks (n, T, h, w) and plates (n, h, w, 3) of one video's clips: `frames` (F, h, w, 3) are the decoded frames
-    whose source numbers are `numbers` (sorted), `table` (n, T) the clips' frame numbers. Per-clip methods see each
-    clip alone; a whole-video method sees every frame given."""
-    from pipeline.masks import get_step
+    whose source numbers are `numbers` (sorted; `frames_read` says which), `table` (n, T) the clips' frame numbers.
+    Per-clip methods see each clip alone; a whole-video method sees every frame given."""
+    from pipeline.masks import VIDEO_METHODS, get_step
     from pipeline.plates import background_plate
 
+    if method in VIDEO_METHODS:
+        from pipeline.masks.video import video_masks_and_plates
+
+        masks, plates = video_masks_and_plates(frames, numbers, table)
+        n, t = table.shape
+        h, w = frames.shape[1:3]
+        if masks.shape != (n, t, h, w) or plates.shape != (n, h, w, 3):
+            raise VideoError(path, f"mask method gave shapes {masks.shape}, {plates.shape}")
+        return masks, plates
     clips = frames[np.searchsorted(numbers, table)]
     return _clip_outputs(clips, get_step(method), background_plate, path)
 
@@ -165,9 +188,6 @@ def run_group(task: GroupTask, stop: threading.Event | None = None) -> GroupResu
 
 
 def _run_group(task: GroupTask, stop: threading.Event | None) -> GroupResult:
-    from pipeline.masks import get_step
-    from pipeline.plates import background_plate
-
     start = time.perf_counter()
     params, group = task.params, task.group
     t, (h, w) = params.clip_len, params.size
@@ -179,9 +199,9 @@ def _run_group(task: GroupTask, stop: threading.Event | None) -> GroupResult:
     n_frames = np.asarray(task.n_frames, np.int32).copy()
     size_col = np.asarray(task.bytes, np.int64).copy()
     mtime_col = np.asarray(task.mtime, np.float64).copy()
+    print_col = list(task.fingerprint)
     index_col = [""] * len(task.paths)  # a failed or refused video has no index
     status, errors = list(task.status), list(task.error)
-    mask_step = get_step(params.method)
     result = GroupResult(group.index)
     for i, rel in enumerate(task.paths):
         _check(stop)
@@ -195,11 +215,16 @@ def _run_group(task: GroupTask, stop: threading.Event | None) -> GroupResult:
         rows = slice(lo, lo + n_clips)
         try:
             try:
-                size_col[i], mtime_col[i] = stat_source(path)
+                stamp = stamp_source(path)  # the file decoded now, by size and content (see pipeline.cache.fingerprint)
+                size_col[i], mtime_col[i] = stamp.bytes, stamp.mtime
+                if print_col:
+                    print_col[i] = stamp.fingerprint
             except FileNotFoundError as exc:
                 raise VideoError(path, "file not found") from exc
             video_out = _decode_clips(path, params, int(task.n_frames[i]), n_clips, task.threads)
-            masks[rows], plates[rows] = _clip_outputs(video_out.clips, mask_step, background_plate, path)
+            masks[rows], plates[rows] = video_outputs(
+                video_out.frames, video_out.numbers, video_out.table, params.method, path
+            )
             frames_out[rows] = video_out.table
             n_frames[i], index_col[i] = video_out.n_frames, video_out.frame_index
             status[i], errors[i] = DONE, ""
@@ -214,6 +239,7 @@ def _run_group(task: GroupTask, stop: threading.Event | None) -> GroupResult:
         "n_frames": n_frames,
         "bytes": size_col,
         "mtime": mtime_col,
+        **({"fingerprint": print_col} if print_col else {}),
         "frame_index": index_col,
         "status": status,
         "error": errors,

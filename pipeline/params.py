@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-METHODS = ("motion", "fame")
+METHODS = ("motion", "fame", "video")
 JPEG_MAX_SIDE = 65_500  # the largest side a JPEG (the plates' codec) can hold
 MAX_CHUNK_BYTES = 2**31 - 17  # the largest buffer Blosc compresses: one clip's masks, T x h x w bytes
 FORMAT_VERSION = 2  # 2: the clip checksum covers the frame numbers too (format 1 caches still read)

@@ -1,8 +1,9 @@
 """Generated videos whose true foreground is known, for tests, benchmarks and the demo.
 
-A textured object moves over a textured background; the camera can pan (the background slides) and the object can
-change shape. `render` returns the frames and the per-frame truth mask; `write_scene` and `write_dataset` encode them
-with `pipeline.video.write_video` (H.264 by default, or lossless RGB H.264 when exact pixels matter).
+A textured object moves over a textured background; the camera can pan (the background slides), the object can
+change shape and stop half way (`stop_at`). `render` returns the frames and the per-frame truth mask; `write_scene`
+and `write_dataset` encode them with `pipeline.video.write_video` (H.264 by default, or lossless RGB H.264 when exact
+pixels matter).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class Scene:
     object_seed: int = 1
     background_hue: int | None = None  # dominant hue (0..179, OpenCV) of the background, random when None
     object_hue: int | None = None
+    stop_at: int | None = None  # frame from which the object stands still (None: it moves throughout)
 
 
 # Clips whose true foreground is known, at about the cache's default frame size: the mask tests assert on them and
@@ -106,8 +108,9 @@ def render(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
         background = cv2.warpAffine(canvas, shift, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
         wobble = 1.0 + scene.shape_change * np.sin(2 * np.pi * i / max(8, t / 2))
         ry, rx = ry0 * wobble, rx0 / wobble
-        cy = _bounce(start_y + vy * i, ry0, h - ry0)
-        cx = _bounce(start_x + vx * i, rx0, w - rx0)
+        moved_for = i if scene.stop_at is None else min(i, scene.stop_at)
+        cy = _bounce(start_y + vy * moved_for, ry0, h - ry0)
+        cx = _bounce(start_x + vx * moved_for, rx0, w - rx0)
         inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
         # The object's texture moves with it.
         obj_shift = np.float32([[1, 0, cx - w / 2], [0, 1, cy - h / 2]])

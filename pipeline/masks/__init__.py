@@ -2,7 +2,8 @@
 the soft foreground probability x 255 for every frame. No Ray, no Zarr, no I/O in here.
 
 `get_method` gives the masks alone; `get_step` gives them with what the plate step can reuse (`MaskResult`), so the
-build tracks a clip's camera once and hands it on as a value."""
+build tracks a clip's camera once and hands it on as a value. `video` is no function of one clip: it reads the whole
+video (`pipeline.masks.video.video_masks_and_plates`, through `pipeline.job.video_outputs`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-METHODS = ("fame", "motion")
+METHODS = ("fame", "motion", "video")
+VIDEO_METHODS = ("video",)  # methods that see every frame of a video, not one clip at a time
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,8 @@ MaskStep = Callable[[np.ndarray], MaskResult]
 def _check(name: str) -> None:
     if name not in METHODS:
         raise ValueError(f"unknown mask method {name!r}; choose one of {', '.join(METHODS)}")
+    if name in VIDEO_METHODS:
+        raise ValueError(f"mask method {name!r} reads the whole video, not one clip: use pipeline.job.video_outputs")
 
 
 def get_method(name: str) -> MaskFn:

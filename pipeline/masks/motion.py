@@ -159,7 +159,7 @@ def _fill_holes(soft: np.ndarray) -> np.ndarray:
     return np.maximum(soft, filled * 0.75)
 
 
-def _edge_levels(evidence: np.ndarray, threshold: float) -> np.ndarray:
+def edge_levels(evidence: np.ndarray, threshold: float) -> np.ndarray:
     """(T,) per-frame level at which a frame's blurred evidence counts as foreground: half the typical height of its
     moving region (a blurred step crosses half its height on the true edge), never below the noise threshold.
     Cutting at the noise threshold alone would put the outline a blur radius outside the mover."""
@@ -188,14 +188,22 @@ def motion_masks_and_camera(clip: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if t < 2:
         return np.zeros((t, h, w), np.uint8), as_camera([], False)
     if min(h, w) > WORK_SIDE:
-        small, forward = _soft_masks(half_size(clip))
-        camera = as_camera(forward, True)
-        if t <= 512:  # OpenCV's channel limit: all frames as channels of one image, resized in one call
-            large = cv2.resize(np.ascontiguousarray(small.transpose(1, 2, 0)), (w, h), interpolation=cv2.INTER_LINEAR)
-            return np.ascontiguousarray(_quantise(large.reshape(h, w, t)).transpose(2, 0, 1)), camera
-        return _quantise(np.stack([cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR) for m in small])), camera
-    soft, forward = _soft_masks(clip)
+        small, forward = soft_masks(half_size(clip))
+        return quantise_at(small, h, w), as_camera(forward, True)
+    soft, forward = soft_masks(clip)
     return _quantise(soft), as_camera(forward, False)
+
+
+def quantise_at(soft: np.ndarray, h: int, w: int) -> np.ndarray:
+    """(T, h', w') float32 probabilities -> (T, h, w) uint8 multiples of LEVELS, resized (bilinear) when h', w'
+    differ from h, w."""
+    t = len(soft)
+    if soft.shape[1:] == (h, w):
+        return _quantise(soft)
+    if t <= 512:  # OpenCV's channel limit: all frames as channels of one image, resized in one call
+        large = cv2.resize(np.ascontiguousarray(soft.transpose(1, 2, 0)), (w, h), interpolation=cv2.INTER_LINEAR)
+        return np.ascontiguousarray(_quantise(large.reshape(h, w, t)).transpose(2, 0, 1))
+    return _quantise(np.stack([cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR) for m in soft]))
 
 
 def _quantise(soft: np.ndarray) -> np.ndarray:
@@ -204,19 +212,19 @@ def _quantise(soft: np.ndarray) -> np.ndarray:
     return (steps * np.uint8(LEVELS)).reshape(soft.shape)
 
 
-def _soft_masks(clip: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+def soft_masks(clip: np.ndarray, forward: list[np.ndarray] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
     """(T, H, W) float32 foreground probability in [0, 1] of a (T, H, W, 3) uint8 clip at its own size, and the
-    camera motion (`camera_motion`) it compensated."""
+    camera motion (`camera_motion`) it compensated: `forward` when given (tracked already), else tracked here."""
     t, h, w, _ = clip.shape
     grey = grey_frames(clip)
-    forward = camera_motion(grey)
+    forward = camera_motion(grey) if forward is None else forward
     k = max(3, (min(h, w) // 24) | 1)
     evidence = np.stack([cv2.GaussianBlur(e, (k, k), 0) for e in motion_evidence(grey, forward)])
     sample = evidence[:, ::3, ::3]  # robust statistics need no full sort of every pixel
     median = float(np.median(sample))
     spread = 1.4826 * float(np.median(np.abs(sample - median)))
     threshold = median + max(NOISE_K * spread, FLOOR)  # over the typical residual: flicker moves the median
-    level = _edge_levels(evidence, threshold)[:, None, None]
+    level = edge_levels(evidence, threshold)[:, None, None]
     soft = np.clip((evidence - 0.5 * level) / level, 0.0, 1.0)
     if soft.max() < 0.5:
         return np.zeros((t, h, w), np.float32), forward
