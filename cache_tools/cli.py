@@ -105,6 +105,7 @@ def _diff(args: argparse.Namespace) -> int:
 
 def _ls(args: argparse.Namespace) -> int:
     from cache_tools.find import list_caches
+    from cache_tools.info import describe_source
 
     entries = list_caches(args.root)
     if args.json:
@@ -121,6 +122,8 @@ def _ls(args: argparse.Namespace) -> int:
             f"{e.params_hash}  {e.method:<6}  {p['size'][0]}x{p['size'][1]}  T={p['clip_len']}  stride={p['stride']}  "
             f"clips/video={p['clips_per_video'] or 'all'}  {e.n_done}/{e.n_videos} videos  {e.n_clips} clips  {e.url}"
         )
+        for record in e.sources:  # what the cache covers: each build or append
+            print(f"    from {describe_source(record)}")
     return EXIT_OK
 
 

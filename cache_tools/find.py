@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.cache import DONE, Cache, CacheError, cache_urls
@@ -21,9 +21,20 @@ class CacheEntry:
     n_clips: int
     created: str
     problem: str = ""  # why the entry cannot be read (a half-made or damaged cache); "" when it can
+    # What the cache covers: one record per build or append (source, split, videos_root, videos, first_video, added)
+    sources: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+def cache_sources(cache: Cache) -> list[dict[str, Any]]:
+    """The cache's `sources` records, each with its video count; a cache built before them (or copied by gc) gets one
+    record: its source root and all its videos."""
+    records = [dict(r) for r in cache.attrs.get("sources") or []]
+    if not records:
+        return [{"source": cache.source_root, "videos": cache.n_videos, "first_video": 0}]
+    return records
 
 
 def _entry(url: str) -> CacheEntry:
@@ -38,6 +49,7 @@ def _entry(url: str) -> CacheEntry:
         n_done=int((status == DONE).sum()),
         n_clips=len(cache.readable_clips()),
         created=str(cache.attrs.get("created", "")),
+        sources=cache_sources(cache),
     )
 
 

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from cache_tools.api import disk_bytes
+from cache_tools.find import cache_sources
 from pipeline.cache import DONE, FAILED, PENDING, Cache
 
 
@@ -29,6 +30,8 @@ def cache_info(cache: Cache, with_bytes: bool = True) -> dict[str, Any]:
         "size": list(cache.size),
         "clip_len": cache.clip_len,
         "source_root": cache.source_root,
+        "sources": cache_sources(cache),
+        "fingerprints": "fingerprint" in cache.video_fields,
         "layout": attrs.get("layout", {}),
         "videos": {
             "total": len(status),
@@ -48,6 +51,13 @@ def cache_info(cache: Cache, with_bytes: bool = True) -> dict[str, Any]:
             "ratio": round(on_disk / source_bytes, 4) if on_disk is not None and source_bytes else None,
         },
     }
+
+
+def describe_source(record: dict[str, Any]) -> str:
+    """One `sources` record for a person: what was given, its split, how many videos it added and when (UTC)."""
+    split = f" (split {record['split']})" if record.get("split") else ""
+    added = f", added {record['added']}" if record.get("added") else ""
+    return f"{record.get('source', '?')}{split}: {record.get('videos', '?')} videos{added}"
 
 
 def human_bytes(n: float | None) -> str:
@@ -72,7 +82,9 @@ def format_info(info: dict[str, Any], max_failures: int = 20) -> str:
         f"method       {info['method']}",
         f"clips        size {info['size'][0]}x{info['size'][1]}, clip_len {info['clip_len']}, "
         f"stride {p.get('stride')}, clips/video {clips_per_video}",
-        f"source       {info['source_root']}",
+        f"source       {info['source_root']}"
+        + ("" if info["fingerprints"] else " (built before content fingerprints: checked by size alone)"),
+        *(f"  from       {describe_source(record)}" for record in info["sources"]),
         f"videos       {v['total']} total: {v['done']} done, {v['failed']} failed, {v['pending']} pending",
         f"clip count   {c['readable']} readable of {c['planned']} planned ({c['slots']} slots)",
         f"bytes        {human_bytes(b['on_disk'])} on disk, source {human_bytes(b['source'])}{ratio}",

@@ -184,9 +184,7 @@ def _sources(cache: Cache, progress: bool) -> list[Problem]:
     the cache was built from."""
     status = cache.videos("status")
     done = tqdm(np.flatnonzero(status == DONE), desc="sources", unit="video", disable=not progress, leave=False)
-    changes = source_changes(
-        cache.source_root, cache.videos("path"), cache.videos("bytes"), cache.videos("mtime"), done
-    )
+    changes = source_changes(cache.source_root, cache.video_table(), done)
     return [Problem(c.kind, c.detail, c.video, c.path) for c in changes]
 
 

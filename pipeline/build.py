@@ -1,10 +1,11 @@
 """The offline build: videos -> a Zarr cache of per-clip foreground masks and background plates.
 
 Two phases. Plan: list the source, probe every video in parallel (a probe failure fails that video, with its
-reason, and gives it no clips), record each file's size and mtime, lay out the clips and create the cache. Compute:
-one task per writer group (see `pipeline.job`), in-process for small jobs or on Ray. `resume` finishes a cache by
-recomputing every group that holds a video not `done`; the work is deterministic, so the bytes match an
-uninterrupted build.
+reason, and gives it no clips), record each file's size and content fingerprint (and mtime, for a person), lay out the
+clips and create the cache. Compute: one task per writer group (see `pipeline.job`), in-process for small jobs or on
+Ray. `resume` finishes a cache by recomputing every group that holds a video not `done`; the work is deterministic, so
+the bytes match an uninterrupted build. `append` adds the source's videos that the cache lacks as a new segment
+(`Cache.append`) and computes only them: no committed video's chunk is written again.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import fsspec
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.cache import DONE, FAILED, PENDING, Cache, CacheError, default_cache_path, find_cache
+from pipeline.cache import DONE, FAILED, PENDING, Cache, CacheError
+from pipeline.cache.find import find_cache, find_cache_to_grow, new_cache_path
 from pipeline.cache.fingerprint import source_changes
 from pipeline.cache.layout import has_computed_data, metadata_summary
 from pipeline.cache.lock import LockError, is_lock_file, writer_lock
@@ -26,7 +28,7 @@ from pipeline.job import GroupResult, GroupTask, InProcessRunner, RayRunner, Vid
 from pipeline.params import BuildParams
 from pipeline.plan import MIN_FRAMES, clip_count, clip_frames
 from pipeline.report import BuildReport, check_report_path
-from pipeline.sources import Source, SourceError, is_url, list_source, stat_source
+from pipeline.sources import Source, SourceError, is_url, list_source, stamp_source
 from pipeline.video import VideoError, decode, probe
 
 __all__ = ["BuildError", "BuildReport", "build_cache", "resolve_out", "videos_per_group"]
@@ -49,9 +51,11 @@ def _probe_row(source: Source, rel: str, params: BuildParams) -> dict[str, Any]:
     """One video-table row from the file's metadata; failures become status 'failed' with the reason."""
     path = source.full_path(rel)
     row: dict[str, Any] = {"n_frames": 0, "fps": 0.0, "height": 0, "width": 0, "bytes": 0, "mtime": 0.0}
+    row["fingerprint"] = ""
     try:
         try:
-            row["bytes"], row["mtime"] = stat_source(path)
+            stamp = stamp_source(path)
+            row.update(bytes=stamp.bytes, mtime=stamp.mtime, fingerprint=stamp.fingerprint)
         except FileNotFoundError as exc:
             raise VideoError(path, "file not found") from exc
         info = probe(path)
@@ -71,9 +75,13 @@ def _probe_row(source: Source, rel: str, params: BuildParams) -> dict[str, Any]:
     return row
 
 
-def probe_videos(source: Source, params: BuildParams, threads: int = 8, progress: bool = True) -> dict[str, np.ndarray]:
-    """The video table of a source, probed in parallel threads (I/O and FFmpeg release the GIL)."""
-    rels = [e.path for e in source.entries]
+def probe_videos(
+    source: Source, params: BuildParams, threads: int = 8, progress: bool = True, only: set[str] | None = None
+) -> dict[str, np.ndarray]:
+    """The video table of a source (`only`: of those of its videos), probed in parallel threads (I/O and FFmpeg
+    release the GIL)."""
+    entries = [e for e in source.entries if only is None or e.path in only]
+    rels = [e.path for e in entries]
     with ThreadPoolExecutor(max_workers=threads) as pool:
         rows = list(
             tqdm(
@@ -87,10 +95,11 @@ def probe_videos(source: Source, params: BuildParams, threads: int = 8, progress
         )
     table = {
         "path": np.array(rels, dtype=object),
-        "label": np.array([e.label for e in source.entries], dtype=object),
+        "label": np.array([e.label for e in entries], dtype=object),
     }
-    for key in ("n_frames", "fps", "height", "width", "bytes", "mtime", "status", "error"):
-        table[key] = np.array([r[key] for r in rows], dtype=object if key in ("status", "error") else None)
+    for key in ("n_frames", "fps", "height", "width", "bytes", "mtime", "fingerprint", "status", "error"):
+        text = key in ("fingerprint", "status", "error")
+        table[key] = np.array([r[key] for r in rows], dtype=object if text else None)
     return table
 
 
@@ -105,13 +114,31 @@ def plan_clips(table: dict[str, np.ndarray], params: BuildParams) -> tuple[list[
     return counts, frames
 
 
-def create_cache(out: str, source: Source, params: BuildParams, progress: bool = True) -> Cache:
+def source_info(source: Source, spec: str | None, split: str | None, n_videos: int) -> dict[str, Any]:
+    """What a build or an append covered, as the cache's `sources` attribute records it (shown by `fame-cache ls`):
+    the folder or list file given (absolute, or the URL), the split, the videos' root and how many videos it added."""
+    given = spec if spec is None or is_url(spec) else os.path.abspath(spec)
+    return {"source": given or source.root, "split": split, "videos_root": source.root, "videos": n_videos}
+
+
+def create_cache(
+    out: str, source: Source, params: BuildParams, progress: bool = True, info: dict[str, Any] | None = None
+) -> Cache:
     """The plan phase whole: a new cache at out holding the source's planned videos and clips, nothing computed."""
     table = probe_videos(source, params, progress=progress)
     counts, frames = plan_clips(table, params)
-    return Cache.create(
-        out, params, source.root, table, counts, frames, videos_per_group=videos_per_group(len(source.entries))
-    )
+    per_group = videos_per_group(len(source.entries))
+    return Cache.create(out, params, source.root, table, counts, frames, videos_per_group=per_group, source_info=info)
+
+
+def append_videos(
+    cache: Cache, source: Source, new: set[str], params: BuildParams, progress: bool, info: dict[str, Any] | None
+) -> range:
+    """The plan phase of an append: probe the source's videos named in `new`, plan their clips and add them to the
+    cache (`Cache.append`), nothing computed; their rows."""
+    table = probe_videos(source, params, progress=progress, only=new)
+    counts, frames = plan_clips(table, params)
+    return cache.append(table, counts, frames, info)
 
 
 # ---- opening or refusing an existing output --------------------------------------------------------------------------
@@ -136,23 +163,30 @@ def _sound_metadata(cache: Cache) -> bool:
     return problem is None
 
 
-def _check_same_videos(cache: Cache, source: Source) -> None:
-    have = [str(p) for p in cache.videos("path")]
-    want = [e.path for e in source.entries]
-    if have == want:
-        return
-    missing = sorted(set(want) - set(have))
-    extra = sorted(set(have) - set(want))
-    raise BuildError(
-        f"{cache.url}: cache was planned for a different set of videos ({len(missing)} new in the source, e.g. "
-        f"{missing[:3]}; {len(extra)} no longer in it, e.g. {extra[:3]}); build into a new --out"
-    )
+def _new_videos(cache: Cache, source: Source, append: bool) -> set[str]:
+    """The source's videos the cache lacks: none unless `append`. Refuses a cache holding videos the source no
+    longer lists, and (without append) a source that lists videos the cache lacks."""
+    have = {str(p) for p in cache.videos("path")[: cache.committed_videos()]}
+    want = {e.path for e in source.entries}
+    missing, extra = sorted(want - have), sorted(have - want)
+    if extra:
+        raise BuildError(
+            f"{cache.url}: the cache holds {len(extra)} video(s) the source does not list (e.g. {extra[:3]}); a cache "
+            "only grows: build this source into a new --out (or under --cache-root, which finds or makes its cache)"
+        )
+    if missing and not append:
+        raise BuildError(
+            f"{cache.url}: the source lists {len(missing)} video(s) the cache lacks (e.g. {missing[:3]}); pass "
+            "--append to add them to this cache, or build into a new --out"
+        )
+    return set(missing)
 
 
 def _check_sources_unchanged(cache: Cache, source: Source) -> None:
-    """Done videos must still be the files they were computed from."""
-    done = np.flatnonzero(cache.videos("status") == DONE)
-    changes = source_changes(source.root, cache.videos("path"), cache.videos("bytes"), cache.videos("mtime"), done)
+    """Done videos must still be the files they were computed from (by size and content fingerprint)."""
+    table = cache.video_table()
+    done = np.flatnonzero(table["status"] == DONE)
+    changes = source_changes(source.root, table, done)
     if changes:
         raise BuildError(
             f"{cache.url}: {len(changes)} source video(s) changed since they were computed: "
@@ -161,30 +195,62 @@ def _check_sources_unchanged(cache: Cache, source: Source) -> None:
         )
 
 
-def open_or_create(out: str, source: Source, params: BuildParams, resume: bool, progress: bool) -> tuple[Cache, bool]:
-    """The cache to fill and whether it existed. Refuses other params, and a non-empty output without resume."""
+def open_or_create(
+    out: str,
+    source: Source,
+    params: BuildParams,
+    resume: bool,
+    progress: bool,
+    append: bool = False,
+    info: dict[str, Any] | None = None,
+) -> tuple[Cache, bool]:
+    """The cache to fill and whether it existed. Refuses other params, and a non-empty output without resume or
+    append; with append, adds the source's videos the cache lacks (`info`: the source's record, see source_info)."""
     if Cache.exists(out):
         cache = Cache.open(out, mode="r+")
         diffs = params.differences(cache.params)
         if diffs:
             shown = ", ".join(f"{k}: asked {a!r}, cache has {b!r}" for k, (a, b) in diffs.items())
             raise BuildError(f"{out}: existing cache was built with other parameters ({shown}); choose another --out")
-        if not resume:
-            raise BuildError(f"{out}: a cache already exists here; pass --resume to finish it, or choose another --out")
+        if not (resume or append):
+            raise BuildError(
+                f"{out}: a cache already exists here; pass --resume to finish it, --append to add the source's new "
+                "videos to it, or choose another --out"
+            )
         if _sound_metadata(cache):
-            _check_same_videos(cache, source)
+            new = _new_videos(cache, source, append)
             _check_sources_unchanged(cache, source)
+            if new:
+                append_videos(cache, source, new, params, progress, info and {**info, "videos": len(new)})
+                cache = Cache.open(out, mode="r+")  # the grown arrays, seen afresh
             return cache, True
         # Killed while creating: nothing was computed yet, plan again.
     elif _exists_non_empty(out):
         raise BuildError(f"{out}: exists and is not a FAME cache; refusing to write over it")
-    return create_cache(out, source, params, progress), False
+    return create_cache(out, source, params, progress, info), False
 
 
-def resolve_out(out: str | None, cache_root: str | None, params: BuildParams) -> str:
-    """--out as given, or under --cache-root: the cache with the same params hash, or ROOT/<params_hash>.zarr."""
+def resolve_out(
+    out: str | None,
+    cache_root: str | None,
+    params: BuildParams,
+    *,
+    src: str | Source | None = None,
+    videos_root: str | None = None,
+    split: str | None = None,
+    append: bool = False,
+) -> str:
+    """--out as given, or under --cache-root the cache for these parameters and the videos of `src`: the one holding
+    exactly them; with append, the one holding the most of them and no others (it grows); else a new one
+    (`pipeline.cache.find.new_cache_path`). Without `src`, the cache with the same parameters, or ROOT/<hash>.zarr."""
     if cache_root:
-        return find_cache(cache_root, params) or default_cache_path(cache_root, params)
+        if src is None:
+            return find_cache(cache_root, params) or new_cache_path(cache_root, params, ())
+        videos = [e.path for e in (src if isinstance(src, Source) else _list_videos(src, videos_root, split)).entries]
+        found = find_cache(cache_root, params, videos)
+        if found is None and append:
+            found = find_cache_to_grow(cache_root, params, videos)
+        return found or new_cache_path(cache_root, params, videos)
     if not out:
         raise BuildError("give --out CACHE.zarr or --cache-root ROOT")
     return out
@@ -216,6 +282,7 @@ def _tasks(cache: Cache, params: BuildParams, source_root: str) -> list[GroupTas
                 error=tuple(str(e) for e in table["error"][vs]),
                 bytes=table["bytes"][vs],
                 mtime=table["mtime"][vs],
+                fingerprint=tuple(str(f) for f in table["fingerprint"][vs]) if "fingerprint" in table else (),
                 cost=float(
                     np.sum(todo * table["n_frames"][vs] * table["height"][vs].astype(np.float64) * table["width"][vs])
                 ),
@@ -238,6 +305,21 @@ def _fail_group(cache: Cache, task: GroupTask, exc: BaseException) -> GroupResul
     return result
 
 
+def _waves(tasks: list[GroupTask], videos_per_group: int) -> list[list[GroupTask]]:
+    """The tasks in waves run one after another, so no two tasks of a wave share a chunk of the video table (their
+    status writes would overwrite each other). Groups share one only after an append that began mid-chunk, and only
+    when the old group must be computed again too: almost always there is one wave."""
+    waves: list[list[GroupTask]] = []
+    seen: dict[int, int] = {}
+    for task in tasks:
+        chunk = task.group.videos.start // videos_per_group
+        wave = seen[chunk] = seen.get(chunk, -1) + 1
+        if wave == len(waves):
+            waves.append([])
+        waves[wave].append(task)
+    return waves
+
+
 def _compute(
     cache: Cache, tasks: list[GroupTask], runner: InProcessRunner | RayRunner, progress: bool
 ) -> tuple[int, int, float]:
@@ -249,8 +331,10 @@ def _compute(
     t0 = time.perf_counter()
     n_todo = sum(len(t.paths) for t in tasks)
     bar = tqdm(total=n_todo, desc="build", unit="video", disable=not progress, dynamic_ncols=True)
+    per_group = int(cache.attrs["layout"]["videos_per_group"])
+    outcomes = (outcome for wave in _waves(tasks, per_group) for outcome in runner.run(wave))
     try:
-        for task, outcome in runner.run(tasks):
+        for task, outcome in outcomes:
             result = _fail_group(cache, task, outcome) if isinstance(outcome, BaseException) else outcome
             attempted = [v for v in result.videos if not refused[v.video]]
             computed += len(attempted)
@@ -297,7 +381,7 @@ def _list_videos(src: str, videos_root: str | None, split: str | None = None) ->
 
 
 def build_cache(
-    src: str,
+    src: str | Source,
     out: str,
     params: BuildParams,
     *,
@@ -309,8 +393,10 @@ def build_cache(
     report_path: str | None = None,
     force_unlock: bool = False,
     split: str | None = None,
+    append: bool = False,
 ) -> BuildReport:
-    """Build (or with resume, finish) the cache of `src` at `out` and return what happened.
+    """Build (or with resume, finish; with append, grow by the source's videos it lacks, then finish) the cache of
+    `src` at `out` and return what happened.
 
     The cache's writer lock (see `pipeline.cache.lock`) is held from before the cache is opened or created to the end,
     so a second build of the same cache is refused before it touches anything; force_unlock removes a dead holder's
@@ -318,18 +404,28 @@ def build_cache(
     _check_request(workers, report_path)
     start = time.perf_counter()
     out = _absolute(out)
-    source = _list_videos(src, videos_root, split)
+    source = src if isinstance(src, Source) else _list_videos(src, videos_root, split)  # a Source: a cache's own list
+    info = None if isinstance(src, Source) else source_info(source, src, split, len(source.entries))
     try:
         with writer_lock(out, "fame-pipeline build", force=force_unlock):
-            return _fill(source, out, params, start, workers, address, resume, progress, report_path)
+            opened = _open_for_build(out, source, params, resume, progress, append, info)
+            return _fill(opened, source, out, params, start, workers, address, progress, report_path)
     except LockError as exc:
         raise BuildError(str(exc)) from exc
 
 
-def _open_for_build(out: str, source: Source, params: BuildParams, resume: bool, progress: bool) -> Cache:
+def _open_for_build(
+    out: str,
+    source: Source,
+    params: BuildParams,
+    resume: bool,
+    progress: bool,
+    append: bool,
+    info: dict[str, Any] | None,
+) -> Cache:
     """The cache to fill (see open_or_create); when its videos have moved, it reads them where the source has them."""
     try:
-        cache, existed = open_or_create(out, source, params, resume, progress)
+        cache, existed = open_or_create(out, source, params, resume, progress, append, info)
     except CacheError as exc:
         raise BuildError(str(exc)) from exc
     if existed and cache.source_root != source.root:  # the same videos, moved: read them where they are now
@@ -346,18 +442,18 @@ def _failures(cache: Cache, status: np.ndarray, source: Source) -> list[tuple[st
 
 
 def _fill(
+    cache: Cache,
     source: Source,
     out: str,
     params: BuildParams,
     start: float,
     workers: int,
     address: str | None,
-    resume: bool,
     progress: bool,
     report_path: str | None,
 ) -> BuildReport:
-    """The build proper, run while holding the writer lock: open or create the cache, compute what is missing."""
-    cache = _open_for_build(out, source, params, resume, progress)
+    """The build proper, run while holding the writer lock on the cache it opened or created: compute what is
+    missing."""
     plan_seconds = time.perf_counter() - start  # listing, probing, creating (or opening) the cache
     tasks = _tasks(cache, params, source.root)
     use_ray = len(tasks) > 1 and (workers > 1 or address is not None)

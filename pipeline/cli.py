@@ -54,6 +54,12 @@ def _add_build_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1, help="parallel workers; 1 runs in-process without Ray (1)")
     p.add_argument("--address", help="join an existing Ray cluster (e.g. 'auto'); default starts a local Ray")
     p.add_argument("--resume", action="store_true", help="finish an existing cache: recompute videos not 'done'")
+    p.add_argument(
+        "--append",
+        action="store_true",
+        help="add SRC's videos that the cache (--out, or under --cache-root the one holding the most of them and no "
+        "others) lacks, computing only those, then finish it as --resume does",
+    )
     p.add_argument("--report", help="write the build report as JSON to this file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
@@ -88,7 +94,8 @@ def _run_build(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     try:
-        out = resolve_out(args.out, args.cache_root, params)
+        where = {"src": args.src, "videos_root": args.videos_root, "split": args.split, "append": args.append}
+        out = resolve_out(args.out, args.cache_root, params, **where)
         report = build_cache(
             args.src,
             out,
@@ -101,6 +108,7 @@ def _run_build(args: argparse.Namespace) -> int:
             report_path=args.report,
             force_unlock=args.force_unlock,
             split=args.split,
+            append=args.append,
         )
     except BuildError as exc:
         print(f"error: {exc}", file=sys.stderr)

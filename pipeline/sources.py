@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import hashlib
 import io
 import json
 import os
@@ -26,6 +27,7 @@ import fsspec
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp")
 LIST_EXTENSIONS = (".txt", ".csv", ".jsonl")
+FINGERPRINT_BYTES = 4096  # read from each end of a file for its content fingerprint (`fingerprint_source`)
 SPLITS = ("train", "test")  # the parts of an HMDB51 split file
 HMDB_SPLIT_IDS = {"train": 1, "test": 2}  # HMDB51's ids; 0 marks a video the split does not use
 _HMDB_FILE = re.compile(r"^(?P<label>.+)_test_split(?P<fold>\d+)\.txt$")
@@ -371,9 +373,7 @@ def check_videos_exist(source: Source, shown: int = 3) -> None:
 
 
 def stat_source(path: str) -> tuple[int, float]:
-    """(bytes, mtime) of a source file, recorded at build time so readers can refuse changed sources.
-
-    Local files use os.stat (the numbers the loader compares); stores without a modification time give 0.0.
+    """(bytes, mtime) of a source file. Local files use os.stat; stores without a modification time give 0.0.
     Raises FileNotFoundError when the file is missing.
     """
     if not is_remote(path):
@@ -389,3 +389,43 @@ def stat_source(path: str) -> tuple[int, float]:
     except (TypeError, ValueError):
         mtime = 0.0
     return int(info.get("size") or 0), mtime
+
+
+def _ends(path: str, size: int) -> tuple[bytes, bytes]:
+    """The first and last FINGERPRINT_BYTES of a file of `size` bytes (the whole file twice when it is smaller)."""
+    tail_start = max(0, size - FINGERPRINT_BYTES)
+    if not is_remote(path):
+        with open(path.removeprefix("file://"), "rb") as handle:
+            head = handle.read(FINGERPRINT_BYTES)
+            handle.seek(tail_start)
+            return head, handle.read(FINGERPRINT_BYTES)
+    fs, inner = fsspec.core.url_to_fs(path)
+    return fs.cat_file(inner, 0, min(size, FINGERPRINT_BYTES)), fs.cat_file(inner, tail_start, size)
+
+
+def fingerprint_source(path: str, size: int) -> str:
+    """A cheap content fingerprint of a source file of `size` bytes: BLAKE2b-128 (hex) of the size (8 bytes,
+    little-endian), the first 4 KiB and the last 4 KiB. Two small reads, whatever the file's length; a copy or a
+    `touch` keeps it, and any re-encode, truncation or append changes it (a container's header and its trailing index
+    or last packets lie at the ends). Raises FileNotFoundError when the file is missing."""
+    head, tail = _ends(path, size)
+    digest = hashlib.blake2b(size.to_bytes(8, "little"), digest_size=16)
+    digest.update(head)
+    digest.update(tail)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class SourceStamp:
+    """What a build records of a source file: its size, its content fingerprint (which readers compare), and its
+    modification time (kept for a person to read; never compared: a copy or a `touch` changes it)."""
+
+    bytes: int
+    fingerprint: str
+    mtime: float
+
+
+def stamp_source(path: str) -> SourceStamp:
+    """The SourceStamp of a file; FileNotFoundError when it is missing."""
+    size, mtime = stat_source(path)
+    return SourceStamp(size, fingerprint_source(path, size), mtime)

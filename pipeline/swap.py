@@ -124,7 +124,7 @@ def _check_labels(url: str, labels: np.ndarray, videos: np.ndarray, paths: np.nd
 
 def _check_sources(url: str, root: str, table: dict[str, np.ndarray], videos: Sequence[int]) -> None:
     """The foregrounds are decoded from the sources: refuse any that changed since the masks were computed."""
-    changes = source_changes(root, table["path"], table["bytes"], table["mtime"], videos, stat_remote=False)
+    changes = source_changes(root, table, videos, stat_remote=False)
     if changes:
         shown = "; ".join(map(str, changes[:3])) + (f"; and {len(changes) - 3} more" if len(changes) > 3 else "")
         raise SwapError(f"{url}: {len(changes)} source video(s) under {root} differ from the build: {shown}")

@@ -14,6 +14,7 @@ from cache_tools.verify import verify_and_fix, verify_cache
 from pipeline.build import BuildError, build_cache
 from pipeline.cache import DONE, Cache
 from pipeline.loader import FameLoader, LoaderParams
+from pipeline.sources import FINGERPRINT_BYTES
 
 # What each kind must be reported as by verify, and what the loader must do with it before any repair.
 EXPECTED = {
@@ -93,7 +94,9 @@ def test_loader_skips_and_counts_a_video_that_no_longer_decodes(clean, tmp_path)
     shutil.copytree(src, videos)
     victim = sorted(videos.rglob("*.mp4"))[0]
     stat = victim.stat()
-    victim.write_bytes(b"\0" * stat.st_size)  # same size and time: only decoding can tell
+    data = bytearray(victim.read_bytes())
+    data[FINGERPRINT_BYTES:-FINGERPRINT_BYTES] = bytes(len(data) - 2 * FINGERPRINT_BYTES)
+    victim.write_bytes(bytes(data))  # same size, time and fingerprinted ends: only decoding can tell
     os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     # Batches of 2 over 6 videos: an epoch draws every video, the broken one too.
     with pytest.warns(UserWarning, match=f"{victim.name}: it does not decode; left out"):

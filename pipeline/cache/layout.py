@@ -10,8 +10,10 @@ repaired by writing that document back: the data chunks beside it are untouched,
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,6 +39,7 @@ VIDEO_FIELDS: dict[str, Any] = {
     "width": np.int32,
     "bytes": np.int64,
     "mtime": np.float64,
+    "fingerprint": str,  # the source file's content fingerprint (pipeline.sources.fingerprint_source)
     "first_clip": np.int64,
     "n_clips": np.int32,
     "frame_index": str,  # packet timestamps and keyframes, for seeking (pipeline.video.FrameIndex.to_text)
@@ -59,7 +62,9 @@ CLIP_ARRAYS = ("clips/video", "clips/frames", "clips/checksum", "masks", "plates
 NODES = (*GROUPS, *(f"videos/{name}" for name in VIDEO_FIELDS), *CLIP_ARRAYS)  # every node but the root
 # Nodes added within a format: a cache built before one has no file of it and loads as before (without the frame
 # index, the loader demuxes each video to find where to seek). One with data but no metadata is damaged, not absent.
-OPTIONAL_NODES = ("videos/frame_index",)
+# Without the fingerprint, the source videos are checked by size alone (see pipeline.cache.fingerprint).
+OPTIONAL_NODES = ("videos/frame_index", "videos/fingerprint")
+GROWTH_PAUSE = 0.25  # seconds before a second look at arrays whose lengths disagree (see metadata_summary)
 
 
 class MetadataError(Exception):
@@ -79,19 +84,33 @@ class CacheShape:
 
 
 def assign_clip_slots(
-    clip_counts: Sequence[int], videos_per_group: int, clips_per_shard: int
+    clip_counts: Sequence[int],
+    videos_per_group: int,
+    clips_per_shard: int,
+    first_video: int = 0,
+    first_slot: int = 0,
 ) -> tuple[np.ndarray, int]:
     """First clip slot of each video and the total slots N. Every writer group starts on a shard boundary, so no two
-    groups share a shard; N is a whole number of shards (at least one)."""
+    groups share a shard; N is a whole number of shards (at least one).
+
+    `first_video`, `first_slot` (a shard boundary): where an append's videos go after a cache's N slots. Its groups
+    end where the video table's chunks do (every `videos_per_group` rows), so the first may be short."""
     first = np.zeros(len(clip_counts), dtype=np.int64)
-    cursor = 0
-    for start in range(0, len(clip_counts), videos_per_group):
-        cursor = -(-cursor // clips_per_shard) * clips_per_shard
-        for v in range(start, min(start + videos_per_group, len(clip_counts))):
-            first[v] = cursor
-            cursor += int(clip_counts[v])
+    cursor = first_slot
+    for v in range(len(clip_counts)):
+        if v == 0 or (first_video + v) % videos_per_group == 0:
+            cursor = -(-cursor // clips_per_shard) * clips_per_shard
+        first[v] = cursor
+        cursor += int(clip_counts[v])
     total = -(-cursor // clips_per_shard) * clips_per_shard
     return first, max(total, clips_per_shard)
+
+
+def group_bounds(n_videos: int, videos_per_group: int, segments: Sequence[int] = (0,)) -> list[range]:
+    """The writer groups' video ranges: a run of rows within one chunk of the video table (`videos_per_group` rows)
+    and within one segment (the videos a build or an append added, starting at each of `segments`)."""
+    cuts = sorted({0, n_videos, *range(0, n_videos, videos_per_group), *(s for s in segments if 0 < s < n_videos)})
+    return [range(a, b) for a, b in itertools.pairwise(cuts)]
 
 
 def array_specs(shape: CacheShape) -> dict[str, dict[str, Any]]:
@@ -205,6 +224,7 @@ def shape_of(
 class MetadataProblem:
     node: str
     detail: str
+    fields: tuple[str, ...] = ()  # the checked fields that differ ('' for a file that cannot be read)
 
     @property
     def file(self) -> str:
@@ -229,14 +249,25 @@ def check_metadata(url: str, attrs: dict[str, Any]) -> list[MetadataProblem]:
         wrong = [key for key in CHECKED_FIELDS if have.get(key) != want.get(key)]
         if wrong:
             shown = ", ".join(f"{key} is {have.get(key)!r}, expected {want.get(key)!r}" for key in wrong[:2])
-            problems.append(MetadataProblem(node, shown))
+            problems.append(MetadataProblem(node, shown, tuple(wrong)))
     return problems
 
 
+def _growing(problems: list[MetadataProblem]) -> bool:
+    """Whether every problem is an array's length alone: what a reader sees while an append grows the arrays, one
+    metadata file at a time (see `Cache.append`)."""
+    return bool(problems) and all(p.fields == ("shape",) for p in problems)
+
+
 def metadata_summary(url: str, attrs: dict[str, Any]) -> str | None:
-    """None when the metadata is sound; else its first problem and how many more, for a refusal to name."""
+    """None when the metadata is sound; else its first problem and how many more, for a refusal to name. Lengths
+    alone that disagree are looked at once more after GROWTH_PAUSE seconds: an append may be growing the arrays."""
     try:
-        problems = [str(p) for p in check_metadata(url, attrs)]
+        found = check_metadata(url, attrs)
+        if _growing(found):
+            time.sleep(GROWTH_PAUSE)
+            found = check_metadata(url, attrs)
+        problems = [str(p) for p in found]
     except MetadataError as exc:
         problems = [str(exc)]
     if not problems:

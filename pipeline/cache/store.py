@@ -2,7 +2,8 @@
 
 Layout (a public contract, documented in the README):
 
-    attrs            format_version, method, params, params_hash, size, clip_len, source_root, tool_version, layout
+    attrs            format_version, method, params, params_hash, size, clip_len, source_root, tool_version, created,
+                     layout (videos_per_group, clips_per_shard; segments once appended to), sources
     videos/path      (V,)  str     path relative to the source root
     videos/label     (V,)  str     class name
     videos/n_frames  (V,)  int32   frames decoded (probed estimate until done)
@@ -10,7 +11,10 @@ Layout (a public contract, documented in the README):
     videos/height    (V,)  int32   source resolution
     videos/width     (V,)  int32
     videos/bytes     (V,)  int64   source file size at build time
-    videos/mtime     (V,)  float64 source modification time at build time (0 when the store has none)
+    videos/mtime     (V,)  float64 source modification time at build time (0 when the store has none); shown, never
+                                   compared (a copy or a `touch` changes it)
+    videos/fingerprint (V,) str   the source file's content fingerprint (see pipeline.sources.fingerprint_source;
+                                   absent in caches built before it: checked by size alone)
     videos/first_clip(V,)  int64   index of the video's first clip
     videos/n_clips   (V,)  int32
     videos/frame_index (V,) str   packet timestamps and keyframes, for seeking ('' when not recorded; absent in
@@ -29,6 +33,11 @@ Videos are cut into groups of `videos_per_group`; each group's clips start on a 
 writing its clips first and its videos' status last: a clip is readable only once its video says `done`. A group is
 always written whole, over whatever its shards held: a damaged shard is replaced, never read back and patched.
 Every node's metadata is defined once, in `pipeline.cache.layout`.
+
+An append (`Cache.append`) adds videos after the cache's own as a new segment: its clips start on a new shard and its
+groups end where the video table's chunks do, so no shard or table chunk of a committed video is written again. A
+reader never takes a clip for readable unless its video is done and the clip lies in that video's own slots, so rows
+and slots an append has grown but not yet filled (fill values) are never read as clips.
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ import zarr
 
 from pipeline.cache.codecs import jpeg_roundtrip
 from pipeline.cache.layout import (
+    CLIP_ARRAYS,
     GROUPS,
     MASK_COMPRESSOR,
     OPTIONAL_NODES,
@@ -54,6 +64,7 @@ from pipeline.cache.layout import (
     CacheShape,
     array_specs,
     assign_clip_slots,
+    group_bounds,
 )
 from pipeline.cache.lock import remove_all_but_lock
 from pipeline.cache.zarr_async import read_arrays, together, with_async_group, write_arrays
@@ -119,9 +130,13 @@ def _default_clips_per_shard(params: BuildParams, videos_per_group: int) -> int:
     return max(1, videos_per_group * per_video)
 
 
-def _root_attrs(params: BuildParams, source_root: str, shape: CacheShape) -> dict[str, Any]:
-    """The root's attributes: what the build was (params and their hash) and how the cache is laid out."""
+def _root_attrs(
+    params: BuildParams, source_root: str, shape: CacheShape, source_info: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The root's attributes: what the build was (params and their hash), what it covers (`sources`, one record per
+    build or append) and how the cache is laid out."""
     h, w = shape.size
+    sources = [] if source_info is None else [{**source_info, "first_video": 0, "added": _now()}]
     return {
         "format_version": FORMAT_VERSION,
         "method": params.method,
@@ -133,6 +148,7 @@ def _root_attrs(params: BuildParams, source_root: str, shape: CacheShape) -> dic
         "tool_version": TOOL_VERSION,
         "created": _now(),
         "layout": {"videos_per_group": shape.videos_per_group, "clips_per_shard": shape.clips_per_shard},
+        "sources": sources,
     }
 
 
@@ -156,14 +172,20 @@ def _video_columns(
 
 
 def _clip_columns(
-    first: np.ndarray, clip_counts: Sequence[int], clip_frames: Sequence[np.ndarray], shape: CacheShape
+    first: np.ndarray,
+    clip_counts: Sequence[int],
+    clip_frames: Sequence[np.ndarray],
+    shape: CacheShape,
+    first_video: int = 0,
+    first_slot: int = 0,
 ) -> dict[str, np.ndarray]:
-    """`clips/video` and `clips/frames` of every slot; padding slots hold video -1."""
-    clip_video = np.full(shape.n_slots, -1, dtype=np.int32)
-    frames = np.zeros((shape.n_slots, shape.clip_len), dtype=np.int32)
+    """`clips/video` and `clips/frames` of the slots from `first_slot` on (an append's: its videos are numbered from
+    `first_video`); padding slots hold video -1."""
+    clip_video = np.full(shape.n_slots - first_slot, -1, dtype=np.int32)
+    frames = np.zeros((shape.n_slots - first_slot, shape.clip_len), dtype=np.int32)
     for v in range(len(clip_counts)):
-        start, count = int(first[v]), int(clip_counts[v])
-        clip_video[start : start + count] = v
+        start, count = int(first[v]) - first_slot, int(clip_counts[v])
+        clip_video[start : start + count] = first_video + v
         if count:
             frames[start : start + count] = clip_frames[v]
     return {"clips/video": clip_video, "clips/frames": frames}
@@ -183,6 +205,18 @@ async def _create_arrays(
     first = {name: spec for name, spec in specs.items() if name != "plates"}
     await asyncio.gather(*(_create_array(root, name, spec, values.get(name)) for name, spec in first.items()))
     await _create_array(root, "plates", specs["plates"], values.get("plates"))
+
+
+async def _grow_array(root: zarr.AsyncGroup, name: str, shape: tuple, fill: tuple[slice, np.ndarray] | None) -> None:
+    arr = await root.getitem(name)
+    await arr.resize(shape)
+    if fill is not None:
+        await arr.setitem(fill[0], fill[1])
+
+
+async def _grow_arrays(root: zarr.AsyncGroup, grow: dict[str, tuple[tuple, tuple[slice, np.ndarray] | None]]) -> None:
+    """Resize each named array and write its new part, all side by side (an append: see `Cache.append`)."""
+    await asyncio.gather(*(_grow_array(root, name, shape, fill) for name, (shape, fill) in grow.items()))
 
 
 class Cache:
@@ -232,9 +266,12 @@ class Cache:
         clip_frames: Sequence[np.ndarray],
         videos_per_group: int = 8,
         clips_per_shard: int | None = None,
+        source_info: dict[str, Any] | None = None,
     ) -> Cache:
         """Make an empty cache: attrs, the video table, the clip table, and empty mask/plate arrays. Its values are
-        made before anything at `url` is removed, so a table that does not fit fails with the old output intact."""
+        made before anything at `url` is removed, so a table that does not fit fails with the old output intact.
+        `source_info`: what the videos are (e.g. {"source": list file or folder, "split": ..., "videos": V}), kept
+        in the `sources` attribute for `fame-cache ls`."""
         n_videos = len(clip_counts)
         if n_videos == 0:
             raise CacheError(f"{url}: no videos to put in the cache")
@@ -245,7 +282,7 @@ class Cache:
         values = _video_columns(video_table, first, clip_counts) | _clip_columns(first, clip_counts, clip_frames, shape)
         remove_all_but_lock(url)  # what Zarr's mode "w" does, except that the writer lock held on the folder stays
         group = zarr.open_group(url, mode="a")
-        group.attrs.update(_root_attrs(params, source_root, shape))
+        group.attrs.update(_root_attrs(params, source_root, shape, source_info))
         for name in GROUPS:
             group.create_group(name)
         specs = array_specs(shape)
@@ -301,24 +338,82 @@ class Cache:
         return self.root[f"videos/{field}"][:]
 
     def video_table(self) -> dict[str, np.ndarray]:
-        """Every column of the video table the cache has (`video_fields`), read side by side."""
+        """Every column of the video table the cache has (`video_fields`), read side by side. Columns read while an
+        append grows the table may differ in length; all are cut to the shortest (the rows every column has)."""
         names = list(self.video_fields)
-        return dict(zip(names, read_arrays(self.root["videos"], names), strict=True))
+        columns = read_arrays(self.root["videos"], names)
+        rows = min(len(c) for c in columns)
+        return {name: column[:rows] for name, column in zip(names, columns, strict=True)}
 
     def groups(self) -> list[Group]:
-        """The writer groups, recomputed from the layout attrs and the video table."""
+        """The writer groups, recomputed from the layout attrs (`segments`: where each append began) and the video
+        table: each a run of videos within one chunk of the table and one segment, with the whole shards that hold
+        their clips."""
         layout = self.attrs["layout"]
         per_group, per_shard = int(layout["videos_per_group"]), int(layout["clips_per_shard"])
         first = self.videos("first_clip")
         n_videos, n_slots = len(first), self.n_slots
         out = []
-        for g, start in enumerate(range(0, n_videos, per_group)):
-            stop = min(start + per_group, n_videos)
+        for g, videos in enumerate(group_bounds(n_videos, per_group, layout.get("segments", [0]))):
+            start, stop = videos.start, videos.stop
             clip_start = int(first[start])
             clip_stop = int(first[stop]) if stop < n_videos else n_slots
             clip_stop = -(-clip_stop // per_shard) * per_shard if stop == n_videos else clip_stop
-            out.append(Group(g, range(start, stop), range(clip_start, clip_stop)))
+            out.append(Group(g, videos, range(clip_start, clip_stop)))
         return out
+
+    def committed_videos(self) -> int:
+        """Rows of the video table that an append finished writing: all of them, unless an append was stopped
+        between growing the table and writing its status (those rows have none, and the next append rewrites them)."""
+        status = self.videos("status")
+        written = np.isin(status, STATUSES)
+        return int(np.argmin(written)) if not written.all() else len(status)
+
+    def append(
+        self,
+        video_table: dict[str, np.ndarray],
+        clip_counts: Sequence[int],
+        clip_frames: Sequence[np.ndarray],
+        source_info: dict[str, Any] | None = None,
+    ) -> range:
+        """Add videos after the cache's committed ones (`committed_videos`) as a new segment, nothing computed (their
+        status is pending or failed), and return their rows. Caller holds the writer lock.
+
+        Order, so that a reader at any moment sees the cache as it was or with the new videos pending: the segment
+        is recorded first (writers' groups), then the video table grows and is filled, then the clip arrays (new
+        rows and slots read as fill values meanwhile, which no reader takes for a clip: see `readable_clips`), the
+        status column last. No chunk or shard that holds a committed video is written."""
+        if not clip_counts:
+            return range(self.n_videos, self.n_videos)
+        attrs = self.attrs
+        layout = dict(attrs["layout"])
+        per_group, per_shard = int(layout["videos_per_group"]), int(layout["clips_per_shard"])
+        n_old = self.committed_videos()
+        ends = self.videos("first_clip")[:n_old] + self.videos("n_clips")[:n_old]
+        old_slots = max(per_shard, -(-int(ends.max(initial=0)) // per_shard) * per_shard)
+        first, n_slots = assign_clip_slots(clip_counts, per_group, per_shard, first_video=n_old, first_slot=old_slots)
+        shape = CacheShape(n_old + len(clip_counts), n_slots, self.clip_len, self.size, per_group, per_shard)
+        rows = _video_columns(video_table, first, clip_counts)
+        slots = _clip_columns(first, clip_counts, clip_frames, shape, first_video=n_old, first_slot=old_slots)
+        layout["segments"] = sorted({*layout.get("segments", [0]), n_old})
+        record = [{**(source_info or {}), "first_video": n_old, "added": _now()}]
+        built = attrs.get("sources") or [
+            {"source": self.source_root, "videos": n_old, "first_video": 0, "added": attrs.get("created")}
+        ]
+        kept = [s for s in built if int(s.get("first_video", 0)) < n_old]
+        self.root.attrs.update({"layout": layout, "sources": kept + record})
+        specs = array_specs(shape)
+        status = rows.pop("videos/status")
+        new_rows = slice(n_old, shape.n_videos)
+        videos = {f"videos/{name}": (specs[f"videos/{name}"]["shape"], None) for name in self.video_fields}
+        videos |= {name: (specs[name]["shape"], (new_rows, v)) for name, v in rows.items() if name in videos}
+        clips = {name: (specs[name]["shape"], None) for name in CLIP_ARRAYS}
+        clips |= {name: (specs[name]["shape"], (slice(old_slots, n_slots), v)) for name, v in slots.items()}
+        # The table first, then the clips that point into it, then the status that makes the rows count.
+        with_async_group(self.root, lambda root: _grow_arrays(root, videos))
+        with_async_group(self.root, lambda root: _grow_arrays(root, clips))
+        self.root["videos/status"][n_old:] = status
+        return range(n_old, shape.n_videos)
 
     def clip_table(self) -> tuple[np.ndarray, np.ndarray]:
         """(clips/video, clips/frames) of all slots; an unreadable chunk's slots hold no clip (see read_clip_table)."""
@@ -350,9 +445,15 @@ class Cache:
         video column as already read (`read_clip_table`), if it was."""
         if clip_video is None:
             clip_video, _, _ = self.read_clip_table()
-        done = self.videos("status") == DONE
-        ok = clip_video >= 0
+        columns = read_arrays(self.root["videos"], ["status", "first_clip", "n_clips"])
+        rows = min(len(c) for c in columns)
+        status, first, count = (c[:rows] for c in columns)
+        done = status == DONE
+        ok = (clip_video >= 0) & (clip_video < len(done))
         ok[ok] = done[clip_video[ok]]
+        # A clip counts only inside its own video's slots: slots an append grew but has not filled read as video 0.
+        slots = np.arange(len(clip_video))
+        ok[ok] &= (slots[ok] >= first[clip_video[ok]]) & (slots[ok] < first[clip_video[ok]] + count[clip_video[ok]])
         return np.flatnonzero(ok)
 
     # ---- clip data --------------------------------------------------------------------------------------------

@@ -66,12 +66,10 @@ def _label_index(names: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
     return np.array([lookup[str(n)] for n in names], dtype=np.int64), classes
 
 
-def _check_sources(
-    url: str, root: str, paths: np.ndarray, sizes: np.ndarray, mtimes: np.ndarray, done: np.ndarray
-) -> None:
+def _check_sources(url: str, root: str, table: dict[str, np.ndarray], done: np.ndarray) -> None:
     """Refuse a cache whose video paths lead outside the source root, or whose source videos vanished or changed
     since the build (not on remote stores: `fame-cache verify` checks those, too slow to stat here per video)."""
-    changes = source_changes(root, paths, sizes, mtimes, np.flatnonzero(done), stat_remote=False)
+    changes = source_changes(root, table, np.flatnonzero(done), stat_remote=False)
     escapes = [str(c) for c in changes if c.kind == "source-escape"]
     if escapes:
         shown = "; ".join(escapes[:3]) + (f"; and {len(escapes) - 3} more" if len(escapes) > 3 else "")
@@ -123,7 +121,7 @@ def from_cache(url: str, params: LoaderParams, videos_root: str | None = None) -
         names = ", ".join(f"{table['path'][v]} ({status[v]}: {table['error'][v]})" for v in skipped[:5])
         warnings.warn(f"{url}: skipping {skipped.size} video(s) not done: {names}", stacklevel=3)
     root = videos_root or cache.source_root
-    _check_sources(url, root, table["path"], table["bytes"], table["mtime"], status == DONE)
+    _check_sources(url, root, table, status == DONE)
     clip_video, frames, bad_chunks = cache.read_clip_table()
     for slots, why in bad_chunks:
         warnings.warn(
