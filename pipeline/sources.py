@@ -400,7 +400,9 @@ def _ends(path: str, size: int) -> tuple[bytes, bytes]:
             handle.seek(tail_start)
             return head, handle.read(FINGERPRINT_BYTES)
     fs, inner = fsspec.core.url_to_fs(path)
-    return fs.cat_file(inner, 0, min(size, FINGERPRINT_BYTES)), fs.cat_file(inner, tail_start, size)
+    # By keyword: some stores (s3fs) take a version id second.
+    head = fs.cat_file(inner, start=0, end=min(size, FINGERPRINT_BYTES))
+    return head, fs.cat_file(inner, start=tail_start, end=size)
 
 
 def fingerprint_source(path: str, size: int) -> str:
