@@ -63,6 +63,9 @@ class SwapSet:
     pairs: tuple[SwapPair, ...]  # grouped by test video, in video order
     empty_masks: int  # clips left out: no foreground pixel at the threshold
     damaged: int  # clips left out: they fail their checksum or cannot be read
+    # Each video's keyframe index as the cache stores it (`videos/frame_index`; '' where it has none), so decoding
+    # seeks to the clips without demuxing the file to find them.
+    frame_index: tuple[str, ...] = ()
 
     @property
     def n_videos(self) -> int:
@@ -203,6 +206,7 @@ def draw_swaps(url: str, seed: int = 0, videos_root: str | None = None) -> SwapS
         pairs=tuple(pairs),
         empty_masks=empty,
         damaged=damaged,
+        frame_index=tuple(str(x) for x in table.get("frame_index", ())),
     )
 
 
@@ -214,7 +218,8 @@ def read_swapped(swap_set: SwapSet, pairs: Sequence[SwapPair] | None = None) -> 
         members = list(group)
         try:
             path = join(swap_set.root, swap_set.paths[video])
-            decoded = decode_clips(path, [p.frames for p in members], size=swap_set.size)
+            stored = swap_set.frame_index[video] if swap_set.frame_index else ""
+            decoded = decode_clips(path, [p.frames for p in members], size=swap_set.size, stored_index=stored)
         except (SourceError, VideoError) as exc:
             raise SwapError(f"{swap_set.url}: video {swap_set.paths[video]}: {exc}") from exc
         out = []

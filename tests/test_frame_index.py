@@ -5,6 +5,7 @@ resume and gc keep it sound."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -22,6 +23,7 @@ from pipeline.cache import DONE, Cache
 from pipeline.loader import FameLoader, LoaderParams
 from pipeline.loader.catalog import from_cache
 from pipeline.params import BuildParams
+from pipeline.swap import draw_swaps, read_swapped
 from pipeline.video import NO_INDEX, FrameIndex, decode_clips, frame_index, write_video
 from synthetic import Scene, render
 
@@ -206,3 +208,19 @@ def test_a_video_whose_timestamps_cannot_number_its_frames_is_stored_as_no_index
     monkeypatch.setattr(video._PacketLog, "index", lambda self: None)
     build_cache(str(tmp_path / "videos"), str(tmp_path / "c.zarr"), PARAMS, progress=False)
     assert set(stored_indexes(str(tmp_path / "c.zarr")).values()) == {NO_INDEX}
+
+
+def test_swapped_set_seeks_with_the_stored_index(indexed, counted):
+    """The swapped test decodes its clips where the cache's index says, demuxing no file, to the same frames as
+    without the index."""
+    swap_set = draw_swaps(indexed, seed=0)
+    assert len(swap_set.frame_index) == len(swap_set.paths)
+    with_index = [clip for clips in read_swapped(swap_set) for clip in clips]
+    assert counted["demux"] == 0, "the swapped set demuxed a whole file although the cache has its index"
+    assert counted["seek"] > 0, "the swapped set never seeked: the test videos do not exercise the index"
+    without = [clip for clips in read_swapped(dataclasses.replace(swap_set, frame_index=())) for clip in clips]
+    assert counted["demux"] > 0
+    assert len(with_index) == len(without) > 0
+    for a, b in zip(with_index, without, strict=True):
+        np.testing.assert_array_equal(a.original, b.original)
+        np.testing.assert_array_equal(a.swapped, b.swapped)
