@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import warnings
 
+import cv2
 import numpy as np
 import pytest
 from helpers import SIZE, T, make_cache
 
+from pipeline.cache import Cache
 from pipeline.loader import FameLoader, LoaderError, LoaderParams
 from pipeline.loader.graph import MEAN, STD
+from pipeline.loader.query_mask import _blur_wide
 from pipeline.loader.sampling import NO_BLUR, ClipIndex, batch_partners, draw_sample, shard_order
+from pipeline.video import decode_clips
 
 
 @pytest.fixture(scope="module")
@@ -191,3 +195,49 @@ def test_blur_sigma_scales_with_the_crop():
 
     assert sigmas(224).min() >= 1.0 and sigmas(224).max() <= 2.0
     assert sigmas(56).min() >= 0.25 and sigmas(56).max() <= 0.5
+
+
+def test_each_sample_reads_one_clip_and_merges_its_partners_plate(cache_url, monkeypatch):
+    """A sample reads its own clip of the cache (mask and plate) and no other: the partner's plate comes from the
+    partner's sample in the batch, and the meta names that sample's video and clip."""
+    reads = []
+    read_clip = Cache.read_clip
+
+    def counting(self, clip, *args, **kwargs):
+        reads.append(int(clip))
+        return read_clip(self, clip, *args, **kwargs)
+
+    monkeypatch.setattr(Cache, "read_clip", counting)
+    loader = FameLoader(cache_url, 6, params=quick(augment=False), seed=6)  # the whole epoch: nothing prefetched
+    debug = loader.debug_batch()
+    assert sorted(reads) == sorted(int(c) for c in debug["clip_a"]), "each sample reads its own clip a, once"
+    partners = batch_partners(6, 6, 0, 0, 0)
+    np.testing.assert_array_equal(debug["partner_video"], debug["video"][partners])
+    np.testing.assert_array_equal(debug["partner_clip"], debug["clip_a"][partners])
+
+
+def test_decode_floor_decodes_the_samples_clips_and_nothing_else(cache_url):
+    """The benchmark's floor: the loader's own workers decoding each sample's clip a and key clip, as they are."""
+    loader = FameLoader(cache_url, 2, params=quick(fame_p=0.0, key_start="cached"), seed=3)
+    batch = next(iter(loader))
+    clips_a, clips_b = (np.array(out.as_tensor()) for out in loader.decode_floor().run())
+    catalog = loader.catalog
+    for i in range(2):
+        video, a, b = int(batch["video"][i]), int(batch["clip_a"][i]), int(batch["clip_b"][i])
+        expected = decode_clips(catalog.video_path(video), [catalog.clip_frames[a], catalog.clip_frames[b]], SIZE)
+        np.testing.assert_array_equal(clips_a[i], expected[0])
+        np.testing.assert_array_equal(clips_b[i], expected[1])
+
+
+def test_wide_blur_of_the_tie_break_is_opencvs_blur():
+    """The tie-break's wide blur, as matrix products, is OpenCV's Gaussian blur (kernel wider than the crop and its
+    reflected border included) to float rounding, on crops square and not."""
+    rng = np.random.default_rng(0)
+    for h, w in ((112, 112), (24, 40)):
+        frames = (rng.random((h, w, 5)) * 255).astype(np.float32)
+        frames[h // 3 : h // 2, : w // 4] = 255  # a mover at the border
+        sigma = max(h, w) / 6
+        full = cv2.GaussianBlur(frames, (0, 0), sigma)
+        fast = _blur_wide(frames, sigma)
+        assert fast.shape == full.shape and fast.dtype == np.float32
+        np.testing.assert_allclose(fast, full, rtol=0, atol=1e-4 * full.max())

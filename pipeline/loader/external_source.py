@@ -3,18 +3,17 @@
 It runs in DALI's worker processes, so it is picklable and opens the cache lazily in each worker. On the CPU path it
 decodes clips with PyAV (DALI's CPU decoder cannot read H.264); on the GPU path it hands over the encoded file and
 the frame numbers, and DALI's NVDEC decoder does the rest. A sample's partner is another sample of its batch
-(`batch_partners`): its plate is read from the cache, its frames are taken from the batch by the graph, so no sample
-decodes more than its own two clips.
+(`batch_partners`): its plate and its frames are taken from the batch by the graph, so no sample decodes more than
+its own two clips or reads more than its own clip of the cache.
 
 Nothing is read unchecked: every mask and plate is checked against its clip's checksum, and a clip that fails (or a
-video that no longer decodes) is either left out, the sample taken from the next video of the epoch's order (or the
-next partner of the batch) and reported in the sample's `skipped_video`/`skipped_clip`, or it stops the loader
+video that no longer decodes) is either left out, the sample taken from the next video of the epoch's order, and
+reported in the sample's `skipped_video`/`skipped_clip`, or it stops the loader
 (`on_damage`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +62,7 @@ class SampleSource:
     first_epoch: int
     skip_samples: int  # samples of the first epoch already consumed (resume)
     gpu: bool = False
+    decode_only: bool = False  # the decoding floor (benchmarks): each sample's two clips decoded, nothing else
     _cache: Any = field(default=None, repr=False)
     _index: ClipIndex | None = field(default=None, repr=False)
     _orders: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
@@ -136,26 +136,19 @@ class SampleSource:
         # A batch of one merges nothing (FameLoader refuses it with FAME): the sample stands in as its own partner.
         single = self.batch_size == 1
         partners = [0] if single else batch_partners(self.batch_size, self.seed, epoch, self.shard_id, batch)
-        partner_slot = int(partners[slot])
-        own, skipped, partners_tried = position, None, 0
+        own, skipped = position, None
         for _ in range(MAX_SUBSTITUTES + 1):
             draw = self._draw(epoch, int(order[own % len(order)]))
-            if partners_tried >= self.batch_size - 1:  # no partner of the batch has a sound plate: merge nothing
-                draw = dataclasses.replace(draw, fame=False)
-            partner = self._draw(epoch, int(order[batch * self.batch_size + partner_slot]))
             try:
-                data = self._gpu_outputs(draw, partner) if self.gpu else self._cpu_outputs(draw, partner)
+                if self.decode_only:
+                    return tuple(self._decode(draw))
+                data = self._gpu_outputs(draw) if self.gpu else self._cpu_outputs(draw)
                 break
             except UnusableClip as exc:
                 if self.params.on_damage == "stop":
                     raise UnusableClip(exc.video, exc.clip, f"{exc} (on_damage='stop')") from exc
                 skipped = skipped or exc
-                if exc.video == draw.video or single:  # another video of the epoch stands in
-                    own += 1
-                else:  # another clip of the batch gives the background
-                    partners_tried += 1
-                    partner_slot = (partner_slot + 1) % self.batch_size
-                    partner_slot = (partner_slot + 1) % self.batch_size if partner_slot == slot else partner_slot
+                own += 1  # another video of the epoch stands in
         else:
             raise UnusableClip(
                 skipped.video,
@@ -164,8 +157,9 @@ class SampleSource:
                 f"{skipped}; run `fame-cache verify --fix` on {self.catalog.cache_url}",
             )
         lost = (skipped.video, skipped.clip) if skipped else (-1, -1)
+        # partner_video and partner_clip: the graph fills them from the partner's own sample (`graph.partner_meta`).
         meta = np.array(
-            [draw.video, draw.label, draw.clip_a, draw.clip_b, partner.video, partner.clip_a, draw.key_start, *lost],
+            [draw.video, draw.label, draw.clip_a, draw.clip_b, -1, -1, draw.key_start, *lost],
             np.int64,
         )
         return (
@@ -174,7 +168,7 @@ class SampleSource:
             draw.flip,
             draw.colour,
             np.array(draw.fame, np.float32),
-            np.array(partner_slot, np.int32),
+            np.array(partners[slot], np.int32),
             meta,
         )
 
@@ -189,26 +183,31 @@ class SampleSource:
         return self.params.use_cache and self.params.background == "plate"
 
     def _alpha(self, draw: SampleDraw, mask: np.ndarray | None) -> np.ndarray:
-        """(T, crop, crop, 1) uint8 alpha of the query's own clip inside its crop (zeros when not merged: the graph
-        then keeps the clip whole)."""
+        """(T, crop, crop, 1) uint8 alpha of the query's own clip inside its crop, flipped as the query is (zeros
+        when not merged: the graph then keeps the clip whole). Flipped here, a copy of a small array, rather than
+        by an operator of the graph."""
         crop = self.params.crop
         if not draw.fame or mask is None:
             return np.zeros((self.catalog.clip_len, crop, crop, 1), np.uint8)
-        return query_alpha(mask, draw.crop_a, self.params)[..., None]
+        alpha = query_alpha(mask, draw.crop_a, self.params)
+        return np.ascontiguousarray(alpha[:, :, ::-1] if draw.flip[0] else alpha)[..., None]
 
-    def _cached_alpha_and_plate(self, draw: SampleDraw, partner: SampleDraw) -> tuple[np.ndarray, np.ndarray]:
-        """Clip a's alpha from its cached mask and the partner's plate, read (and checked) only when this sample is
-        merged."""
-        mask = self._read_clip(draw)[0] if draw.fame else None
-        plate = self._read_clip(partner)[1] if draw.fame and self.merges_plates else PLACEHOLDER_PLATE
+    def _cached_alpha_and_plate(self, draw: SampleDraw) -> tuple[np.ndarray, np.ndarray]:
+        """Clip a's alpha from its cached mask, and its own plate: the sample whose partner this one is merges
+        that plate (the graph takes it from the batch), so each sample reads one clip of the cache, checked, not
+        two. Nothing is read when no sample merges a plate or this one is not merged."""
+        plates = self.merges_plates and self.params.fame_p > 0
+        mask, plate = self._read_clip(draw) if draw.fame or plates else (None, None)
+        if not draw.fame:
+            mask = None
         if mask is not None and self.params.query_crop == "mover":
             draw.crop_a[:] = centre_on_mask(draw.crop_a, mask)  # the draw's window: the graph crops the clip there
-        return self._alpha(draw, mask), plate[None]
+        return self._alpha(draw, mask), (plate if plates else PLACEHOLDER_PLATE)[None]
 
-    def _cpu_outputs(self, draw: SampleDraw, partner: SampleDraw) -> tuple[np.ndarray, ...]:
+    def _cpu_outputs(self, draw: SampleDraw) -> tuple[np.ndarray, ...]:
         clip_a, clip_b = self._decode(draw)
         if self.params.use_cache:
-            alpha, plate = self._cached_alpha_and_plate(draw, partner)
+            alpha, plate = self._cached_alpha_and_plate(draw)
         else:  # the original code's way: the mask from the decoded clip, every time
             from pipeline.masks import get_method
 
@@ -219,9 +218,9 @@ class SampleSource:
             plate = PLACEHOLDER_PLATE[None]
         return clip_a, alpha, plate, clip_b
 
-    def _gpu_outputs(self, draw: SampleDraw, partner: SampleDraw) -> tuple[np.ndarray, ...]:
+    def _gpu_outputs(self, draw: SampleDraw) -> tuple[np.ndarray, ...]:
         if not self.params.use_cache:
             raise ValueError("the GPU path reads masks from a cache; use device='cpu' for use_cache=False")
         encoded, (frames_a, frames_b) = self._encoded(draw)
-        alpha, plate = self._cached_alpha_and_plate(draw, partner)
+        alpha, plate = self._cached_alpha_and_plate(draw)
         return encoded, frames_a, alpha, plate, encoded, frames_b

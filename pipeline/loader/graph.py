@@ -26,9 +26,15 @@ VIDEO_LAYOUTS = {name: "FHWC" for name in ("clip_a", "alpha", "plate", "clip_b")
 
 
 def crop_flip(frames, roi, flip, crop: int):
-    """Random resized crop given as a relative window, then horizontal flip; the same for every frame."""
-    out = fn.resize(frames, roi_start=roi[0:2], roi_end=roi[2:4], roi_relative=True, size=[crop, crop])
-    return fn.flip(out, horizontal=flip)
+    """Random resized crop given as a relative window, flipped horizontally when `flip`; the same for every frame.
+
+    One resampling pass: the flip is the window's x edges swapped (DALI's resize mirrors a window whose start lies
+    past its end), rather than a flip of the resized frames after. The filter's taps are then summed in the other
+    order, so a flipped crop may differ from a crop flipped after by 1 in rare pixels (about 0.1%)."""
+    x_start = roi[1] + flip * (roi[3] - roi[1])  # x1 when flipped, else x0
+    x_end = roi[3] - flip * (roi[3] - roi[1])
+    start, end = fn.stack(roi[0], x_start), fn.stack(roi[2], x_end)
+    return fn.resize(frames, roi_start=start, roi_end=end, roi_relative=True, size=[crop, crop])
 
 
 def over_time(background, clip):
@@ -44,9 +50,8 @@ def compose(clip, alpha, background, fame):
 
     background is (T, H, W, C) frames or a (1, H, W, C) plate, which DALI's arithmetic broadcasts over the frames:
     a plate is cropped and blended once, not once per frame."""
-    m = fn.cast(alpha, dtype=types.FLOAT) * (1.0 / 255.0)
-    m = 1.0 - fame * (1.0 - m)
-    merged = m * fn.cast(clip, dtype=types.FLOAT) + (1.0 - m) * fn.cast(background, dtype=types.FLOAT)
+    m = 1.0 - fame * (1.0 - alpha * (1.0 / 255.0))  # uint8 times a float is float: no cast of the frames first
+    merged = m * clip + (1.0 - m) * background  # one arithmetic operator: DALI fuses the expression
     return fn.cast(merged, dtype=types.UINT8)  # DALI rounds to nearest when casting to an integer
 
 
@@ -68,6 +73,13 @@ def normalise(frames):
     return fn.crop_mirror_normalize(frames, dtype=types.FLOAT, output_layout="CFHW", mean=MEAN, std=STD)
 
 
+def partner_meta(meta, partner_slot):
+    """Each sample's meta with its partner's video and clip a (fields 4 and 5) taken from the partner's own meta:
+    what the partner sample holds, a substitute included when its own clip was left out."""
+    partner = fn.permute_batch(meta, indices=partner_slot)
+    return fn.cat(meta[0:4], partner[0:1], partner[2:3], meta[6:])
+
+
 @do_not_convert  # plain Python: AutoGraph (DALI conditionals) rewrites zip and would reject strict=
 def _by_name(names, outputs) -> dict:
     return dict(zip(names, outputs, strict=True))
@@ -79,10 +91,11 @@ def _decode_gpu(encoded, frames, size):
 
 
 def build_pipeline(source: SampleSource, batch_size: int, device_id: int | None, debug_outputs: bool = False):
-    """A DALI pipeline around `source`. device_id None runs DALI's CPU backend."""
+    """A DALI pipeline around `source`. device_id None runs DALI's CPU backend. A `decode_only` source makes the
+    decoding floor: the same worker processes decoding the same clips, output as they arrive."""
     params: LoaderParams = source.params
     gpu = source.gpu
-    names = (GPU_OUTPUTS if gpu else CPU_OUTPUTS) + PARAM_OUTPUTS
+    names = ("clip_a", "clip_b") if source.decode_only else (GPU_OUTPUTS if gpu else CPU_OUTPUTS) + PARAM_OUTPUTS
     size = source.catalog.size
     plates = source.merges_plates
 
@@ -106,6 +119,8 @@ def build_pipeline(source: SampleSource, batch_size: int, device_id: int | None,
             **parallel,
         )
         data = _by_name(names, outs)
+        if source.decode_only:
+            return data["clip_a"], data["clip_b"]
         rois, flips, colour, partner_slot = data["rois"], data["flips"], data["colour"], data["partner_slot"]
         if gpu:
             clip_a = _decode_gpu(data["enc_a"], data["frames_a"], size)
@@ -115,15 +130,17 @@ def build_pipeline(source: SampleSource, batch_size: int, device_id: int | None,
             clip_a, alpha, plate, clip_b = data["clip_a"], data["alpha"], data["plate"], data["clip_b"]
         crop = params.crop
         a = crop_flip(clip_a, rois[0], flips[0], crop)
-        m = fn.flip(alpha, horizontal=flips[0])  # the alpha arrives cropped to the query's window
-        # The partner is another sample of the batch: its plate, or its clip a as cropped for its own query.
+        m = alpha  # the alpha arrives cropped to the query's window and flipped as its view is
+        # The partner is another sample of the batch: its plate (cropped with this query's window), or its clip a
+        # as cropped for its own query.
         needs_partner = not plates or params.return_partner
         partner = fn.permute_batch(a, indices=partner_slot) if needs_partner else None
-        bg = crop_flip(plate, rois[0], flips[0], crop) if plates else partner
+        bg = crop_flip(fn.permute_batch(plate, indices=partner_slot), rois[0], flips[0], crop) if plates else partner
         fame = data["fame"].gpu() if gpu else data["fame"]  # per-sample scalars join GPU arithmetic on the GPU
         merged = compose(a, m, bg, fame)
         key = crop_flip(clip_b, rois[1], flips[1], crop)
-        outputs = [normalise(augment(merged, colour[0])), normalise(augment(key, colour[1])), data["meta"]]
+        meta = partner_meta(data["meta"], partner_slot)
+        outputs = [normalise(augment(merged, colour[0])), normalise(augment(key, colour[1])), meta]
         if params.return_partner:  # the extra views in `LoaderParams.extra_views` order
             outputs.append(normalise(augment(partner, colour[2])))
         if params.return_background:  # the query without its foreground: same crop, flip and colours

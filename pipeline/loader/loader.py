@@ -146,6 +146,13 @@ class FameLoader:
             self._pipe_key = expected
         return self._pipe
 
+    def decode_floor(self):
+        """A DALI pipeline whose workers decode this loader's samples' two clips (as its own do, from the start of
+        the epoch) and output them, nothing else: the floor a loader cannot go below (`benchmarks/loader.py`)."""
+        source = self._source(self.epoch, 0)
+        source.decode_only = True
+        return build_pipeline(source, self.batch_size, None)
+
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         if self.position >= self._samples_per_epoch:
             self.epoch, self.position = self.epoch + 1, 0
