@@ -92,3 +92,25 @@ def background_plate(
     plate = np.round(total / np.maximum(samples, 1)[..., None]).astype(np.uint8)
     holes = samples == 0
     return fill_holes(plate, holes) if holes.any() else plate
+
+
+def mosaic(frames: np.ndarray, onto: np.ndarray, clean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A background from frames of one shot, on a canvas (the reference view, grown by what a pan shows): (F, H, W, 3)
+    uint8 frames, (F, 2, 3) transforms taking each onto the canvas, and (F, CH, CW) bool flags on the canvas saying
+    which of each frame's aligned pixels are background. Returns the (CH, CW, 3) uint8 mean of the flagged samples
+    and where there was one (bool); pixels with none are 0."""
+    _, h, w, _ = frames.shape
+    ch, cw = clean.shape[1:]
+    total = np.zeros((ch, cw, 3), np.float32)
+    samples = np.zeros((ch, cw), np.float32)
+    ones = np.ones((h, w), np.uint8)
+    for frame, m, flags in zip(frames, onto, clean, strict=True):
+        if (ch, cw) != (h, w) or corner_shift(m, h - 1, w - 1) > STILL:  # pixels no frame covers stay unflagged
+            cover = cv2.warpAffine(ones, m, (cw, ch), flags=cv2.INTER_NEAREST) > 0
+            frame = cv2.warpAffine(frame, m, (cw, ch), borderMode=cv2.BORDER_REPLICATE)
+            flags = flags & cover
+        flags = flags.view(np.uint8)
+        cv2.accumulate(frame, total, mask=flags)
+        cv2.accumulate(flags, samples)
+    plate = np.round(total / np.maximum(samples, 1)[..., None]).astype(np.uint8)
+    return plate, samples > 0

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.masks import get_method, get_step
 from pipeline.masks.motion import clip_camera_motion
-from pipeline.plates import background_plate
+from pipeline.plates import background_plate, mosaic
 from synthetic import Scene, render
 
 SIZE = (64, 80)
@@ -94,3 +94,19 @@ def test_camera_from_the_mask_step_gives_the_plate_tracked_anew(size):
     assert get_step("fame")(frames).camera is None
     with pytest.raises(ValueError, match="camera"):
         background_plate(frames, result.masks, result.camera[1:])
+
+
+def test_mosaic_is_the_mean_of_flagged_samples():
+    """The shot plate of the `video` method: per pixel, the mean of the samples flagged background; unflagged
+    pixels are unseen."""
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (4, 6, 8, 3), dtype=np.uint8)
+    clean = rng.random((4, 6, 8)) < 0.6
+    clean[:, 0, 0] = False
+    onto = np.tile(np.float32([[1, 0, 0], [0, 1, 0]]), (4, 1, 1))
+    plate, seen = mosaic(frames, onto, clean)
+    count = clean.sum(axis=0)
+    expected = np.round((frames * clean[..., None]).sum(axis=0) / np.maximum(count, 1)[..., None])
+    np.testing.assert_array_equal(seen, count > 0)
+    assert not seen[0, 0]
+    np.testing.assert_array_equal(plate[seen], expected[seen].astype(np.uint8))

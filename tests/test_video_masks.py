@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -129,3 +131,26 @@ def test_build_with_video_masks_is_deterministic(tmp_path):
         np.testing.assert_array_equal(mask, b.mask(int(c)))
         np.testing.assert_array_equal(a.plate(int(c)), b.plate(int(c)))
         assert 0 < (mask >= 128).mean() < 0.5
+
+
+def test_still_shot_plate_has_no_ghost_where_a_clips_plate_has_one():
+    """A mover that stops for the last third of a still shot: `motion` sees nothing in those clips, so their own
+    plate (a clip's mean) holds the mover; the shot's background model saw the place empty most of the time, so
+    the `video` plate shows the background there, and every clip of the shot gets the same plate."""
+    scene = Scene(**MOVER, stop_at=44)
+    frames, truth = render(scene)
+    background, _ = render(dataclasses.replace(scene, object_radius=(1e-3, 1e-3)))  # the scene without its mover
+    table = clip_frames(len(frames), CLIPS)
+    _, _, _, plates = per_clip(frames, truth)
+    stopped = [c for c, rows in enumerate(table) if rows[0] >= 44]
+    assert stopped, "the scene should have clips after the stop"
+    for c in stopped:
+        rows = table[c]
+        where = truth[rows].all(axis=0)  # under the mover throughout the clip
+        masks, camera = motion_masks_and_camera(frames[rows])
+        own = background_plate(frames[rows], masks, camera)
+        ghost = np.abs(own.astype(int) - background[rows[0]])[where].mean()
+        error = np.abs(plates[c].astype(int) - background[rows[0]])[where].mean()
+        assert ghost > 20 and error < 3, (ghost, error)
+    same = (plates == plates[0]).all(axis=-1).mean(axis=(1, 2))  # one plate for the shot, but where it never saw
+    assert same.min() >= 0.97, same  # its background for sure (there, each clip's own)

@@ -164,12 +164,13 @@ def edge_levels(evidence: np.ndarray, threshold: float) -> np.ndarray:
     moving region (a blurred step crosses half its height on the true edge), never below the noise threshold.
     Cutting at the noise threshold alone would put the outline a blur radius outside the mover."""
     t = len(evidence)
-    values = np.sort(evidence[:, ::2, ::2].reshape(t, -1), axis=1)  # every other pixel is plenty for a percentile
-    n = values.shape[1]
-    moving = (values > threshold).sum(axis=1)  # sorted rows: the moving values are each row's last `moving`
-    rank = np.clip(n - moving + (MOVING_PERCENTILE / 100 * (moving - 1)).astype(int), 0, n - 1)
-    typical = values[np.arange(t), rank]
-    level = np.where(moving > MIN_MOVING, np.maximum(threshold, EDGE_HEIGHT * typical), threshold)
+    values = evidence[:, ::2, ::2].reshape(t, -1)  # every other pixel is plenty for a percentile
+    level = np.full(t, threshold, np.float64)
+    for i, row in enumerate(values):
+        moving = row[row > threshold]  # a partial sort of the moving values alone: no full sort of each frame
+        if len(moving) > MIN_MOVING:
+            rank = int(MOVING_PERCENTILE / 100 * (len(moving) - 1))
+            level[i] = max(threshold, EDGE_HEIGHT * float(np.partition(moving, rank)[rank]))
     return level.astype(np.float32)
 
 

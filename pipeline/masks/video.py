@@ -16,9 +16,12 @@ which only an offline build, decoding every frame anyway, can afford.
 6. A segment with too few frames or no usable background (median confidence under ALL_MOTION: all motion) falls
    back to `motion` for its clips.
 
-Plates come from the same model: per segment, the mean of the samples close to the median, with the pixels that
-the masks call foreground in most frames inpainted, warped into each clip's middle frame; what the segment never saw
-comes from the clip's own plate.
+Plates come from the same model where the camera holds still: per segment, the mean of the model's frames'
+samples close to the median, at pixels where the median is the majority (support over MAJORITY), so a mover that
+travels, or stops for less than half the shot, never enters it; every clip of the shot gets that plate, and the
+pixels it never saw so (a mover in place most of the time) come from the clip's own plate. A panning segment's
+clips keep their own plates (`pipeline.plates.background_plate` with these masks): the model's alignment, chained
+over the shot, drifts by a pixel or so, which blurs a plate more than a clip's own mean.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ MIN_MODEL = 6  # a segment of fewer frames has no model: its clips fall back to 
 MIN_SAMPLES = 6  # a pixel seen by fewer aligned frames has a less trusted model (newly uncovered background)
 MODEL_FLOOR = 24.0  # grey levels: residuals against the model below this are never foreground (H.264 at web bitrates)
 SUPPORT_LO, SUPPORT_HI = 0.55, 0.8  # model support at which confidence starts rising, and where it is full
+MAJORITY = 0.5  # model support from which a pixel's samples close to the median are its background (plates)
 ALL_MOTION = 0.5  # a segment whose median confidence is under this has no usable background
 CUT = 0.5  # Bhattacharyya distance between neighbours' colour histograms that marks a cut
 EXPLAINED = 0.2  # a moving region under this share of confident model foreground is a mover in place
@@ -70,6 +74,8 @@ class Model:
     confidence: np.ndarray  # (h, w) float32 in [0, 1]
     tolerance: float  # residuals (max over channels) above this are not noise
     picks: np.ndarray  # the frames the median was taken over
+    clean: np.ndarray  # (len(picks), h, w) bool: the picks' aligned samples that are sure background (for plates)
+    still: bool  # no pick moved against the reference (a still camera): its plate needs no resampling
 
 
 def model_frames(n_frames: int, table: np.ndarray) -> np.ndarray:
@@ -79,7 +85,16 @@ def model_frames(n_frames: int, table: np.ndarray) -> np.ndarray:
 
 
 def _as3(m: np.ndarray) -> np.ndarray:
-    return np.vstack([m.astype(np.float64), [0.0, 0.0, 1.0]])
+    out = np.eye(3)
+    out[:2] = m
+    return out
+
+
+def channel_residual(frame: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """(..., h, w) uint8: the largest channel's absolute difference of two (..., h, w, 3) uint8 images. OpenCV's
+    saturating difference and a max over three slices: numpy's max over a last axis of 3 costs ten times more."""
+    d = cv2.absdiff(frame, background) if frame.ndim == 3 else np.abs(frame.astype(np.int16) - background)
+    return np.maximum(np.maximum(d[..., 0], d[..., 1]), d[..., 2]).astype(np.uint8)
 
 
 def _chain(forward: list[np.ndarray], a: int, b: int) -> np.ndarray:
@@ -146,17 +161,17 @@ def fit_model(blurred: np.ndarray, forward: list[np.ndarray], lo: int, hi: int) 
     samples = np.empty((len(picks), h, w, 3), np.uint8)
     valid = np.ones((len(picks), h, w), bool)
     ones = np.ones((h, w), np.float32)
+    moved = np.array([corner_shift(onto[j - lo], h - 1, w - 1) > STILL for j in picks])
     for k, j in enumerate(picks):
         m = onto[j - lo]
-        still = corner_shift(m, h - 1, w - 1) <= STILL
-        samples[k] = _warp(blurred[j], m, (w, h), still, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        if not still:
+        samples[k] = _warp(blurred[j], m, (w, h), not moved[k], flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        if moved[k]:
             valid[k] = cv2.warpAffine(ones, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=0.0) >= 0.999
     n_valid = valid.sum(axis=0)
     ordered = np.sort(np.where(valid[..., None], samples, np.uint8(255)), axis=0)  # missing samples sort last
     middle = np.maximum(n_valid - 1, 0) // 2
     background = np.take_along_axis(ordered, middle[None, :, :, None], axis=0)[0]
-    residual = np.abs(samples.astype(np.int16) - background).max(axis=-1)
+    residual = np.stack([channel_residual(sample, background) for sample in samples])
     noise = residual[valid][::7]
     median = float(np.median(noise))
     spread = 1.4826 * float(np.median(np.abs(noise - median)))
@@ -166,7 +181,8 @@ def fit_model(blurred: np.ndarray, forward: list[np.ndarray], lo: int, hi: int) 
     confidence *= np.clip(n_valid / MIN_SAMPLES, 0, 1)
     if float(np.median(confidence)) < ALL_MOTION:
         return None
-    return Model(lo, hi, onto, background, confidence.astype(np.float32), tolerance, picks)
+    clean = (residual <= tolerance) & valid & (support >= MAJORITY) & (n_valid >= MIN_SAMPLES)
+    return Model(lo, hi, onto, background, confidence.astype(np.float32), tolerance, picks, clean, not moved.any())
 
 
 def model_view(model: Model, frame: np.ndarray, j: int) -> tuple[np.ndarray, np.ndarray]:
@@ -177,7 +193,7 @@ def model_view(model: Model, frame: np.ndarray, j: int) -> tuple[np.ndarray, np.
     still = corner_shift(m, h - 1, w - 1) <= STILL
     background = _warp(model.background, m, (w, h), still, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     confidence = _warp(model.confidence, m, (w, h), still, flags=cv2.INTER_LINEAR, borderValue=0.0)
-    residual = np.abs(frame.astype(np.int16) - background).max(axis=-1).astype(np.float32)
+    residual = channel_residual(frame, background).astype(np.float32)
     return residual, confidence
 
 
@@ -207,6 +223,8 @@ def _hold(
     change over it: the inside of a mover in place, whose rim closes in some frames only."""
     from pipeline.plates import onto_reference
 
+    if not in_place.any():  # nothing in place: nothing to hold
+        return soft
     t, h, w = soft.shape
     tolerance = model.tolerance if model is not None else MODEL_FLOOR
     onto = onto_reference(np.stack(forward), t // 2)
@@ -284,8 +302,30 @@ def video_masks_and_plates(frames: np.ndarray, numbers: np.ndarray, table: np.nd
         soft_all[c] = soft
     for c in range(n):
         masks[c] = quantise_at(soft_all[c], h, w)
+    mosaics = [segment_plate(frames, model) if model is not None and model.still else None for model in models]
     for c in range(n):
         pos = rows[c]
+        mosaic = mosaics[owner[int(pos[t // 2])]]
+        holes = None
+        if mosaic is not None:  # a still shot: its plate, the same for each of its clips
+            plates[c], holes = mosaic[0], ~mosaic[1]
+            if not holes.any():
+                continue
         camera = as_camera([_chain(forward, int(pos[i]), int(pos[i + 1])) for i in range(t - 1)], half)
-        plates[c] = background_plate(frames[pos], masks[c], camera)
+        own = background_plate(frames[pos], masks[c], camera)
+        plates[c] = own if holes is None else np.where(holes[..., None], own, plates[c])
     return masks, plates
+
+
+def segment_plate(frames: np.ndarray, model: Model) -> tuple[np.ndarray, np.ndarray]:
+    """A still shot's background at the frames' full size: per pixel, the mean of the picks' samples the model
+    calls sure background (close to its median, where it is confident), and where some pick saw it so (bool). A
+    mover that travels never enters it; one that stays in place leaves its pixels unsure, so unseen."""
+    from pipeline.plates import mosaic
+
+    h, w = frames.shape[1:3]
+    clean = model.clean
+    if clean.shape[1:] != (h, w):  # the model's work size: each sample's flags at full size
+        clean = np.stack([cv2.resize(c.view(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) for c in clean])
+    onto = np.tile(np.float32([[1, 0, 0], [0, 1, 0]]), (len(model.picks), 1, 1))
+    return mosaic(frames[model.picks], onto, clean.view(bool))
