@@ -76,6 +76,8 @@ def _show(args: argparse.Namespace) -> int:
 
     if args.video is not None and args.clip is not None:
         raise ValueError("give --video or --clip, not both")
+    if args.sheet is not None:
+        return _sheet(args)
     cache = open_cache(args.cache)
     view = load_view(cache, pick_clip(cache, args.clip, args.video))
     render_png(cache, view, args.out, max_frames=args.max_frames)
@@ -90,6 +92,18 @@ def _show(args: argparse.Namespace) -> int:
     if not view.source_ok:
         print(f"warning: source video of clip {view.clip} could not be read; frames shown grey", file=sys.stderr)
     print("\n".join(written))
+    return EXIT_OK
+
+
+def _sheet(args: argparse.Namespace) -> int:
+    from cache_tools.api import open_cache
+    from cache_tools.show import render_sheet, sheet_clips
+
+    if args.sheet < 1 or args.video is not None or args.clip is not None:
+        raise ValueError(f"--sheet {args.sheet}: give a positive number of clips, without --video or --clip")
+    cache = open_cache(args.cache)
+    render_sheet(cache, args.out, sheet_clips(cache, args.sheet))
+    print(args.out)
     return EXIT_OK
 
 
@@ -182,6 +196,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--mp4", action="store_true", help="also write an MP4 next to it")
     p.add_argument("--max-frames", type=int, default=8, help="frames shown in the PNG (%(default)s)")
     p.add_argument("--fps", type=float, default=4.0, help="animation speed (%(default)s)")
+    p.add_argument(
+        "--sheet", nargs="?", type=int, const=48, metavar="N", help="instead: a contact sheet of N clips' masks (48)"
+    )
     p.set_defaults(func=_show)
 
     p = sub.add_parser("diff", help="parameter differences and mask agreement of two caches of the same videos")

@@ -9,6 +9,7 @@ import numpy as np
 from cache_tools.api import disk_bytes
 from cache_tools.find import cache_sources
 from pipeline.cache import DONE, FAILED, PENDING, Cache
+from pipeline.params import FOREGROUND_THRESHOLD
 
 
 def cache_info(cache: Cache, with_bytes: bool = True) -> dict[str, Any]:
@@ -50,7 +51,66 @@ def cache_info(cache: Cache, with_bytes: bool = True) -> dict[str, Any]:
             "source": source_bytes,
             "ratio": round(on_disk / source_bytes, 4) if on_disk is not None and source_bytes else None,
         },
+        "masks": mask_statistics(cache),
     }
+
+
+AREA_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+STAT_CLIPS = 2000  # masks read for the statistics at most (evenly spaced over the readable clips)
+
+
+def clip_areas(cache: Cache, clips: np.ndarray) -> np.ndarray:
+    """(n,) foreground share (mask >= the default threshold) of each clip, over all its frames."""
+    return np.array([float((cache.mask(int(c)) >= FOREGROUND_THRESHOLD).mean()) for c in clips], np.float64)
+
+
+def area_summary(areas: np.ndarray) -> dict[str, Any]:
+    """How many clips, the share with an empty mask (no foreground pixel in any frame), and the quantiles and mean
+    of the foreground area (share of the pixels) over the clips."""
+    if len(areas) == 0:
+        return {"clips": 0, "empty_rate": None, "mean_area": None, "area_quantiles": {}}
+    return {
+        "clips": len(areas),
+        "empty_rate": round(float((areas == 0).mean()), 4),
+        "mean_area": round(float(areas.mean()), 4),
+        "area_quantiles": {f"{q:g}": round(float(np.quantile(areas, q)), 4) for q in AREA_QUANTILES},
+    }
+
+
+def mask_statistics(cache: Cache, max_clips: int = STAT_CLIPS) -> dict[str, Any]:
+    """What the masks say, so a failing method shows in `info`: the empty-mask rate and the foreground-area
+    distribution over the readable clips (up to `max_clips`, evenly spaced, which `sampled` counts), overall and per
+    class where the videos have labels."""
+    clip_video = cache.root["clips/video"][:]
+    readable = cache.readable_clips(clip_video)
+    picked = readable[np.unique(np.linspace(0, len(readable) - 1, min(len(readable), max_clips)).astype(int))]
+    areas = clip_areas(cache, picked)
+    out = {"threshold": FOREGROUND_THRESHOLD, "readable": len(readable), "sampled": len(picked)}
+    out |= area_summary(areas)
+    labels = cache.videos("label") if "label" in cache.video_fields else None
+    if labels is not None and len(picked) and any(str(x) for x in labels):
+        by_video = np.array([str(x) for x in labels])[clip_video[picked]]
+        out["by_class"] = {label: area_summary(areas[by_video == label]) for label in sorted(set(by_video))}
+    return out
+
+
+def format_mask_statistics(stats: dict[str, Any]) -> list[str]:
+    """`info`'s lines on the masks: empty-mask rate and area quantiles, then one line per class."""
+    if not stats["clips"]:
+        return ["masks        no readable clip"]
+    sampled = "" if stats["sampled"] == stats["readable"] else f" ({stats['sampled']} of {stats['readable']} read)"
+
+    def line(summary: dict[str, Any]) -> str:
+        q = summary["area_quantiles"]
+        spread = " ".join(f"{key}:{100 * value:.1f}%" for key, value in q.items())
+        return (
+            f"{100 * summary['empty_rate']:.1f}% empty, area mean {100 * summary['mean_area']:.1f}%, quantiles {spread}"
+        )
+
+    lines = [f"masks        {stats['clips']} clips{sampled}: {line(stats)}"]
+    for label, summary in stats.get("by_class", {}).items():
+        lines.append(f"  {label}: {summary['clips']} clips, {line(summary)}")
+    return lines
 
 
 def describe_source(record: dict[str, Any]) -> str:
@@ -89,6 +149,8 @@ def format_info(info: dict[str, Any], max_failures: int = 20) -> str:
         f"clip count   {c['readable']} readable of {c['planned']} planned ({c['slots']} slots)",
         f"bytes        {human_bytes(b['on_disk'])} on disk, source {human_bytes(b['source'])}{ratio}",
     ]
+    if "masks" in info:
+        lines += format_mask_statistics(info["masks"])
     if info["failures"]:
         lines.append(f"failures     {len(info['failures'])}:")
         lines += [f"  {f['path']}: {f['error']}" for f in info["failures"][:max_failures]]

@@ -218,3 +218,76 @@ def render_animation(view: ClipView, out: str, fps: float = 4.0, scale: int | No
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+
+
+SHEET_CLIPS = 48  # clips on a contact sheet by default
+SHEET_COLUMNS = 8
+SHEET_CELL = 220  # px: the width each clip's picture is scaled to (at least), so its label fits
+
+
+def sheet_clips(cache: Cache, n: int = SHEET_CLIPS) -> np.ndarray:
+    """Up to n readable clips spread over the cache: one per video first (videos evenly spaced), then more per
+    video, so a sheet of a large cache samples many videos rather than the first few."""
+    clip_video = cache.root["clips/video"][:]
+    readable = cache.readable_clips(clip_video)
+    if len(readable) == 0:
+        raise CacheError(f"{cache.url}: no readable clip (no video is done)")
+    videos, first = np.unique(clip_video[readable], return_index=True)
+    if len(videos) >= n:
+        return np.sort(readable[first[np.unique(np.linspace(0, len(videos) - 1, n).astype(int))]])
+    rest = np.setdiff1d(readable, readable[first])
+    extra = rest[np.unique(np.linspace(0, len(rest) - 1, min(len(rest), n - len(videos))).astype(int))]
+    return np.sort(np.concatenate([readable[first], extra if len(rest) else rest]))
+
+
+def sheet_cell(cache: Cache, clip: int, width: int = SHEET_CELL) -> np.ndarray:
+    """One clip on the sheet: its middle frame with the mask overlay (tint and contour at 128), scaled to `width`,
+    under a label with the video's name, the clip index and its foreground share; grey where the source is gone."""
+    v = int(cache.root["clips/video"][clip])
+    numbers = [int(f) for f in cache.root["clips/frames"][clip]]
+    masks = cache.mask(clip)
+    t = len(numbers) // 2
+    try:
+        frame = decode_clip(source_path(cache, v), [numbers[t]], cache.size)[0]
+        note = ""
+    except (VideoError, OSError, CacheError):
+        frame = np.full((*masks.shape[1:], 3), 96, np.uint8)
+        note = " (no source)"
+    h, w = masks.shape[1:]
+    scale = max(1, -(-width // w))
+    big = cv2.resize(overlay(frame, masks[t]), (w * scale, h * scale), interpolation=cv2.INTER_NEAREST)
+    name = os.path.basename(str(cache.root["videos/path"][v]))
+    fg = float((masks >= FOREGROUND_THRESHOLD).mean())
+    band = 34
+    top = np.full((band, big.shape[1], 3), 255, np.uint8)
+    font, size = cv2.FONT_HERSHEY_SIMPLEX, 0.4
+    fits = max(4, int(big.shape[1] / cv2.getTextSize("M", font, size, 1)[0][0]))
+    label = name if len(name) <= fits else name[: fits - 3] + "..."
+    cv2.putText(top, label, (3, 13), font, size, (20, 20, 20), 1, cv2.LINE_AA)
+    detail = f"clip {clip}, frame {numbers[t]}, fg {100 * fg:.0f}%{note}"
+    cv2.putText(top, detail, (3, 28), font, size, (90, 90, 90), 1, cv2.LINE_AA)
+    return np.concatenate([top, big])
+
+
+def render_sheet(cache: Cache, out: str, clips: np.ndarray, columns: int = SHEET_COLUMNS) -> None:
+    """A contact sheet: `clips` in a grid of `columns`, each its middle frame with the mask overlay and a label, so
+    a person spots failed masks (empty, full, on the wrong thing) over many videos at a glance."""
+    cells = [sheet_cell(cache, int(c)) for c in clips]
+    ch, cw = cells[0].shape[:2]
+    gap = 6
+    rows = -(-len(cells) // columns)
+    cols = min(columns, len(cells))
+    title = 28
+    sheet = np.full((title + rows * (ch + gap), cols * (cw + gap) - gap, 3), 255, np.uint8)
+    for i, cell in enumerate(cells):
+        r, c = divmod(i, columns)
+        y, x = title + r * (ch + gap), c * (cw + gap)
+        sheet[y : y + ch, x : x + cw] = cell
+    heading = (
+        f"{cache.url}  |  method {cache.attrs.get('method')}  |  {len(cells)} clips  |  magenta: mask, yellow: 128"
+    )
+    cv2.putText(sheet, heading, (4, 19), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (20, 20, 20), 1, cv2.LINE_AA)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    from PIL import Image
+
+    Image.fromarray(sheet).save(out)
