@@ -24,10 +24,11 @@ from pipeline.cache.find import find_cache, find_cache_to_grow, new_cache_path
 from pipeline.cache.fingerprint import source_changes
 from pipeline.cache.layout import has_computed_data, metadata_summary
 from pipeline.cache.lock import LockError, is_lock_file, writer_lock
-from pipeline.job import GroupResult, GroupTask, InProcessRunner, RayRunner, VideoResult
+from pipeline.job import GroupResult, GroupTask, VideoResult
 from pipeline.params import BuildParams
 from pipeline.plan import MIN_FRAMES, clip_count, clip_frames
 from pipeline.report import BuildReport, check_report_path
+from pipeline.runners import InProcessRunner, RayRunner
 from pipeline.sources import Source, SourceError, is_url, list_source, stamp_source
 from pipeline.video import VideoError, decode, probe
 
@@ -477,6 +478,7 @@ def _fill(
         compute_seconds=round(compute_seconds, 3),
         workers=workers,
         mode="ray" if use_ray else "in-process",
+        nodes=len(set(runner.nodes.values())),
     )
     if report_path:
         report.write(report_path)

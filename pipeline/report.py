@@ -49,6 +49,7 @@ class BuildReport:
     compute_seconds: float = 0.0
     workers: int = 1
     mode: str = "in-process"  # or "ray"
+    nodes: int = 0  # Ray nodes that ran group tasks (0 in-process)
 
     @property
     def clips_per_s(self) -> float:

@@ -1,0 +1,136 @@
+"""Who runs the group tasks (`pipeline.job.run_group`): this process (threads), a local Ray, or an existing cluster.
+
+A task whose worker or node dies runs again elsewhere (`TASK_RETRIES`): a group is written whole, status last, so a
+retry rewrites the same bytes and a half-written group is never read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+
+import cv2
+
+from pipeline.job import GroupResult, GroupTask, run_group
+from pipeline.signals import descendants, keep_handlers, process_group, reap
+
+TASK_RETRIES = 3  # a task whose worker dies (killed, out of memory, node lost) runs again; video errors never do
+
+
+def _run_on_node(task: GroupTask) -> tuple[GroupResult, str]:
+    """The group task as a Ray task: its result and the node that ran it."""
+    import ray
+
+    return run_group(task), ray.get_runtime_context().get_node_id()
+
+
+class RayRunner:
+    """Ray tasks, one per group, streamed back as they finish. Starts a quiet local Ray, or joins the cluster at
+    `address`, unless this process already joined one.
+
+    `close` cancels the tasks not finished (a cancelled group is not committed, or committed whole: status goes
+    last) and shuts down the Ray it started, workers included; from a cluster it only disconnects."""
+
+    def __init__(self, workers: int, address: str | None = None) -> None:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+        import ray
+
+        self.ray = ray
+        self.started = False  # this runner called ray.init (and so shuts it down)
+        self.local = False  # ...and that started a local Ray whose processes are ours to end
+        self.others: set[int] = set()
+        self.pending: dict[object, GroupTask] = {}  # ref -> task, of the tasks not finished
+        self.nodes: dict[int, str] = {}  # group index -> the node that ran it
+        if not ray.is_initialized():
+            quiet = {"logging_level": logging.ERROR, "log_to_driver": False, "configure_logging": True}
+            # Processes of ours, or of our process group (a pipe's other end), that are not Ray's.
+            self.others = set(descendants(os.getpid())) | set(process_group(os.getpgid(0)))
+            with keep_handlers():  # ray.init would make SIGTERM exit at once, with status 15
+                if address:
+                    ray.init(address=address, **quiet)
+                else:
+                    memory = 128 * 1024 * 1024
+                    ray.init(num_cpus=workers, include_dashboard=False, object_store_memory=memory, **quiet)
+            self.started, self.local = True, not address
+        self.remote = ray.remote(num_cpus=1, max_retries=TASK_RETRIES, retry_exceptions=False)(_run_on_node)
+
+    def run(self, tasks: Sequence[GroupTask]) -> Iterator[tuple[GroupTask, GroupResult | BaseException]]:
+        ordered = sorted(tasks, key=lambda task: -task.cost)  # biggest first: better balance at the end
+        self.pending = pending = {self.remote.remote(dataclasses.replace(task, threads=1)): task for task in ordered}
+        while pending:
+            done, _ = self.ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                task = pending.pop(ref)
+                try:
+                    result, node = self.ray.get(ref)
+                except Exception as exc:  # the task itself failed (store error, or retries used up)
+                    yield task, exc
+                    continue
+                self.nodes[task.group.index] = node
+                yield task, result
+
+    def close(self) -> None:
+        if self.pending and self.ray.is_initialized():
+            for ref in self.pending:
+                self.ray.cancel(ref)
+        self.pending = {}
+        if not self.started:
+            return
+        if not self.local:  # a cluster's processes are not ours: disconnect only
+            self.ray.shutdown()
+            return
+        # Ray's node: raylet, workers and the agents the raylet starts (nothing this process had before).
+        helpers = {pid for pid in descendants(os.getpid()) if pid not in self.others}
+        self.ray.shutdown()
+        # Agents the raylet started after that look, now orphans: still in this process group.
+        helpers |= {pid for pid in process_group(os.getpgid(0)) if pid not in self.others}
+        helpers.discard(os.getpid())
+        reap(sorted(helpers))  # the agents only notice the raylet's end on a timer
+
+
+class InProcessRunner:
+    """The same group function, called in this process: no start-up cost for small jobs.
+
+    Two groups run side by side in threads: PyAV, OpenCV and NumPy release the GIL, so one group's decoding overlaps
+    the other's masks and writes. Groups own disjoint shards, so the bytes are those of a one-at-a-time run.
+
+    `close` (also when the caller stops iterating, e.g. on Ctrl-C) drops the groups not started and tells the running
+    ones to stop before their next video; it returns when their threads have ended, with no group half-committed."""
+
+    def __init__(self, threads: int = 2) -> None:
+        self.threads = threads
+        self.nodes: dict[int, str] = {}  # none: see RayRunner.nodes
+        self.stop = threading.Event()
+        self.pool: ThreadPoolExecutor | None = None
+
+    def run(self, tasks: Sequence[GroupTask]) -> Iterator[tuple[GroupTask, GroupResult | BaseException]]:
+        ordered = sorted(tasks, key=lambda task: -task.cost)  # biggest first: no long task left alone at the end
+        before = cv2.getNumThreads()
+        if min(self.threads, len(ordered)) > 1:  # one decoding and OpenCV thread per group: groups fill the cores
+            ordered = [dataclasses.replace(task, threads=1) for task in ordered]
+            cv2.setNumThreads(1)  # process-wide: set once here, not by tasks racing each other
+        self.stop = threading.Event()
+        self.pool = ThreadPoolExecutor(max_workers=self.threads)
+        try:
+            futures = {self.pool.submit(run_group, task, self.stop): task for task in ordered}
+            for future in as_completed(futures):
+                task = futures[future]
+                try:
+                    yield task, future.result()
+                except Exception as exc:
+                    yield task, exc
+        finally:
+            self.close()
+            cv2.setNumThreads(before)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.stop.set()
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None

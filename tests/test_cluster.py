@@ -1,0 +1,114 @@
+"""The build on a multi-node Ray cluster (a head and two worker nodes on this machine, `ray.cluster_utils.Cluster`),
+joined the way `--address` joins one: the same bytes as in-process, and a worker node lost mid-build (its tasks run
+again elsewhere)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from pipeline.build import build_cache
+from pipeline.cache import DONE, Cache
+from pipeline.params import BuildParams
+from synthetic import write_dataset
+
+TINY = BuildParams(size=(32, 40), clip_len=4, stride=2, clips_per_video=2)
+REPO = Path(__file__).resolve().parents[1]
+NODE = {"num_cpus": 1, "object_store_memory": 80 * 1024 * 1024}
+
+
+def arrays(url: str) -> dict[str, np.ndarray]:
+    """Every array of a cache, by path."""
+    group = zarr.open_group(url, mode="r")
+    return {name: node[...] for name, node in group.members(max_depth=None) if isinstance(node, zarr.Array)}
+
+
+def assert_same_arrays(a: str, b: str) -> None:
+    left, right = arrays(a), arrays(b)
+    assert sorted(left) == sorted(right)
+    for name in left:
+        np.testing.assert_array_equal(left[name], right[name], err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head and two worker nodes, one CPU each; shut down (every node's processes) at the end."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    nodes = Cluster(initialize_head=True, head_node_args={**NODE, "include_dashboard": False})
+    try:
+        workers = [nodes.add_node(**NODE) for _ in range(2)]
+        nodes.wait_for_nodes()
+        yield nodes, workers
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        nodes.shutdown()
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> Path:
+    """12 videos: 12 writer groups, more than the cluster runs at once."""
+    root = tmp_path_factory.mktemp("cluster_videos")
+    write_dataset(root, n_classes=3, videos_per_class=4, n_frames=32, seed=5)
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference(videos, tmp_path_factory) -> str:
+    """The in-process build of `videos`."""
+    out = str(tmp_path_factory.mktemp("reference") / "ref.zarr")
+    report = build_cache(str(videos), out, TINY, progress=False)
+    assert (report.mode, report.n_done) == ("in-process", 12)
+    return out
+
+
+def test_build_across_nodes_equals_in_process(cluster, videos, reference, tmp_path):
+    nodes, _ = cluster
+    out = str(tmp_path / "cluster.zarr")
+    report = build_cache(str(videos), out, TINY, workers=3, address=nodes.address, progress=False)
+    assert (report.mode, report.n_done, report.n_computed, report.clips_computed) == ("ray", 12, 12, 24)
+    assert report.nodes >= 2, f"the groups ran on {report.nodes} node(s)"
+    assert_same_arrays(reference, out)
+
+
+def _remove_when_one_done(cluster, node, out: str, removed: list[float]) -> None:
+    """Remove `node` once the build has committed its first video (the other groups are queued or running then)."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            done = int((zarr.open_group(out, mode="r")["videos/status"][:] == DONE).sum())
+        except Exception:  # not created yet
+            done = 0
+        if done >= 1:
+            cluster.remove_node(node)
+            removed.append(done)
+            return
+        time.sleep(0.05)
+
+
+def test_node_lost_mid_build_retries_elsewhere(cluster, videos, reference, tmp_path):
+    """Last in this file: the cluster keeps one worker node less."""
+    nodes, workers = cluster
+    out = str(tmp_path / "lost.zarr")
+    removed: list[float] = []
+    remover = threading.Thread(target=_remove_when_one_done, args=(nodes, workers[0], out, removed))
+    remover.start()
+    try:
+        report = build_cache(str(videos), out, TINY, workers=3, address=nodes.address, progress=False)
+    finally:
+        remover.join()
+    assert removed and removed[0] < 12, "the node was removed after the build ended"
+    # Every video done once: none lost, none counted twice, and the bytes of the in-process build.
+    assert (report.n_done, report.n_failed, report.n_computed, report.clips_computed) == (12, 0, 12, 24)
+    assert len(Cache.open(out).readable_clips()) == 24
+    assert_same_arrays(reference, out)
