@@ -1,5 +1,7 @@
 """Who runs the group tasks (`pipeline.job.run_group`): this process (threads), a local Ray, or an existing cluster.
 
+On a cluster (`address`), the workers import this package from a copy the driver ships with the job (Ray's
+`runtime_env` `py_modules`), so nodes need only the dependencies installed, and every node runs the driver's code.
 A task whose worker or node dies runs again elsewhere (`TASK_RETRIES`): a group is written whole, status last, so a
 retry rewrites the same bytes and a half-written group is never read.
 """
@@ -12,6 +14,7 @@ import os
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Any
 
 import cv2
 
@@ -19,6 +22,14 @@ from pipeline.job import GroupResult, GroupTask, run_group
 from pipeline.signals import descendants, keep_handlers, process_group, reap
 
 TASK_RETRIES = 3  # a task whose worker dies (killed, out of memory, node lost) runs again; video errors never do
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))  # this package, as shipped to a cluster's workers
+SHIP_EXCLUDES = ["__pycache__", "*.pyc"]
+
+
+def cluster_runtime_env() -> dict[str, Any]:
+    """The runtime_env of a job on an existing cluster: this package shipped to every worker (ahead of any
+    installed copy on its sys.path)."""
+    return {"py_modules": [PACKAGE_DIR], "excludes": SHIP_EXCLUDES}
 
 
 def _run_on_node(task: GroupTask) -> tuple[GroupResult, str]:
@@ -30,7 +41,7 @@ def _run_on_node(task: GroupTask) -> tuple[GroupResult, str]:
 
 class RayRunner:
     """Ray tasks, one per group, streamed back as they finish. Starts a quiet local Ray, or joins the cluster at
-    `address`, unless this process already joined one.
+    `address` (shipping this package: `cluster_runtime_env`), unless this process already joined one.
 
     `close` cancels the tasks not finished (a cancelled group is not committed, or committed whole: status goes
     last) and shuts down the Ray it started, workers included; from a cluster it only disconnects."""
@@ -53,7 +64,7 @@ class RayRunner:
             self.others = set(descendants(os.getpid())) | set(process_group(os.getpgid(0)))
             with keep_handlers():  # ray.init would make SIGTERM exit at once, with status 15
                 if address:
-                    ray.init(address=address, **quiet)
+                    ray.init(address=address, runtime_env=cluster_runtime_env(), **quiet)
                 else:
                     memory = 128 * 1024 * 1024
                     ray.init(num_cpus=workers, include_dashboard=False, object_store_memory=memory, **quiet)

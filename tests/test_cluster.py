@@ -1,6 +1,6 @@
 """The build on a multi-node Ray cluster (a head and two worker nodes on this machine, `ray.cluster_utils.Cluster`),
-joined the way `--address` joins one: the same bytes as in-process, and a worker node lost mid-build (its tasks run
-again elsewhere)."""
+joined the way `--address` joins one: the same bytes as in-process, the package shipped to the workers, and a worker
+node lost mid-build (its tasks run again elsewhere)."""
 
 from __future__ import annotations
 
@@ -79,6 +79,30 @@ def test_build_across_nodes_equals_in_process(cluster, videos, reference, tmp_pa
     assert (report.mode, report.n_done, report.n_computed, report.clips_computed) == ("ray", 12, 12, 24)
     assert report.nodes >= 2, f"the groups ran on {report.nodes} node(s)"
     assert_same_arrays(reference, out)
+
+
+def test_workers_import_the_shipped_package(cluster, tmp_path, monkeypatch):
+    """Nodes need only the dependencies: a job joined as --address joins gets this package from the driver, ahead of
+    an installed copy (here the editable install is on the workers' path too, so the test asks where the import came
+    from). Ray also puts the driver's working folder on its workers' path: run from one that does not hold it."""
+    import ray
+
+    from pipeline.runners import cluster_runtime_env
+
+    @ray.remote(num_cpus=1)
+    def where() -> str:
+        import pipeline
+
+        return os.path.realpath(pipeline.__file__)
+
+    nodes, _ = cluster
+    monkeypatch.chdir(tmp_path)
+    ray.init(address=nodes.address, runtime_env=cluster_runtime_env(), log_to_driver=False)
+    try:
+        found = ray.get([where.remote() for _ in range(3)])
+    finally:
+        ray.shutdown()
+    assert all("runtime_resources" in path and not path.startswith(str(REPO)) for path in found), found
 
 
 def _remove_when_one_done(cluster, node, out: str, removed: list[float]) -> None:
