@@ -18,6 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cache_tools.api import disk_bytes
+from cache_tools.find import cache_sources
 from cache_tools.verify import Problem, _clips, _sources, _statuses, _unreadable_table, index_problem
 from pipeline.cache import DONE, Cache
 
@@ -76,6 +77,19 @@ def _trusted_indexes(texts: np.ndarray, n_frames: np.ndarray) -> np.ndarray:
     return np.where(sound, texts, "").astype(object)
 
 
+def kept_sources(records: list[dict], keep: np.ndarray, n_videos: int) -> list[dict]:
+    """The cache's source records after gc keeps only `keep` (old video indices, ascending): each record's videos
+    are those of its range [first_video, next record's first_video) that were kept, renumbered; a record left with
+    none is dropped, so `fame-cache ls` still says where the kept videos came from."""
+    starts = [int(r.get("first_video", 0)) for r in records] + [n_videos]
+    out = []
+    for record, lo, hi in zip(records, starts, starts[1:], strict=False):
+        kept = int(((keep >= lo) & (keep < hi)).sum())
+        if kept:
+            out.append({**record, "videos": kept, "first_video": int((keep < lo).sum())})
+    return out
+
+
 def _copy(cache: Cache, keep: np.ndarray, url: str, progress: bool) -> Cache:
     """A new cache at url holding only the kept videos, with their clips, copied group by group."""
     table = {name: values[keep] for name, values in cache.video_table().items()}
@@ -98,6 +112,7 @@ def _copy(cache: Cache, keep: np.ndarray, url: str, progress: bool) -> Cache:
     )
     for key in ("created", "tool_version"):
         new.root.attrs[key] = cache.attrs.get(key, "")
+    new.root.attrs["sources"] = kept_sources(cache_sources(cache), keep, cache.n_videos)
     new_first = new.videos("first_clip")
     h, w = cache.size
     for group in tqdm(new.groups(), desc="gc copy", unit="group", disable=not progress, leave=False):

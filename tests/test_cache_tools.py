@@ -16,6 +16,7 @@ from PIL import Image
 from cache_tools import default_cache_path, find_cache, list_caches, open_cache
 from cache_tools.cli import main
 from cache_tools.diff import diff_caches, mask_iou
+from cache_tools.gc import kept_sources
 from cache_tools.show import merge, overlay
 from cache_tools.verify import verify_cache
 from pipeline.build import build_cache
@@ -212,3 +213,19 @@ def test_gc_drops_failed_and_vanished_and_compacts(cache, capsys):
         moved = np.abs(new.root["plates"][f : f + n].astype(int) - before["plates"][o : o + n]).mean()
         assert moved <= 1.0  # plates are JPEG: a copy re-encodes them
     assert not any(".gc-" in p.name for p in Path(cache).parent.iterdir())  # its own copies are gone
+    [record] = new.attrs["sources"]  # ls still says where the kept videos came from
+    assert (record["source"], record["videos"], record["first_video"]) == (old.source_root, 4, 0)
+
+
+def test_gc_renumbers_the_source_records_of_an_appended_cache():
+    """Two sources (videos 0-3 and 4-6); gc keeps 1, 2, 5: the first record keeps two, the second one, renumbered."""
+    records = [
+        {"source": "train.txt", "videos": 4, "first_video": 0},
+        {"source": "more/", "videos": 3, "first_video": 4},
+    ]
+    kept = kept_sources(records, np.array([1, 2, 5]), n_videos=7)
+    assert kept == [
+        {"source": "train.txt", "videos": 2, "first_video": 0},
+        {"source": "more/", "videos": 1, "first_video": 2},
+    ]
+    assert kept_sources(records, np.array([4, 6]), n_videos=7) == [{"source": "more/", "videos": 2, "first_video": 0}]
