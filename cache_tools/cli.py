@@ -8,17 +8,29 @@ stopped by Ctrl-C / SIGTERM.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
+
+from pipeline.usage import STDOUT, CommandParser, add_json, add_quiet, require_path, write_json
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
 FORCE_UNLOCK_HELP = "remove the cache's writer lock first: only when the process it names is known to be dead"
+CACHE_HELP = "cache path or fsspec URL (s3://bucket/c.zarr)"
+CACHE_EXPECTED = "a cache made by `fame-pipeline build` (a path or URL)"
 
 
-def _print_json(data: object) -> None:
-    print(json.dumps(data, indent=2, sort_keys=True, default=str))
+def _report(args: argparse.Namespace, data: object, table: Callable[[], None]) -> None:
+    """`--json` prints the JSON instead of the table; `--json FILE` writes it there and prints the table too."""
+    if args.json:
+        write_json(data, args.json)
+    if args.json != STDOUT:
+        table()
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    """Progress bars go to stderr; off with --quiet, and when the JSON is printed (a script reads stdout)."""
+    return not args.quiet and args.json != STDOUT
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -26,7 +38,7 @@ def _info(args: argparse.Namespace) -> int:
     from cache_tools.info import cache_info, format_info
 
     info = cache_info(open_cache(args.cache))
-    _print_json(info) if args.json else print(format_info(info))
+    _report(args, info, lambda: print(format_info(info)))
     return EXIT_OK
 
 
@@ -38,7 +50,7 @@ def _verify(args: argparse.Namespace) -> int:
     if args.force_unlock and not args.fix:
         raise ValueError("--force-unlock goes with --fix: verify alone writes nothing")
     cache = open_cache(args.cache, check=False)  # verify reports and repairs damaged metadata itself
-    progress = not args.quiet and not args.json
+    progress = _progress(args)
     rewritten: list[str] = []
     if args.fix:
         with writer_lock(cache.url, "fame-cache verify --fix", force=args.force_unlock):
@@ -48,8 +60,8 @@ def _verify(args: argparse.Namespace) -> int:
         problems, fixed = verify_cache(cache, sources=not args.no_sources, progress=progress), []
     if args.json:
         report = {"url": cache.url, "ok": not problems, "problems": [p.to_dict() for p in problems], "fixed": fixed}
-        _print_json({**report, "rewritten": rewritten})
-    else:
+        write_json({**report, "rewritten": rewritten}, args.json)
+    if args.json != STDOUT:
         for p in problems:
             print(p)
         if not problems:
@@ -60,14 +72,18 @@ def _verify(args: argparse.Namespace) -> int:
             print(f"rewrote {len(rewritten)} metadata file(s): {', '.join(rewritten)}", file=sys.stderr)
         if fixed:
             print(
-                f"marked {len(fixed)} video(s) pending; recompute them with "
-                f"`fame-pipeline build SRC --out {cache.url} --resume`",
+                f"marked {len(fixed)} video(s) pending; recompute them with `{resume_command(cache.url)}`",
                 file=sys.stderr,
             )
         unfixable = [p for p in problems if p.video is None and p.kind != "metadata"]
         if args.fix and unfixable:
             print("structural problems cannot be fixed in place: rebuild the cache", file=sys.stderr)
     return EXIT_PROBLEMS if problems else EXIT_OK
+
+
+def resume_command(url: str) -> str:
+    """The build command that recomputes the videos `verify --fix` marked: the cache's own videos and options."""
+    return f"fame-pipeline build --out {url} --resume"
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -112,21 +128,25 @@ def _diff(args: argparse.Namespace) -> int:
     from cache_tools.diff import diff_caches, format_diff
 
     a, b = open_cache(args.a), open_cache(args.b)
-    d = diff_caches(a, b, worst=args.worst, progress=not args.json, any_source=args.any_source)
-    _print_json(d) if args.json else print(format_diff(d))
+    d = diff_caches(a, b, worst=args.worst, progress=_progress(args), any_source=args.any_source)
+    _report(args, d, lambda: print(format_diff(d)))
     return EXIT_OK if d["mean_iou"] is not None else EXIT_PROBLEMS
 
 
 def _ls(args: argparse.Namespace) -> int:
     from cache_tools.find import list_caches
+
+    require_path(args.root, "ROOT", "a folder or bucket prefix that holds caches")
+    entries = list_caches(args.root)
+    _report(args, [e.to_dict() for e in entries], lambda: _print_ls(args.root, entries))
+    return EXIT_OK
+
+
+def _print_ls(root: str, entries: list) -> None:
     from cache_tools.info import describe_source
 
-    entries = list_caches(args.root)
-    if args.json:
-        _print_json([e.to_dict() for e in entries])
-        return EXIT_OK
     if not entries:
-        print(f"no caches under {args.root}")
+        print(f"no caches under {root}")
     for e in entries:
         if e.problem:
             print(f"BROKEN  {e.url}: {e.problem}")
@@ -138,7 +158,6 @@ def _ls(args: argparse.Namespace) -> int:
         )
         for record in e.sources:  # what the cache covers: each build or append
             print(f"    from {describe_source(record)}")
-    return EXIT_OK
 
 
 def _gc(args: argparse.Namespace) -> int:
@@ -152,9 +171,10 @@ def _gc(args: argparse.Namespace) -> int:
     open_cache(args.cache)  # a clear error before any work
     url = normalise_url(args.cache)
     with nullcontext() if args.dry_run else writer_lock(url, "fame-cache gc", force=args.force_unlock):
-        report = gc_cache(url, dry_run=args.dry_run, progress=not args.quiet and not args.json)
+        report = gc_cache(url, dry_run=args.dry_run, progress=_progress(args))
     if args.json:
-        _print_json(report.to_dict())
+        write_json(report.to_dict(), args.json)
+    if args.json == STDOUT:
         return EXIT_OK
     for path, why in report.dropped:
         print(f"drop {path}: {why}")
@@ -170,58 +190,70 @@ def _gc(args: argparse.Namespace) -> int:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fame-cache", description=__doc__.splitlines()[0])
+    parser = CommandParser(prog="fame-cache", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("info", help="parameters, counts, failures and sizes of a cache")
-    p.add_argument("cache", help="cache path or fsspec URL (s3://bucket/c.zarr)")
-    p.add_argument("--json", action="store_true", help="print the info as JSON (keys in the README)")
+    p.add_argument("cache", help=CACHE_HELP)
+    add_json(p, "the info")
     p.set_defaults(func=_info)
 
     p = sub.add_parser("verify", help="re-check every clip's checksum and the source videos")
-    p.add_argument("cache")
+    p.add_argument("cache", help=CACHE_HELP)
     p.add_argument("--fix", action="store_true", help="mark bad videos pending so `build --resume` recomputes them")
-    p.add_argument("--no-sources", action="store_true", help="skip the source files' size/mtime check")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--force-unlock", action="store_true", help=FORCE_UNLOCK_HELP)
+    p.add_argument(
+        "--no-sources", action="store_true", help="skip the check that each source video is the file it was built from"
+    )
+    add_json(p, "the problems found")
+    add_quiet(p)
+    p.add_argument("--force-unlock", action="store_true", help=FORCE_UNLOCK_HELP + " (with --fix)")
     p.set_defaults(func=_verify)
 
     p = sub.add_parser("show", help="a picture of one clip: frames, mask overlay, plate, merged example")
-    p.add_argument("cache")
-    p.add_argument("--video", help="show the first clip of this video (path relative to the source root)")
-    p.add_argument("--clip", type=int, help="show this clip index")
-    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("cache", help=CACHE_HELP)
+    p.add_argument(
+        "--video", metavar="PATH", help="show the first clip of this video (path relative to the source root)"
+    )
+    p.add_argument("--clip", type=int, metavar="N", help="show this clip index (default: the first readable clip)")
+    p.add_argument("--out", required=True, help="PNG file to write (required)")
     p.add_argument("--gif", action="store_true", help="also write an animated GIF next to it")
     p.add_argument("--mp4", action="store_true", help="also write an MP4 next to it")
-    p.add_argument("--max-frames", type=int, default=8, help="frames shown in the PNG (%(default)s)")
-    p.add_argument("--fps", type=float, default=4.0, help="animation speed (%(default)s)")
+    p.add_argument("--max-frames", type=int, default=8, metavar="N", help="frames shown in the PNG (%(default)s)")
+    p.add_argument("--fps", type=float, default=4.0, help="animation speed in frames per second (%(default)s)")
     p.add_argument(
         "--sheet", nargs="?", type=int, const=48, metavar="N", help="instead: a contact sheet of N clips' masks (48)"
     )
     p.set_defaults(func=_show)
 
     p = sub.add_parser("diff", help="parameter differences and mask agreement of two caches of the same videos")
-    p.add_argument("a")
-    p.add_argument("b")
-    p.add_argument("--worst", type=int, default=5, help="worst videos listed (%(default)s)")
+    p.add_argument("a", help="first cache (path or URL)")
+    p.add_argument("b", help="second cache (path or URL)")
+    p.add_argument("--worst", type=int, default=5, metavar="N", help="worst-agreeing videos listed (%(default)s)")
     p.add_argument("--any-source", action="store_true", help="compare caches built from different sources too")
-    p.add_argument("--json", action="store_true")
+    add_json(p, "the comparison")
+    add_quiet(p)
     p.set_defaults(func=_diff)
 
     p = sub.add_parser("ls", help="the caches under a folder or bucket prefix")
-    p.add_argument("root")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("root", help="folder or bucket prefix (s3://bucket/caches) to search for caches")
+    add_json(p, "the list")
     p.set_defaults(func=_ls)
 
     p = sub.add_parser("gc", help="drop failed, partial, corrupt and vanished videos; compact the shards")
-    p.add_argument("cache")
+    p.add_argument("cache", help=CACHE_HELP)
     p.add_argument("--dry-run", action="store_true", help="say what would be dropped; write nothing")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--quiet", action="store_true")
+    add_json(p, "the report")
+    add_quiet(p)
     p.add_argument("--force-unlock", action="store_true", help=FORCE_UNLOCK_HELP)
     p.set_defaults(func=_gc)
     return parser
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    """A cache argument that names nothing is a usage error (exit 2); one that exists but is no cache is not."""
+    for name in ("cache", "a", "b"):
+        label = {"cache": "CACHE", "a": "A", "b": "B"}[name]
+        require_path(getattr(args, name, None), label, CACHE_EXPECTED)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -231,6 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
     try:
+        _check_paths(args)
         with handle_signals():
             return int(args.func(args))
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: exit 130 or 143
@@ -238,8 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         fix = "; the marks are written whole or not at all: run it again" if getattr(args, "fix", False) else ""
         print(f"fame-cache {args.command}: {stop}{fix}", file=sys.stderr)
         return stop.exit_code
-    except ValueError as exc:
-        parser.error(str(exc))  # exits 2
+    except ValueError as exc:  # UsageError and other bad option values: one line, exit 2
+        parser.exit(EXIT_USAGE, f"fame-cache {args.command}: error: {exc}\n")
     except (CacheError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
     return EXIT_ERROR

@@ -8,14 +8,28 @@ run (bad source, a cache it must not touch, a store error), 130 / 143 stopped by
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import sys
 from collections.abc import Sequence
 
-from pipeline.params import BuildParams, parse_clips_per_video, parse_size
+from pipeline.params import METHODS, BuildParams, parse_clips_per_video, parse_size
 from pipeline.report import EXIT_FAILED_JOB, EXIT_OK, EXIT_USAGE, check_report_path
 from pipeline.signals import handle_signals, interrupted
-from pipeline.sources import SPLITS
-from pipeline.usage import UsageError  # a bad option value, found after parsing: exits 2 with the usage
+from pipeline.sources import SPLITS, Source, VideoEntry, is_url
+from pipeline.usage import (  # a bad option value, found after parsing: exits 2 with one line
+    STDOUT,
+    CommandParser,
+    UsageError,
+    add_hidden_alias,
+    add_json,
+    add_quiet,
+    require_path,
+    require_source,
+    write_json,
+)
+
+BUILD_FLAGS = ("size", "clip_len", "stride", "clips_per_video", "method", "max_pixels", "max_frames")
 
 
 def _add_build_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,44 +38,94 @@ def _add_build_parser(sub: argparse._SubParsersAction) -> None:
         "build",
         help="precompute foreground masks and background plates into a Zarr cache",
         description="Decode every video of SRC once, compute per-clip soft foreground masks and background plates, "
-        "and store them in a Zarr v3 cache.",
+        "and store them in a Zarr v3 cache. With --resume and --out, SRC and the build options may be left out: "
+        "they are the cache's own.",
     )
     p.add_argument(
         "src",
+        nargs="?",
         help="folder (class = parent folder), list file (.txt/.csv: path[,label], UCF101 split files; .jsonl), "
-        "HMDB51 split files ('DIR/*_test_split1.txt', quoted, with --split), Kinetics CSV, or a URL of any",
+        "HMDB51 split files ('DIR/*_test_split1.txt', quoted, with --split), Kinetics CSV, or a URL of any; "
+        "optional with --resume --out CACHE (the cache's own videos, under its source root or --videos-root)",
     )
     p.add_argument("--out", help="cache to create or finish (local path or fsspec URL, e.g. s3://bucket/c.zarr)")
-    p.add_argument("--cache-root", help="find the cache with the same params hash under ROOT, or make ROOT/<hash>.zarr")
-    p.add_argument("--videos-root", help="folder that list-file paths are relative to (default: the list's folder)")
+    p.add_argument(
+        "--cache-root",
+        metavar="ROOT",
+        help="instead of --out: find the cache with the same parameter hash under ROOT, or make ROOT/<hash>.zarr",
+    )
+    p.add_argument(
+        "--videos-root",
+        metavar="DIR",
+        help="folder the list file's paths are relative to (default: the list's folder); with --resume and no SRC, "
+        "where the cache's videos are now",
+    )
     p.add_argument(
         "--split",
         choices=SPLITS,
         help="which part of HMDB51 split files to build: train (id 1) or test (id 2); required for them, "
         "other sources have no parts and ignore it",
     )
-    p.add_argument("--size", default=f"{d.size[0]}x{d.size[1]}", help="HxW frames are resized to, whole (%(default)s)")
-    p.add_argument("--clip-len", type=int, default=d.clip_len, help="frames per clip (%(default)s)")
-    p.add_argument("--stride", type=int, default=d.stride, help="source frames between clip frames (%(default)s)")
+    p.add_argument(
+        "--size",
+        metavar="HxW",
+        help=f"frame size the videos are resized to, whole, before masks and plates (default {d.size[0]}x{d.size[1]}"
+        "; with --resume: the cache's)",
+    )
+    p.add_argument(
+        "--clip-len", type=int, metavar="T", help=f"frames per clip (default {d.clip_len}; with --resume: the cache's)"
+    )
+    p.add_argument(
+        "--stride",
+        type=int,
+        metavar="S",
+        help=f"source frames between a clip's frames (default {d.stride}; with --resume: the cache's)",
+    )
     p.add_argument(
         "--clips-per-video",
-        default=str(d.clips_per_video or "all"),
-        help="K evenly spaced clips per video, or 'all' (non-overlapping) (%(default)s)",
+        metavar="K",
+        help=f"K evenly spaced clips per video, or 'all' (non-overlapping) (default {d.clips_per_video or 'all'}; "
+        "with --resume: the cache's)",
     )
-    p.add_argument("--method", choices=("motion", "fame"), default=d.method, help="mask method (%(default)s)")
-    p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="refuse videos with more pixels per frame")
-    p.add_argument("--max-frames", type=int, default=d.max_frames, help="refuse videos with more frames")
-    p.add_argument("--workers", type=int, default=1, help="parallel workers; 1 runs in-process without Ray (1)")
-    p.add_argument("--address", help="join an existing Ray cluster (e.g. 'auto'); default starts a local Ray")
-    p.add_argument("--resume", action="store_true", help="finish an existing cache: recompute videos not 'done'")
+    p.add_argument(
+        "--method",
+        choices=METHODS,
+        help=f"foreground mask method (default {d.method}; with --resume: the cache's)",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        metavar="N",
+        help=f"record videos with more pixels per frame as failed (default {d.max_pixels})",
+    )
+    p.add_argument(
+        "--max-frames", type=int, metavar="N", help=f"record videos with more frames as failed (default {d.max_frames})"
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="Ray tasks run at once, each decoding and computing one group of videos; 1 runs in this process "
+        "without Ray (default %(default)s)",
+    )
+    p.add_argument(
+        "--address", help="join an existing Ray cluster (e.g. 'auto', ray://host:10001); default starts a local Ray"
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish an existing cache (after a kill, or `fame-cache verify --fix`): recompute videos not 'done'",
+    )
     p.add_argument(
         "--append",
         action="store_true",
         help="add SRC's videos that the cache (--out, or under --cache-root the one holding the most of them and no "
         "others) lacks, computing only those, then finish it as --resume does",
     )
-    p.add_argument("--report", help="write the build report as JSON to this file")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_json(p, "the build report")
+    add_hidden_alias(p, "--report", "json")  # the option's name before --json
+    add_quiet(p)
     p.add_argument(
         "--force-unlock",
         action="store_true",
@@ -70,34 +134,65 @@ def _add_build_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_build, subparser=p)
 
 
+def _build_params(args: argparse.Namespace, base: BuildParams) -> BuildParams:
+    """The build options given on the command line over `base` (the defaults, or a resumed cache's own)."""
+    given = {name: getattr(args, name) for name in BUILD_FLAGS if getattr(args, name) is not None}
+    if "size" in given:
+        given["size"] = parse_size(given["size"])
+    if "clips_per_video" in given:
+        given["clips_per_video"] = parse_clips_per_video(given["clips_per_video"])
+    return dataclasses.replace(base, **given)
+
+
+def _resumed_cache(args: argparse.Namespace):
+    """The cache --resume --out names, when there is one: its options are the defaults of a resumed build."""
+    from pipeline.cache import Cache, CacheError
+
+    if not (args.resume and args.out):
+        return None
+    try:
+        return Cache.open(args.out) if Cache.exists(args.out) else None
+    except (CacheError, OSError):
+        return None  # the build itself names what is wrong with it
+
+
+def _cache_source(cache, videos_root: str | None) -> Source:
+    """A resumed cache's own videos, as a source: the same list, under its recorded root or `videos_root`."""
+    columns = zip(cache.videos("path"), cache.videos("label"), strict=True)
+    entries = tuple(VideoEntry(str(path), str(label)) for path, label in columns)
+    root = videos_root or cache.source_root
+    return Source(root if is_url(root) else os.path.abspath(root), entries)
+
+
 def _run_build(args: argparse.Namespace) -> int:
     from pipeline.build import BuildError, build_cache, resolve_out
 
     try:
-        params = BuildParams(
-            size=parse_size(args.size),
-            clip_len=args.clip_len,
-            stride=args.stride,
-            clips_per_video=parse_clips_per_video(args.clips_per_video),
-            method=args.method,
-            max_pixels=args.max_pixels,
-            max_frames=args.max_frames,
-        )
-        if args.workers < 1:
-            raise ValueError(f"--workers must be >= 1, got {args.workers}")
         if args.out and args.cache_root:
             raise ValueError("give either --out or --cache-root, not both")
         if not args.out and not args.cache_root:
             raise ValueError("give --out CACHE.zarr or --cache-root ROOT")
-        if args.report:
-            check_report_path(args.report)
+        if args.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {args.workers}")
+        cache = _resumed_cache(args)
+        if args.src is None and cache is None:
+            raise ValueError(
+                "SRC is required (a folder, list file or URL of videos); only `--resume --out CACHE` of an existing "
+                "cache may leave it out"
+            )
+        require_source(args.src, "SRC", "a folder of videos, a list or split file, or a URL")
+        require_path(args.videos_root, "--videos-root", "the folder of the videos")
+        params = _build_params(args, cache.params if cache is not None else BuildParams())
+        if args.json and args.json != STDOUT:
+            check_report_path(args.json)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
+    src = args.src if args.src is not None else _cache_source(cache, args.videos_root)
     try:
-        where = {"src": args.src, "videos_root": args.videos_root, "split": args.split, "append": args.append}
+        where = {"src": src, "videos_root": args.videos_root, "split": args.split, "append": args.append}
         out = resolve_out(args.out, args.cache_root, params, **where)
         report = build_cache(
-            args.src,
+            src,
             out,
             params,
             workers=args.workers,
@@ -105,7 +200,7 @@ def _run_build(args: argparse.Namespace) -> int:
             resume=args.resume or bool(args.cache_root),
             videos_root=args.videos_root,
             progress=not args.quiet,
-            report_path=args.report,
+            report_path=args.json if args.json != STDOUT else None,
             force_unlock=args.force_unlock,
             split=args.split,
             append=args.append,
@@ -121,19 +216,30 @@ def _run_build(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return stop.exit_code
+    if args.json == STDOUT:
+        write_json(report.to_dict(), STDOUT)
     print(report.summary(), file=sys.stderr)
     return report.exit_code
 
 
 def _add_synth_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("synth", help="write a generated folder-per-class video dataset (for demos and tests)")
-    p.add_argument("out_dir")
-    p.add_argument("--classes", type=int, default=3)
-    p.add_argument("--videos-per-class", type=int, default=3)
-    p.add_argument("--frames", type=int, default=40)
-    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser(
+        "synth",
+        help="write a generated folder-per-class video dataset (for demos and tests)",
+        description="Write OUT_DIR/class_<k>/video_<i>.mp4: generated scenes whose moving foreground is known, one "
+        "class per folder, as `fame-pipeline build` reads them.",
+    )
+    p.add_argument("out_dir", help="folder to write the dataset into (made if missing)")
+    p.add_argument("--classes", type=int, default=3, metavar="N", help="number of classes (default %(default)s)")
     p.add_argument(
-        "--size", help="frame size HxW, even numbers for H.264's yuv420p (default: the generator's Scene.size)"
+        "--videos-per-class", type=int, default=3, metavar="N", help="videos written per class (default %(default)s)"
+    )
+    p.add_argument("--frames", type=int, default=40, metavar="N", help="frames per video (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="draws the scenes: the same seed writes the same videos")
+    p.add_argument(
+        "--size",
+        metavar="HxW",
+        help="frame size, even numbers for H.264's yuv420p (default: the generator's Scene.size)",
     )
     p.set_defaults(func=_run_synth, subparser=p)
 
@@ -163,7 +269,7 @@ def _add_swap_test_parser(sub: argparse._SubParsersAction) -> None:
 def make_parser(with_preview: bool = True) -> argparse.ArgumentParser:
     """The command line; `preview` comes from the loader package, imported only when it may be wanted (it pulls in
     torch and DALI, seconds that a `build` should not pay)."""
-    parser = argparse.ArgumentParser(prog="fame-pipeline", description=__doc__.splitlines()[0])
+    parser = CommandParser(prog="fame-pipeline", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_build_parser(sub)
     _add_synth_parser(sub)

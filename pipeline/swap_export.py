@@ -122,14 +122,24 @@ def add_swap_test_parser(sub: argparse._SubParsersAction) -> None:
         "(own class, background class).",
     )
     p.add_argument("cache", help="cache of the test videos (local path or fsspec URL)")
-    p.add_argument("--out", required=True, help="folder to write the set to")
+    p.add_argument("--out", required=True, help="folder to write the set to (required)")
     p.add_argument("--seed", type=int, default=0, help="picks each test video's background partner (%(default)s)")
-    p.add_argument("--videos", help="where the source videos are, when not at the cache's recorded source root")
+    p.add_argument(
+        "--videos-root",
+        dest="videos",
+        metavar="DIR",
+        help="where the source videos are, when not at the cache's recorded source root",
+    )
+    p.add_argument("--videos", dest="videos", help=argparse.SUPPRESS)  # the option's name before --videos-root
     p.add_argument("--preview", help="also draw original / swapped / background-only clips of a few classes here")
     p.set_defaults(func=run_swap_test, subparser=p)
 
 
 def run_swap_test(args: argparse.Namespace) -> int:
+    from pipeline.usage import require_path
+
+    require_path(args.cache, "CACHE", "a cache made by `fame-pipeline build` of the test videos")
+    require_path(args.videos, "--videos-root", "the folder of the cache's videos")
     try:
         swap_set = draw_swaps(args.cache, seed=args.seed, videos_root=args.videos)
         labels = export_swapped(swap_set, args.out)

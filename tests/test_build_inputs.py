@@ -133,8 +133,9 @@ def test_bad_inputs_recorded_and_job_goes_on(bad_inputs, tmp_path, capsys):
 
 
 def test_missing_source_and_empty_folder_cannot_run(tmp_path, capsys):
-    assert main(["build", str(tmp_path / "nowhere"), "--out", str(tmp_path / "c.zarr"), "--quiet"]) == 1
-    assert "nowhere" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:  # a path that names nothing is a usage error (tests/test_cli_usage.py)
+        main(["build", str(tmp_path / "nowhere"), "--out", str(tmp_path / "c.zarr"), "--quiet"])
+    assert stop.value.code == 2 and "nowhere: no such file or folder" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert main(["build", str(tmp_path / "empty"), "--out", str(tmp_path / "c.zarr"), "--quiet"]) == 1
     assert "no videos found" in capsys.readouterr().err

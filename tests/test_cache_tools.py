@@ -59,7 +59,10 @@ def test_info_counts_failures_and_bytes(cache, capsys):
     assert info["bytes"]["on_disk"] == on_disk
     code, text = run(capsys, "info", cache)
     assert "5 done, 1 failed" in text and "broken on purpose" in text
-    assert run(capsys, "info", str(Path(cache).parent / "nothing.zarr"))[0] == 3
+    with pytest.raises(SystemExit) as stop:  # a path that names nothing: a usage error
+        run(capsys, "info", str(Path(cache).parent / "nothing.zarr"))
+    assert stop.value.code == 2
+    assert run(capsys, "info", str(Path(cache).parent / "class_0"))[0] == 3  # a folder that is no cache
 
 
 def test_verify_catches_flipped_bytes_deleted_shard_and_changed_source(cache, capsys):

@@ -127,6 +127,7 @@ def test_cli_pretrain_eval_plot_heatmap(tmp_path):
         == 0
     )
     metrics = json.loads(metrics_path.read_text())
+    assert metrics.pop("setup")["protocols"] == ["knn", "retrieval"]  # what was measured (test_run_folder.py)
     assert set(metrics) == {"knn_top1", "retrieval_r1", "retrieval_r5", "retrieval_r10", "retrieval_r20"}
     assert all(0.0 <= v <= 1.0 for v in metrics.values())
     video = next((tmp_path / "data").rglob("*.mp4"))

@@ -147,7 +147,7 @@ def test_eval_reads_hmdb51_splits_under_videos_root(tmp_path, capsys):
     assert f"brush_hair_test_split1.txt:1: video not found: {looked_for}" in err
     metrics = tmp_path / "metrics.json"
     assert main([*args, "--videos-root", str(videos), "--json", str(metrics)]) == 0
-    assert set(json.loads(metrics.read_text())) == {"knn_top1"}
+    assert set(json.loads(metrics.read_text())) == {"knn_top1", "setup"}
 
 
 def test_pretrain_and_preview_take_videos_root(tmp_path, capsys):

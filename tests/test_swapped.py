@@ -205,6 +205,7 @@ def test_cli_eval_swapped(data, tmp_path, monkeypatch, capsys):
     args += ["--protocol", "swapped,knn"]
     assert train_main([*args, "--json", str(metrics_path), "--preview", str(picture)]) == 0
     metrics = json.loads(metrics_path.read_text())
+    assert metrics.pop("setup")["protocols"] == ["swapped", "knn"]  # what was measured (test_run_folder.py)
     assert set(metrics) == {
         "linear_top1",
         "knn_top1",

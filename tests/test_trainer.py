@@ -107,26 +107,24 @@ def test_refusals(cache_url, tmp_path):
 
 
 def test_two_process_torchrun_step(cache_url, tmp_path):
+    """`torchrun -m trainer pretrain`: both ranks train, rank 0 alone prints (the bar, the summary, the paths)."""
     out = tmp_path / "ddp"
-    code = (
-        "from trainer.config import TrainConfig; from trainer.train import pretrain; "
-        f"pretrain(TrainConfig(cache={cache_url!r}, out={str(out)!r}, backbone='small', epochs=1, batch_size=2, "
-        "queue_size=64, warmup_epochs=1, loader={'crop': 24, 'num_workers': 0}), progress=False, max_steps=2)"
-    )
-    script = tmp_path / "step.py"
-    script.write_text(code)
+    flags = ["--cache", cache_url, "--out", str(out), "--backbone", "small", "--epochs", "1", "--batch-size", "2"]
+    flags += ["--queue-size", "64", "--warmup-epochs", "1", "--crop", "24", "--workers", "0", "--max-steps", "2"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531", str(script)],
-        capture_output=True,
-        text=True,
-        timeout=300,
+        [*torchrun, "-m", "trainer", "pretrain", *flags], capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(losses(out)) == 2 and all(np.isfinite(losses(out)))
+    printed = result.stdout + result.stderr
+    assert printed.count("checkpoint: ") == 1 and printed.count("final loss") == 1, printed[-3000:]
+    assert "pretrain: 2 steps (to step 2 of" in printed and "2/2 [" in printed  # the bar counts to --max-steps
 
 
 def test_every_loader_option_is_a_pretrain_flag_and_round_trips():
-    from trainer.cli import _config_from, build_parser
+    from trainer.cli import build_parser
+    from trainer.flags import config_from as _config_from
 
     flags = (
         "pretrain --cache c.zarr --mask-mode area --beta 0.4 --own-floor 0.2 --key-start cached --background frames "

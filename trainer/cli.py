@@ -1,96 +1,76 @@
 """`fame-train`: pretrain, eval, export, plot, heatmap. Pretraining flags are generated from the fields of
-TrainConfig and of its LoaderParams, so the defaults live in one place (`--batch-size` fills `batch_size`,
-`--mask-mode` the loader's `mask_mode`; booleans take `--x/--no-x`, e.g. `--no-fame`)."""
+TrainConfig and of its LoaderParams (trainer/flags.py), so the defaults live in one place."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
-import types
-import typing
+from pathlib import Path
 
-from pipeline.loader.params import BACKGROUNDS, KEY_STARTS, MASK_MODES, ON_DAMAGE, QUERY_CROPS, LoaderParams
 from pipeline.signals import handle_signals, interrupted
-from pipeline.usage import UsageError, require_path
-from trainer.config import TrainConfig
+from pipeline.usage import (
+    DEVICES,
+    STDOUT,
+    CommandParser,
+    UsageError,
+    add_json,
+    add_quiet,
+    check_json_target,
+    device_name,
+    require_path,
+    require_source,
+    write_json,
+)
+from trainer.config import RESUME_MAY_CHANGE, TrainConfig
 from trainer.evaluate import EvalSettings
+from trainer.flags import add_config_flags, config_from, flag_name
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-LOADER_DEST = "loader__"  # argparse dest prefix of the loader's flags
-# Set through other flags: the loader's own, --semi-negatives, --background-negatives.
-DERIVED = {"loader", "return_partner", "return_background"}
-CHOICES = {
-    "background": BACKGROUNDS,
-    "mask_mode": MASK_MODES,
-    "key_start": KEY_STARTS,
-    "on_damage": ON_DAMAGE,
-    "query_crop": QUERY_CROPS,
-}
-ALIASES = {"num_workers": ["--workers"], "videos": ["--videos-root"]}  # --videos-root: the name build uses
-# What a flag means, where its name does not say it; argparse's help adds the default.
-HELP = {
-    "init": "a state dict the backbone starts from: torchvision's r2plus1d_18/r3d_18 weights (fc left out), "
-    "a `fame-train export` or a checkpoint; ",
-    "videos": "where the cache's videos are, when not at its recorded source root; ",
-}
 EVAL = EvalSettings()  # what eval and heatmap use where the run recorded nothing
-
-
-def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, defaults: object, dest_prefix: str = "") -> None:
-    """One flag per field of `cls`, typed from its hints; unset flags stay None so the dataclass's default holds."""
-    hints = typing.get_type_hints(cls)
-    for field in dataclasses.fields(cls):
-        if field.name in DERIVED:
-            continue
-        flags = ["--" + field.name.replace("_", "-"), *ALIASES.get(field.name, [])]
-        kwargs = {"dest": dest_prefix + field.name, "default": None}
-        metavar = field.name.upper()
-        hint = hints[field.name]
-        args = typing.get_args(hint)
-        base = next((a for a in args if a is not type(None)), hint) if isinstance(hint, types.UnionType) else hint
-        default = getattr(defaults, field.name)
-        help_text = HELP.get(field.name, "") + f"default: {default}"
-        if base is bool:
-            parser.add_argument(*flags, action=argparse.BooleanOptionalAction, help=help_text, **kwargs)
-        elif typing.get_origin(base) is tuple:
-            items = typing.get_args(base)
-            parser.add_argument(*flags, nargs=len(items), type=items[0], metavar=metavar, help=help_text, **kwargs)
-        else:
-            choices = CHOICES.get(field.name)
-            metavar = None if choices else metavar
-            parser.add_argument(*flags, type=base, choices=choices, metavar=metavar, help=help_text, **kwargs)
-
-
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    _add_dataclass_flags(parser, TrainConfig, TrainConfig())
-    _add_dataclass_flags(parser.add_argument_group("loader"), LoaderParams, LoaderParams(), LOADER_DEST)
-
-
-def _config_from(args: argparse.Namespace) -> TrainConfig:
-    """TrainConfig (and its LoaderParams) from the flags given; the dataclasses' defaults for the rest."""
-    given = {k: v for k, v in vars(args).items() if v is not None}
-    loader = {k[len(LOADER_DEST) :]: v for k, v in given.items() if k.startswith(LOADER_DEST)}
-    values = {f.name: given[f.name] for f in dataclasses.fields(TrainConfig) if f.name in given}
-    return TrainConfig(**values, loader=LoaderParams.from_dict(loader))
+# What --resume may change, as --help names it: the loader's speed options and RESUME_MAY_CHANGE, less `out` (the run
+# itself) and `init` (read only by a new run).
+_RESUMABLE_SHOWN = (
+    *(k for k in RESUME_MAY_CHANGE if k not in ("out", "init")),
+    "loader.num_workers",
+    "loader.num_threads",
+    "loader.prefetch",
+)
+CHECKPOINT_HELP = "a fame-train checkpoint (RUN_DIR/checkpoint.pt)"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fame-train", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = CommandParser(prog="fame-train", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    pre = sub.add_parser("pretrain", help="MoCo pretraining on FAME views from a cache")
-    _add_config_flags(pre)
-    pre.add_argument("--resume", action="store_true", help="continue RUN_DIR/checkpoint.pt exactly")
-    pre.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke tests)")
+    pre = sub.add_parser(
+        "pretrain",
+        help="MoCo pretraining on FAME views from a cache",
+        description="MoCo pretraining on FAME views read from a cache. Every field of TrainConfig and of its "
+        "LoaderParams is a flag; booleans take --x/--no-x. --resume continues the run in --out with the settings of "
+        "its config.json: only the flags given change, and only "
+        + ", ".join(flag_name(k) for k in _RESUMABLE_SHOWN)
+        + " may.",
+    )
+    add_config_flags(pre)
+    pre.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its checkpoint, with the settings of its config.json",
+    )
+    pre.add_argument(
+        "--max-steps", type=int, default=None, metavar="N", help="stop after step N of the run (smoke tests)"
+    )
+    add_quiet(pre)
 
     ev = sub.add_parser("eval", help="linear probe, kNN, retrieval and the swapped-background test, backbone frozen")
-    ev.add_argument("checkpoint")
+    ev.add_argument("checkpoint", help=CHECKPOINT_HELP)
     ev.add_argument(
         "--train",
         required=True,
-        help="labelled training videos: folder-per-class, list or split file (UCF101 trainlistNN.txt; HMDB51 "
-        "'DIR/*_test_split1.txt', quoted: its train videos; Kinetics train.csv)",
+        help="labelled training videos (required): folder-per-class, list or split file (UCF101 trainlistNN.txt; "
+        "HMDB51 'DIR/*_test_split1.txt', quoted: its train videos; Kinetics train.csv)",
     )
     ev.add_argument(
         "--test",
@@ -99,10 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument(
         "--videos-root",
+        metavar="DIR",
         help="folder that --train/--test list-file paths are relative to (default: each list's folder)",
     )
     ev.add_argument(
-        "--protocol", default="linear,knn,retrieval", help="comma-separated: linear,knn,retrieval,swapped (%(default)s)"
+        "--protocol",
+        default="linear,knn,retrieval",
+        help="comma-separated, from linear, knn, retrieval, swapped (default %(default)s)",
     )
     ev.add_argument(
         "--test-cache",
@@ -110,25 +93,47 @@ def build_parser() -> argparse.ArgumentParser:
         "the clips' shape (--size, --clip-len, --stride, --clips-per-video) defaults to this cache's",
     )
     ev.add_argument("--seed", type=int, default=0, help="picks each test video's background partner (%(default)s)")
-    ev.add_argument("--preview", help="with --test-cache: draw original / swapped / background-only clips here")
-    ev.add_argument("--json", help="write the metrics here")
+    ev.add_argument(
+        "--preview", metavar="PNG", help="with --test-cache: draw original / swapped / background-only clips here"
+    )
+    add_json(ev, "the metrics, the checkpoint, the video lists and the clip settings")
     ev.add_argument("--finetune", action="store_true", help="also fine-tune the whole network and report top-1")
     ev.add_argument(
-        "--clip-len", type=int, default=None, help=f"default: the test cache's, the run's, else {EVAL.clip_len}"
+        "--clip-len",
+        type=int,
+        default=None,
+        metavar="T",
+        help=f"frames per clip (default: the test cache's, else the run's, else {EVAL.clip_len})",
     )
     ev.add_argument(
-        "--stride", type=int, default=None, help=f"default: the test cache's, the run's, else {EVAL.stride}"
+        "--stride",
+        type=int,
+        default=None,
+        metavar="S",
+        help=f"source frames between a clip's frames (default: the test cache's, else the run's, else {EVAL.stride})",
     )
     ev.add_argument(
-        "--clips-per-video", type=int, default=None, help=f"default: the test cache's, else {EVAL.clips_per_video}"
+        "--clips-per-video",
+        type=int,
+        default=None,
+        metavar="K",
+        help=f"clips per video whose features are averaged (default: the test cache's, else {EVAL.clips_per_video})",
     )
     ev.add_argument(
         "--size",
         default=None,
-        help="HxW the frames are resized to before the centre crop (default: the test cache's, the run's, else "
-        "{}x{})".format(*EVAL.size),
+        metavar="HxW",
+        help="frame size the videos are resized to before the centre crop (default: the test cache's, else the "
+        "run's, else {}x{})".format(*EVAL.size),
     )
-    ev.add_argument("--device", default="cpu")
+    ev.add_argument(
+        "--device",
+        type=device_name,
+        default="auto",
+        metavar="{" + ",".join(DEVICES) + "}",
+        help="where the backbone runs (default %(default)s: a GPU when torch finds one)",
+    )
+    add_quiet(ev)
 
     export = sub.add_parser(
         "export",
@@ -137,8 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
         "r3d18 it is torchvision's r2plus1d_18 / r3d_18 layout: `model = r2plus1d_18(); model.fc = nn.Identity(); "
         "model.load_state_dict(torch.load(OUT), strict=True)`, or with --num-classes as it is.",
     )
-    export.add_argument("checkpoint", help="a fame-train checkpoint (RUN/checkpoint.pt)")
-    export.add_argument("--out", required=True, help="the state dict to write, e.g. backbone.pt")
+    export.add_argument("checkpoint", help=CHECKPOINT_HELP)
+    export.add_argument("--out", required=True, help="the state dict to write, e.g. backbone.pt (required)")
     export.add_argument(
         "--num-classes",
         type=int,
@@ -149,12 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--seed", type=int, default=0, help="draws the --num-classes classifier (%(default)s)")
 
     plot = sub.add_parser("plot", help="write RUN/curves.png from RUN/log.jsonl")
-    plot.add_argument("run")
+    plot.add_argument("run", help="a run folder of `fame-train pretrain` (holds log.jsonl)")
 
     heat = sub.add_parser("heatmap", help="the micro-bias salient map of a checkpoint over a video's frames")
-    heat.add_argument("checkpoint")
-    heat.add_argument("video")
-    heat.add_argument("--out", required=True, help="PNG montage; .gif or .mp4 for an animation")
+    heat.add_argument("checkpoint", help=CHECKPOINT_HELP)
+    heat.add_argument("video", help="a video file; its first clip is shown as evaluation prepares it")
+    heat.add_argument("--out", required=True, help="PNG montage; .gif or .mp4 for an animation (required)")
     heat.add_argument(
         "--block",
         type=int,
@@ -163,40 +168,81 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="backbone block: 0 the stem, 1-4 the stages (default: the run's micro_block)",
     )
-    heat.add_argument("--clip-len", type=int, default=None, help=f"default: the run's, else {EVAL.clip_len}")
-    heat.add_argument("--stride", type=int, default=None, help=f"default: the run's, else {EVAL.stride}")
+    heat.add_argument(
+        "--clip-len", type=int, default=None, metavar="T", help=f"frames shown (default: the run's, or {EVAL.clip_len})"
+    )
+    heat.add_argument(
+        "--stride",
+        type=int,
+        default=None,
+        metavar="S",
+        help=f"source frames between frames shown (default: the run's, else {EVAL.stride})",
+    )
     return parser
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from trainer.train import check_run_folder, pretrain
+    from trainer.train import check_run_folder, is_main_process, pretrain
 
     try:
-        config = _config_from(args)
+        config = _resumed_config(args) if args.resume else config_from(args)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     if not config.cache:
         raise UsageError("--cache CACHE is required: a cache made by `fame-pipeline build`")
     require_path(config.cache, "--cache", "a cache made by `fame-pipeline build`")
-    require_path(config.init, "--init", "a state dict or checkpoint")
+    if not args.resume:
+        require_path(config.init, "--init", "a state dict or checkpoint")
     require_path(config.videos, "--videos-root", "the folder of the cache's videos")
+    if args.max_steps is not None and args.max_steps < 1:
+        raise UsageError(f"--max-steps must be >= 1, got {args.max_steps}")
     check_run_folder(config.out, args.resume)
-    final = pretrain(config, resume=args.resume, max_steps=args.max_steps)
-    print(f"checkpoint: {final}\nlog: {final.parent / 'log.jsonl'}\ncurves: {final.parent / 'curves.png'}")
+    final = pretrain(config, resume=args.resume, progress=not args.quiet, max_steps=args.max_steps)
+    if is_main_process():  # under DDP every rank returns here; one prints
+        print(f"checkpoint: {final}\nlog: {final.parent / 'log.jsonl'}\ncurves: {final.parent / 'curves.png'}")
     return EXIT_OK
+
+
+def _resumed_config(args: argparse.Namespace) -> TrainConfig:
+    """The run's own settings (RUN_DIR/config.json) with the flags given over them: flags need not be repeated, and
+    a flag that would change what the run trains is refused, naming it."""
+    out = Path(args.out or TrainConfig.out)
+    path = out / "config.json"
+    if not path.is_file():
+        hint = "" if args.out else " (--out names the run folder; it defaults to runs/run)"
+        raise UsageError(f"--resume: {path} not found: --out {out} holds no run to continue{hint}")
+    try:
+        saved = TrainConfig.from_dict(json.loads(path.read_text()))
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"--resume: {path} is not a run's config.json ({exc})") from exc
+    config = config_from(args, dataclasses.replace(saved, out=str(out)))
+    changed = saved.differences(config)
+    if changed:
+        shown = "; ".join(f"{flag_name(k)} {_show(b)} (the run has {_show(a)})" for k, (a, b) in changed.items())
+        allowed = ", ".join(flag_name(k) for k in _RESUMABLE_SHOWN)
+        raise UsageError(
+            f"--resume: {shown}: a resumed run keeps its settings; only {allowed} may change. Start a new run with "
+            "another --out to train with other settings"
+        )
+    if config.epochs < saved.epochs:
+        raise UsageError(f"--resume: --epochs {config.epochs} is fewer than the run's {saved.epochs}: it may only grow")
+    return config
+
+
+def _show(value: object) -> str:
+    return " ".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
 
 
 def _eval(args: argparse.Namespace) -> int:
     from pipeline.params import parse_size
     from trainer.checkpoint import load_backbone
-    from trainer.evaluate import PROTOCOLS, SWAPPED, evaluate, format_table, write_json
+    from trainer.evaluate import PROTOCOLS, SWAPPED, evaluate, format_table
 
-    require_path(args.checkpoint, "CHECKPOINT", "a fame-train checkpoint (RUN/checkpoint.pt)")
+    require_path(args.checkpoint, "CHECKPOINT", CHECKPOINT_HELP)
     labelled = "a folder per class, a list or split file"
-    if "*" not in args.train:  # a quoted glob of HMDB51 split files is expanded by the reader
-        require_path(args.train, "--train", labelled)
-    if args.test and "*" not in args.test:
-        require_path(args.test, "--test", labelled)
+    require_source(args.train, "--train", labelled)  # a quoted glob of HMDB51 split files must match some
+    require_source(args.test, "--test", labelled)
+    check_json_target(args.json)
     require_path(args.test_cache, "--test-cache", "a cache made by `fame-pipeline build` of the test videos")
     require_path(args.videos_root, "--videos-root", "the folder the list files' paths are relative to")
     protocols = tuple(p.strip() for p in args.protocol.split(",") if p.strip())
@@ -224,26 +270,57 @@ def _eval(args: argparse.Namespace) -> int:
         args.test,
         protocols,
         settings,
-        args.device,
+        _torch_device(args.device),
         args.finetune,
         swap_set,
         videos_root=args.videos_root,
+        progress=not args.quiet,
     )
     if args.preview and swap_set is not None:
         from pipeline.swap_export import render_preview
 
-        print(f"preview: {render_preview(swap_set, args.preview)}")
-    print(format_table(metrics))
+        print(f"preview: {render_preview(swap_set, args.preview)}", file=sys.stderr if args.json == STDOUT else None)
     if args.json:
-        write_json(metrics, args.json)
-        print(f"metrics: {args.json}")
+        write_json({**metrics, "setup": _eval_setup(args, protocols, settings)}, args.json)
+    if args.json != STDOUT:
+        print(format_table(metrics))
+        if args.json:
+            print(f"metrics: {args.json}")
     return EXIT_OK
+
+
+def _torch_device(name: str) -> str:
+    """--device as torch names it: auto picks the GPU when torch finds one; gpu is cuda."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if name == "gpu" else name
+
+
+def _eval_setup(args: argparse.Namespace, protocols: tuple[str, ...], settings: EvalSettings) -> dict:
+    """What metrics.json was measured on: the checkpoint, the video lists, the clips, so a number can be traced."""
+
+    def where(path: str | None) -> str | None:
+        return path if path is None or "://" in path else str(Path(path).resolve())
+
+    return {
+        "checkpoint": where(args.checkpoint),
+        "train": where(args.train),
+        "test": where(args.test),
+        "test_cache": where(args.test_cache),
+        "videos_root": where(args.videos_root),
+        "protocols": list(protocols),
+        "seed": args.seed,
+        "device": _torch_device(args.device),
+        **{k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(settings).items()},
+    }
 
 
 def _export(args: argparse.Namespace) -> int:
     from trainer.checkpoint import export_backbone
 
-    require_path(args.checkpoint, "CHECKPOINT", "a fame-train checkpoint (RUN/checkpoint.pt)")
+    require_path(args.checkpoint, "CHECKPOINT", CHECKPOINT_HELP)
     backbone = export_backbone(args.checkpoint, args.out, num_classes=args.num_classes, seed=args.seed)
     print(f"{args.out}: the {backbone} backbone of {args.checkpoint}")
     return EXIT_OK
@@ -260,7 +337,7 @@ def _plot(args: argparse.Namespace) -> int:
 def _heatmap(args: argparse.Namespace) -> int:
     from trainer.heatmap import write_heatmap
 
-    require_path(args.checkpoint, "CHECKPOINT", "a fame-train checkpoint (RUN/checkpoint.pt)")
+    require_path(args.checkpoint, "CHECKPOINT", CHECKPOINT_HELP)
     require_path(args.video, "VIDEO", "a video file")
     print(
         write_heatmap(
@@ -294,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: exit 130 or 143
         stop = interrupted(exc)
-        hint = "; run the same command with --resume to continue" if args.command == "pretrain" else ""
+        out = getattr(args, "out", None) or TrainConfig.out
+        hint = f"; continue with `fame-train pretrain --out {out} --resume`" if args.command == "pretrain" else ""
         print(f"fame-train {args.command}: {stop}{hint}", file=sys.stderr)
         return stop.exit_code
 

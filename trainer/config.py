@@ -20,6 +20,11 @@ _FLAT_LOADER_KEYS = {
 }
 # Loader options that change how fast, not what, a run trains: a resumed run may change them.
 _SPEED_ONLY = ("num_workers", "num_threads", "prefetch")
+# Settings a resumed run may change besides those: where the run and its videos are, where it runs, how often it saves
+# and logs, and how long it trains (`epochs`, to extend it). `init` chose where the run started; the checkpoint holds
+# where it is now, so it is not read again.
+RESUME_MAY_CHANGE = ("epochs", "out", "init", "checkpoint_every", "device", "videos", "tensorboard")
+DEVICES = ("auto", "cpu", "gpu", "cuda")  # gpu and cuda are the same: torch's first GPU, or LOCAL_RANK's
 
 
 @dataclass(frozen=True)
@@ -54,9 +59,10 @@ class TrainConfig:
     micro_block: int = 1  # index into backbone.forward_blocks (0 = stem, 1 = first stage: full temporal resolution)
     seed: int = 0
     checkpoint_every: int = 200  # steps
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # auto | cpu | gpu (cuda: the same)
     amp: bool = True  # bf16 autocast on GPU
     deterministic: bool = False
+    tensorboard: bool = False  # also log the scalars of log.jsonl as TensorBoard events in RUN/tensorboard/
     loader: LoaderParams = field(default_factory=LoaderParams)  # crops, merge, augmentation, workers
 
     def __post_init__(self) -> None:
@@ -67,8 +73,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or not self.temperature > 0:
             raise ValueError("lr and temperature must be positive")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be auto, cpu or gpu, got {self.device!r}")
         if isinstance(self.loader, dict):
             object.__setattr__(self, "loader", LoaderParams.from_dict(self.loader))
 
@@ -98,7 +104,7 @@ class TrainConfig:
         values["loader"] = LoaderParams.from_dict(loader)
         return cls(**values)
 
-    def differences(self, other: TrainConfig, ignore: tuple[str, ...] = ("epochs", "out")) -> dict:
+    def differences(self, other: TrainConfig, ignore: tuple[str, ...] = RESUME_MAY_CHANGE) -> dict:
         """Settings that differ, as {name: (mine, theirs)}; loader options as `loader.<name>`."""
 
         def flat(config: TrainConfig) -> dict[str, Any]:

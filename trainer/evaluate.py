@@ -108,11 +108,16 @@ def video_feature(backbone: torch.nn.Module, clips: torch.Tensor, settings: Eval
 
 @torch.no_grad()
 def extract(
-    backbone: torch.nn.Module, source: Source, settings: EvalSettings, device: torch.device, desc: str = "features"
+    backbone: torch.nn.Module,
+    source: Source,
+    settings: EvalSettings,
+    device: torch.device,
+    desc: str = "features",
+    progress: bool = True,
 ) -> tuple[torch.Tensor, np.ndarray, list[str]]:
     """(N, D) L2-normalised video features, their labels, and the videos skipped (with reasons)."""
     feats, labels, skipped = [], [], []
-    for entry in tqdm(source.entries, desc=desc, unit="video", leave=False):
+    for entry in tqdm(source.entries, desc=desc, unit="video", leave=False, disable=not progress):
         try:
             clips = video_clips(source.full_path(entry.path), settings)
         except VideoError as exc:
@@ -136,7 +141,9 @@ class SwappedFeatures:
 
 
 @torch.no_grad()
-def extract_swapped(backbone: torch.nn.Module, swap_set: SwapSet, settings: EvalSettings, device) -> SwappedFeatures:
+def extract_swapped(
+    backbone: torch.nn.Module, swap_set: SwapSet, settings: EvalSettings, device, progress: bool = True
+) -> SwappedFeatures:
     """Features of the swapped set, made as `extract` makes a video's: its clips centre-cropped, through the
     backbone, averaged and normalised; one swapped and one background-only feature per test video."""
 
@@ -144,7 +151,8 @@ def extract_swapped(backbone: torch.nn.Module, swap_set: SwapSet, settings: Eval
         return video_feature(backbone, to_input(centre_crop(np.stack(arrays), settings.crop)), settings, device)
 
     swapped, background, labels, background_labels = [], [], [], []
-    for clips in tqdm(read_swapped(swap_set), total=swap_set.n_videos, desc="swapped features", leave=False):
+    clip_sets = read_swapped(swap_set)
+    for clips in tqdm(clip_sets, total=swap_set.n_videos, desc="swapped features", leave=False, disable=not progress):
         swapped.append(feature([c.swapped for c in clips]))
         background.append(feature([c.background for c in clips]))
         labels.append(clips[0].pair.label)
@@ -271,6 +279,7 @@ def evaluate(
     do_finetune: bool = False,
     swap_set: SwapSet | None = None,
     videos_root: str | None = None,
+    progress: bool = True,
 ) -> dict[str, float]:
     """Run the protocols; returns the metrics dict (fractions in [0, 1], counts of the swapped set as ints) with the
     JSON contract's keys. `swapped` needs `swap_set`; the test videos then default to the swap set's cache's.
@@ -301,19 +310,19 @@ def evaluate(
     except SourceError as exc:
         raise EvalError(str(exc)) from exc
     backbone = backbone.to(device).eval()
-    train_x, train_lab, _ = extract(backbone, train, settings, device, "train features")
+    train_x, train_lab, _ = extract(backbone, train, settings, device, "train features", progress)
     if swap_set is not None:
         unknown = sorted({swap_set.labels[v] for v in swap_set.done} - set(train_lab.tolist()))
         if unknown:
             raise EvalError(f"{swap_set.url}: test cache classes not in the training set: {unknown[:5]}")
-    test_x, test_lab, _ = extract(backbone, test, settings, device, "test features")
+    test_x, test_lab, _ = extract(backbone, test, settings, device, "test features", progress)
     train_y, test_y, classes = _encode_labels(train_lab, test_lab)
     metrics: dict[str, float] = {}
     if "linear" in protocols or swap_set is not None:
         head = fit_probe(train_x, train_y)
         metrics["linear_top1"] = top1(head, test_x, test_y)
     if swap_set is not None:
-        metrics.update(swapped_metrics(head, classes, extract_swapped(backbone, swap_set, settings, device)))
+        metrics.update(swapped_metrics(head, classes, extract_swapped(backbone, swap_set, settings, device, progress)))
         metrics.update(
             swapped_videos=swap_set.n_videos,
             swapped_clips=len(swap_set.pairs),

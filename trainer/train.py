@@ -28,6 +28,7 @@ from pipeline.usage import UsageError
 from trainer.backbones import build_backbone
 from trainer.checkpoint import CheckpointError, load_checkpoint, load_init, save_checkpoint
 from trainer.config import TrainConfig
+from trainer.events import EventWriter
 from trainer.micro import micro_loss
 from trainer.moco import MoCo, check_queue
 
@@ -147,10 +148,17 @@ def _start(config: TrainConfig, resume: bool = False) -> Run:
     )
 
 
+def is_main_process() -> bool:
+    """Rank 0, or the only process: the one that prints, logs and saves (DDP ranks are known once the process group
+    is up, which `pretrain` starts from torchrun's WORLD_SIZE)."""
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
 def _device(config: TrainConfig) -> torch.device:
-    if config.device == "cuda" and not torch.cuda.is_available():
-        raise TrainError("--device cuda: torch finds no CUDA GPU on this machine; use --device cpu or auto")
-    if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()):
+    gpu = config.device in ("gpu", "cuda")
+    if gpu and not torch.cuda.is_available():
+        raise TrainError(f"--device {config.device}: torch finds no CUDA GPU on this machine; use --device cpu or auto")
+    if gpu or (config.device == "auto" and torch.cuda.is_available()):
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
         return torch.device("cuda", local)
@@ -198,7 +206,7 @@ def _resume(run: Run) -> None:
         raise TrainError(f"--resume: no checkpoint at {latest}")
     state = load_checkpoint(latest)
     # --init chose where the run started; the checkpoint holds where it is now.
-    diff = TrainConfig.from_dict(state["config"]).differences(run.config, ignore=("epochs", "out", "init"))
+    diff = TrainConfig.from_dict(state["config"]).differences(run.config)
     if diff:
         raise TrainError(f"--resume: {latest} was made with other settings: {diff}")
     run.model.load_state_dict(state["model"])
@@ -217,7 +225,9 @@ def _train(run: Run, stop: int, progress: bool) -> float | None:
     raised."""
     last = None
     log = open(run.out / "log.jsonl", "a") if run.rank == 0 else None  # noqa: SIM115 - kept open for the run
-    bar = tqdm(total=run.total, initial=run.step, desc="pretrain", unit="step", disable=not progress or run.rank != 0)
+    events = EventWriter(run.out / "tensorboard") if run.rank == 0 and run.config.tensorboard else None
+    # The bar counts to where this run stops (--max-steps), from where it starts (--resume).
+    bar = tqdm(total=stop, initial=run.step, desc="pretrain", unit="step", disable=not progress or run.rank != 0)
     run.model.train()
     trained = run.loader.state_dict()  # the loader's position after the last step taken
     try:
@@ -233,7 +243,7 @@ def _train(run: Run, stop: int, progress: bool) -> float | None:
                     trained = run.loader.state_dict()
                     record = _record(run, epoch, loss, parts, lr, wait=start - waited, span=end - waited)
                     last = record["loss"]
-                    _write(log, bar, record)
+                    _write(log, bar, record, events)
                     if run.rank == 0 and run.step % run.config.checkpoint_every == 0:
                         _save(run)
                 if run.step >= stop:
@@ -250,6 +260,8 @@ def _train(run: Run, stop: int, progress: bool) -> float | None:
         bar.close()
         if log:
             log.close()
+        if events:
+            events.close()
         run.loader.close()  # DALI's worker processes go now, not at exit
     return last
 
@@ -316,11 +328,15 @@ def _record(
     }
 
 
-def _write(log: IO[str] | None, bar: tqdm, record: dict[str, float | str]) -> None:
-    """Append the record to the log (rank 0 has one) and show it on the progress bar."""
+def _write(log: IO[str] | None, bar: tqdm, record: dict[str, float | str], events: EventWriter | None) -> None:
+    """Append the record to the log (rank 0 has one) and to the TensorBoard events (with --tensorboard), and show it
+    on the progress bar."""
     if log:
         log.write(json.dumps(record) + "\n")
         log.flush()
+    if events:
+        scalars = {f"pretrain/{k}": v for k, v in record.items() if k != "step" and isinstance(v, int | float)}
+        events.scalars(int(record["step"]), scalars)
     bar.update(1)
     bar.set_postfix(loss=f"{record['loss']:.3f}", wait=f"{record['data_wait']:.0%}")
 

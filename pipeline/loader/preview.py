@@ -79,13 +79,20 @@ def add_preview_parser(subparsers: argparse._SubParsersAction) -> None:
         dest="videos",
         help="where the source videos are, when not at the cache's recorded source root",
     )
-    p.add_argument("--batch-size", type=int, default=4, help="samples = rows (%(default)s)")
+    p.add_argument("--batch-size", type=int, default=4, help="samples in the batch, one row each (%(default)s)")
     p.add_argument("--frames", type=int, default=4, help="frames shown per clip (%(default)s)")
     p.add_argument("--epoch", type=int, default=0, help="which epoch's first batch (%(default)s)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the loader's draws, as pretrain's --seed (%(default)s)")
     p.add_argument("--crop", type=int, default=d.crop, help="output size of the views (%(default)s)")
-    p.add_argument("--background", choices=BACKGROUNDS, default=d.background, help="(%(default)s)")
-    p.add_argument("--mask-mode", choices=MASK_MODES, default=d.mask_mode, help="(%(default)s)")
+    p.add_argument(
+        "--background",
+        choices=BACKGROUNDS,
+        default=d.background,
+        help="what the foreground is pasted over (%(default)s)",
+    )
+    p.add_argument(
+        "--mask-mode", choices=MASK_MODES, default=d.mask_mode, help="how the mask becomes alpha (%(default)s)"
+    )
     p.add_argument("--threshold", type=int, default=d.threshold, help="for --mask-mode threshold (%(default)s)")
     p.add_argument("--beta", type=float, default=d.beta, help="own-pixel fraction for --mask-mode area (%(default)s)")
     p.add_argument(
