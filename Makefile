@@ -37,6 +37,7 @@ demo: $(STAMP)
 		--clips-per-video 2 --workers 2 --report $(DEMO)/build.json
 	$(BIN)/fame-cache info $(DEMO)/cache.zarr
 	$(BIN)/fame-cache show $(DEMO)/cache.zarr --clip 0 --out $(DEMO)/clip.png
+	$(BIN)/fame-cache show $(DEMO)/cache.zarr --sheet 24 --out $(DEMO)/sheet.png
 	$(BIN)/fame-pipeline preview $(DEMO)/cache.zarr --out $(DEMO)/batch.png
 	$(BIN)/fame-train pretrain --cache $(DEMO)/cache.zarr --out $(DEMO)/run --backbone small --epochs 4 \
 		--batch-size 4 --crop 56 --queue-size 64 --workers 2 --warmup-epochs 1

@@ -56,7 +56,7 @@ def cache_info(cache: Cache, with_bytes: bool = True) -> dict[str, Any]:
 
 
 AREA_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
-STAT_CLIPS = 2000  # masks read for the statistics at most (evenly spaced over the readable clips)
+STAT_CLIPS = 500  # masks read for the statistics at most (evenly spaced over the readable clips)
 
 
 def clip_areas(cache: Cache, clips: np.ndarray) -> np.ndarray:
