@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import cv2
 import fsspec
 import numpy as np
 
@@ -66,6 +67,7 @@ class SampleSource:
     _cache: Any = field(default=None, repr=False)
     _index: ClipIndex | None = field(default=None, repr=False)
     _orders: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+    _in_worker: bool = field(default=False, repr=False)
 
     @property
     def index(self) -> ClipIndex:
@@ -127,6 +129,9 @@ class SampleSource:
 
     def __call__(self, info) -> tuple[np.ndarray, ...]:
         """One sample; raises StopIteration at the end of this shard's epoch (DALI's end-of-epoch signal)."""
+        if self.params.num_workers > 0 and not self._in_worker:  # a worker process of its own: one OpenCV thread
+            cv2.setNumThreads(1)  # (as its decoder and BLAS have), not a pool per worker fighting for the cores
+            self._in_worker = True
         epoch = self.first_epoch + info.epoch_idx
         position = info.idx_in_epoch + (self.skip_samples if info.epoch_idx == 0 else 0)
         if position >= self.samples_per_epoch:

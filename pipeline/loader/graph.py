@@ -7,6 +7,8 @@ DataNodes, which DALI places on the device their inputs live on.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import warnings
 
 import nvidia.dali.fn as fn
@@ -90,6 +92,27 @@ def _decode_gpu(encoded, frames, size):
     return fn.resize(video, size=list(size))
 
 
+ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+@contextlib.contextmanager
+def one_thread_children():
+    """Worker processes started inside get one BLAS/OpenMP thread each (their numpy reads this at start-up): each
+    worker is one of several decoding processes on the cores, and a pool of spinning BLAS threads per worker, there
+    for the query alpha's matrix products, made the merged arms several times slower than their work on a loaded
+    machine. This process's own settings are put back."""
+    before = {name: os.environ.get(name) for name in ONE_THREAD}
+    os.environ.update(ONE_THREAD)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def build_pipeline(source: SampleSource, batch_size: int, device_id: int | None, debug_outputs: bool = False):
     """A DALI pipeline around `source`. device_id None runs DALI's CPU backend. A `decode_only` source makes the
     decoding floor: the same worker processes decoding the same clips, output as they arrive."""
@@ -153,7 +176,7 @@ def build_pipeline(source: SampleSource, batch_size: int, device_id: int | None,
     # The worker processes start here, deaf to Ctrl-C and SIGTERM: a terminal's Ctrl-C reaches the whole process
     # group, and workers dying under a running pipeline would make it fail with their tracebacks. They stop when this
     # process lets the pipeline go (`FameLoader.close`, or at exit).
-    with warnings.catch_warnings(), quiet_children():
+    with warnings.catch_warnings(), quiet_children(), one_thread_children():
         # Frames backgrounds need no plate: DALI warns of unused source outputs.
         warnings.filterwarnings("ignore", message=".*(is|are) not used.*")
         pipe.build()
