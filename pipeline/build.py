@@ -5,7 +5,8 @@ reason, and gives it no clips), record each file's size and content fingerprint 
 clips and create the cache. Compute: one task per writer group (see `pipeline.job`), in-process for small jobs or on
 Ray. `resume` finishes a cache by recomputing every group that holds a video not `done`; the work is deterministic, so
 the bytes match an uninterrupted build. `append` adds the source's videos that the cache lacks as a new segment
-(`Cache.append`) and computes only them: no committed video's chunk is written again.
+(`Cache.append`) and computes only them: no committed video's chunk is written again. On Ray the phases overlap: the
+workers probe and each group is computed once planned (`pipeline.planner`), to the same bytes.
 """
 
 from __future__ import annotations
@@ -19,18 +20,20 @@ import fsspec
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.cache import DONE, FAILED, PENDING, Cache, CacheError
+from pipeline.cache import DONE, FAILED, Cache, CacheError
 from pipeline.cache.find import find_cache, find_cache_to_grow, new_cache_path
 from pipeline.cache.fingerprint import source_changes
 from pipeline.cache.layout import has_computed_data, metadata_summary
 from pipeline.cache.lock import LockError, is_lock_file, writer_lock
+from pipeline.cache.planning import create_unplanned, is_planning
 from pipeline.job import GroupResult, GroupTask, VideoResult
 from pipeline.params import BuildParams
-from pipeline.plan import MIN_FRAMES, clip_count, clip_frames
+from pipeline.plan import plan_clips
+from pipeline.planner import Planner, plan_source_problem
+from pipeline.probe import columns, probe_row
 from pipeline.report import BuildReport, check_report_path
 from pipeline.runners import InProcessRunner, RayRunner
-from pipeline.sources import Source, SourceError, is_url, list_source, stamp_source
-from pipeline.video import VideoError, decode, probe
+from pipeline.sources import Source, SourceError, is_url, list_source
 
 __all__ = ["BuildError", "BuildReport", "build_cache", "resolve_out", "videos_per_group"]
 
@@ -48,34 +51,6 @@ def videos_per_group(n_videos: int) -> int:
 # ---- plan phase: probe the videos, plan their clips (pipeline.plan), create the cache --------------------------------
 
 
-def _probe_row(source: Source, rel: str, params: BuildParams) -> dict[str, Any]:
-    """One video-table row from the file's metadata; failures become status 'failed' with the reason."""
-    path = source.full_path(rel)
-    row: dict[str, Any] = {"n_frames": 0, "fps": 0.0, "height": 0, "width": 0, "bytes": 0, "mtime": 0.0}
-    row["fingerprint"] = ""
-    try:
-        try:
-            stamp = stamp_source(path)
-            row.update(bytes=stamp.bytes, mtime=stamp.mtime, fingerprint=stamp.fingerprint)
-        except FileNotFoundError as exc:
-            raise VideoError(path, "file not found") from exc
-        info = probe(path)
-        row.update(fps=info.fps, height=info.height, width=info.width, n_frames=info.n_frames)
-        if info.height * info.width > params.max_pixels:
-            raise VideoError(path, f"resolution {info.width}x{info.height} is over --max-pixels {params.max_pixels}")
-        if info.n_frames > params.max_frames:
-            raise VideoError(path, f"has {info.n_frames} frames, over --max-frames {params.max_frames}")
-        if info.n_frames <= 0:  # the container does not say: count by decoding
-            _, counted = decode(path, keep=[0], max_pixels=params.max_pixels, max_frames=params.max_frames)
-            row["n_frames"] = counted.n_frames
-        if row["n_frames"] < MIN_FRAMES:
-            raise VideoError(path, f"has {row['n_frames']} frame(s); a clip needs at least {MIN_FRAMES}")
-        row.update(status=PENDING, error="")
-    except VideoError as exc:
-        row.update(status=FAILED, error=exc.reason)
-    return row
-
-
 def probe_videos(
     source: Source, params: BuildParams, threads: int = 8, progress: bool = True, only: set[str] | None = None
 ) -> dict[str, np.ndarray]:
@@ -86,7 +61,7 @@ def probe_videos(
     with ThreadPoolExecutor(max_workers=threads) as pool:
         rows = list(
             tqdm(
-                pool.map(lambda rel: _probe_row(source, rel, params), rels),
+                pool.map(lambda rel: probe_row(source.root, rel, params), rels),
                 total=len(rels),
                 desc="probe",
                 unit="video",
@@ -98,21 +73,7 @@ def probe_videos(
         "path": np.array(rels, dtype=object),
         "label": np.array([e.label for e in entries], dtype=object),
     }
-    for key in ("n_frames", "fps", "height", "width", "bytes", "mtime", "fingerprint", "status", "error"):
-        text = key in ("fingerprint", "status", "error")
-        table[key] = np.array([r[key] for r in rows], dtype=object if text else None)
-    return table
-
-
-def plan_clips(table: dict[str, np.ndarray], params: BuildParams) -> tuple[list[int], list[np.ndarray | None]]:
-    """The build's plan of each video of a probed table: its clip count and their source frames (none for a video
-    that failed its probe)."""
-    counts = [
-        0 if s == FAILED else clip_count(int(n), params)
-        for s, n in zip(table["status"], table["n_frames"], strict=True)
-    ]
-    frames = [clip_frames(int(n), params) if c else None for n, c in zip(table["n_frames"], counts, strict=True)]
-    return counts, frames
+    return table | columns(rows)
 
 
 def source_info(source: Source, spec: str | None, split: str | None, n_videos: int) -> dict[str, Any]:
@@ -123,12 +84,20 @@ def source_info(source: Source, spec: str | None, split: str | None, n_videos: i
 
 
 def create_cache(
-    out: str, source: Source, params: BuildParams, progress: bool = True, info: dict[str, Any] | None = None
+    out: str,
+    source: Source,
+    params: BuildParams,
+    progress: bool = True,
+    info: dict[str, Any] | None = None,
+    unplanned: bool = False,
 ) -> Cache:
-    """The plan phase whole: a new cache at out holding the source's planned videos and clips, nothing computed."""
+    """The plan phase whole: a new cache at out holding the source's planned videos and clips, nothing computed.
+    `unplanned`: only the source's list, each video planned as the build goes (`pipeline.planner`)."""
+    per_group = videos_per_group(len(source.entries))
+    if unplanned:
+        return create_unplanned(out, params, source.root, len(source.entries), per_group, info)
     table = probe_videos(source, params, progress=progress)
     counts, frames = plan_clips(table, params)
-    per_group = videos_per_group(len(source.entries))
     return Cache.create(out, params, source.root, table, counts, frames, videos_per_group=per_group, source_info=info)
 
 
@@ -204,9 +173,12 @@ def open_or_create(
     progress: bool,
     append: bool = False,
     info: dict[str, Any] | None = None,
+    unplanned: bool = False,
 ) -> tuple[Cache, bool]:
     """The cache to fill and whether it existed. Refuses other params, and a non-empty output without resume or
-    append; with append, adds the source's videos the cache lacks (`info`: the source's record, see source_info)."""
+    append; with append, adds the source's videos the cache lacks (`info`: the source's record, see source_info).
+    A new cache is made `unplanned` when asked (see create_cache); one whose plan stopped half-way is planned on
+    by the build first, before any append."""
     if Cache.exists(out):
         cache = Cache.open(out, mode="r+")
         diffs = params.differences(cache.params)
@@ -219,6 +191,11 @@ def open_or_create(
                 "videos to it, or choose another --out"
             )
         if _sound_metadata(cache):
+            if is_planning(cache):  # the rest of its videos are planned by the build (see _fill)
+                if problem := plan_source_problem(cache, source):
+                    raise BuildError(problem)
+                _check_sources_unchanged(cache, source)
+                return cache, True
             new = _new_videos(cache, source, append)
             _check_sources_unchanged(cache, source)
             if new:
@@ -228,7 +205,7 @@ def open_or_create(
         # Killed while creating: nothing was computed yet, plan again.
     elif _exists_non_empty(out):
         raise BuildError(f"{out}: exists and is not a FAME cache; refusing to write over it")
-    return create_cache(out, source, params, progress, info), False
+    return create_cache(out, source, params, progress, info, unplanned), False
 
 
 def resolve_out(
@@ -322,21 +299,32 @@ def _waves(tasks: list[GroupTask], videos_per_group: int) -> list[list[GroupTask
 
 
 def _compute(
-    cache: Cache, tasks: list[GroupTask], runner: InProcessRunner | RayRunner, progress: bool
-) -> tuple[int, int, float]:
-    """Run the group tasks, then close the runner: (videos computed, clips computed, seconds before the runner's
-    shut-down). A task that died for good fails its videos; videos refused when planned count as not computed."""
+    cache: Cache,
+    tasks: list[GroupTask],
+    runner: InProcessRunner | RayRunner,
+    progress: bool,
+    planner: Planner | None = None,
+) -> tuple[int, int, float, float]:
+    """Run the group tasks (with `planner`: plan the videos not planned, computing each group once planned), then
+    close the runner: (videos computed, clips computed, seconds before the runner's shut-down, seconds to the first
+    group's outcome). A task that died for good fails its videos; videos refused when planned count as not
+    computed."""
     computed = clips = 0
-    refused = (cache.videos("status") == FAILED) & (cache.videos("n_clips") == 0)  # failed when planned
-    failed_now = int(refused.sum())
     t0 = time.perf_counter()
-    n_todo = sum(len(t.paths) for t in tasks)
+    first = 0.0
+    if planner is None:
+        refused = (cache.videos("status") == FAILED) & (cache.videos("n_clips") == 0)  # failed when planned
+        n_todo = sum(len(t.paths) for t in tasks)
+        per_group = int(cache.attrs["layout"]["videos_per_group"])
+        outcomes = (outcome for wave in _waves(tasks, per_group) for outcome in runner.run(wave))
+    else:  # refused: filled in as the planner plans, before any of a group's outcomes
+        refused, n_todo, outcomes = planner.refused, planner.n_videos, planner.outcomes(runner)
+    failed_now = int(refused.sum())
     bar = tqdm(total=n_todo, desc="build", unit="video", disable=not progress, dynamic_ncols=True)
-    per_group = int(cache.attrs["layout"]["videos_per_group"])
-    outcomes = (outcome for wave in _waves(tasks, per_group) for outcome in runner.run(wave))
     try:
         for task, outcome in outcomes:
             result = _fail_group(cache, task, outcome) if isinstance(outcome, BaseException) else outcome
+            first = first or time.perf_counter() - t0
             attempted = [v for v in result.videos if not refused[v.video]]
             computed += len(attempted)
             clips += result.clips
@@ -348,7 +336,7 @@ def _compute(
     finally:
         bar.close()
         runner.close()
-    return computed, clips, compute_seconds
+    return computed, clips, compute_seconds, first
 
 
 # ---- the build: both phases, under the writer lock -------------------------------------------------------------------
@@ -409,7 +397,10 @@ def build_cache(
     info = None if isinstance(src, Source) else source_info(source, src, split, len(source.entries))
     try:
         with writer_lock(out, "fame-pipeline build", force=force_unlock):
-            opened = _open_for_build(out, source, params, resume, progress, append, info)
+            unplanned = (workers > 1 or address is not None) and len(source.entries) > videos_per_group(
+                len(source.entries)
+            )  # on Ray the workers plan, and each group starts once planned
+            opened = _open_for_build(out, source, params, resume, progress, append, info, unplanned)
             return _fill(opened, source, out, params, start, workers, address, progress, report_path)
     except LockError as exc:
         raise BuildError(str(exc)) from exc
@@ -423,10 +414,11 @@ def _open_for_build(
     progress: bool,
     append: bool,
     info: dict[str, Any] | None,
+    unplanned: bool = False,
 ) -> Cache:
     """The cache to fill (see open_or_create); when its videos have moved, it reads them where the source has them."""
     try:
-        cache, existed = open_or_create(out, source, params, resume, progress, append, info)
+        cache, existed = open_or_create(out, source, params, resume, progress, append, info, unplanned)
     except CacheError as exc:
         raise BuildError(str(exc)) from exc
     if existed and cache.source_root != source.root:  # the same videos, moved: read them where they are now
@@ -456,10 +448,18 @@ def _fill(
     """The build proper, run while holding the writer lock on the cache it opened or created: compute what is
     missing."""
     plan_seconds = time.perf_counter() - start  # listing, probing, creating (or opening) the cache
-    tasks = _tasks(cache, params, source.root)
-    use_ray = len(tasks) > 1 and (workers > 1 or address is not None)
+    planner = Planner(cache, source, params) if is_planning(cache) else None  # plans as it computes
+    tasks = [] if planner else _tasks(cache, params, source.root)
+    many = planner.n_videos > planner.state.per_group if planner else len(tasks) > 1
+    use_ray = many and (workers > 1 or address is not None)
     runner = RayRunner(workers, address) if use_ray else InProcessRunner()
-    computed, clips, compute_seconds = _compute(cache, tasks, runner, progress)
+    compute_start = time.perf_counter()
+    computed, clips, compute_seconds, first = _compute(cache, tasks, runner, progress, planner)
+    driver_seconds, probe_seconds = plan_seconds, 0.0
+    if planner:
+        driver_seconds += planner.stats.driver_seconds
+        probe_seconds = planner.stats.probe_seconds
+        plan_seconds = (planner.stats.planned_at or compute_start) - start
     status = cache.videos("status")
     failures = _failures(cache, status, source)
     report = BuildReport(
@@ -479,6 +479,9 @@ def _fill(
         workers=workers,
         mode="ray" if use_ray else "in-process",
         nodes=len(set(runner.nodes.values())),
+        plan_driver_seconds=round(driver_seconds, 3),
+        probe_seconds=round(probe_seconds, 3),
+        first_group_seconds=round(compute_start - start + first, 3) if first else 0.0,
     )
     if report_path:
         report.write(report_path)

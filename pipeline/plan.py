@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.cache import FAILED
 from pipeline.params import BuildParams
 
 MIN_FRAMES = 2
@@ -45,3 +46,14 @@ def clip_frames(n_frames: int, params: BuildParams, n_clips: int | None = None) 
         starts = np.round(np.linspace(0, room, count)).astype(np.int64) if count > 1 else np.array([room // 2])
     frames = (starts[:, None] + offsets[None, :]) % n_frames
     return frames.astype(np.int32)
+
+
+def plan_clips(table: dict[str, np.ndarray], params: BuildParams) -> tuple[list[int], list[np.ndarray | None]]:
+    """The build's plan of each video of a probed table: its clip count and their source frames (none for a video
+    that failed its probe)."""
+    counts = [
+        0 if s == FAILED else clip_count(int(n), params)
+        for s, n in zip(table["status"], table["n_frames"], strict=True)
+    ]
+    frames = [clip_frames(int(n), params) if c else None for n, c in zip(table["n_frames"], counts, strict=True)]
+    return counts, frames

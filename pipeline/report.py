@@ -50,6 +50,9 @@ class BuildReport:
     workers: int = 1
     mode: str = "in-process"  # or "ray"
     nodes: int = 0  # Ray nodes that ran group tasks (0 in-process)
+    plan_driver_seconds: float = 0.0  # the driver's own time planning (on Ray the workers probe: see pipeline.planner)
+    probe_seconds: float = 0.0  # the workers' time probing, summed over probe tasks (0 when the driver probed)
+    first_group_seconds: float = 0.0  # from the start to the first writer group's outcome
 
     @property
     def clips_per_s(self) -> float:

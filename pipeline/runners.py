@@ -71,20 +71,31 @@ class RayRunner:
             self.started, self.local = True, not address
         self.remote = ray.remote(num_cpus=1, max_retries=TASK_RETRIES, retry_exceptions=False)(_run_on_node)
 
+    def submit(self, tasks: Sequence[GroupTask], remote: Any = None) -> None:
+        """Start tasks (biggest first: better balance at the end) as `remote` (a Ray remote function of a task
+        returning what `_run_on_node` does; default: that); their outcomes come from `result`."""
+        remote = remote or self.remote
+        for task in sorted(tasks, key=lambda task: -task.cost):
+            self.pending[remote.remote(dataclasses.replace(task, threads=1))] = task
+
+    def result(self, ref: object) -> tuple[GroupTask, GroupResult | BaseException]:
+        """The outcome of a finished task: its result, or the exception that ended it (a store error, or retries
+        used up)."""
+        task = self.pending.pop(ref)
+        try:
+            result, node = self.ray.get(ref)
+        except Exception as exc:
+            return task, exc
+        self.nodes[task.group.index] = node
+        return task, result
+
     def run(self, tasks: Sequence[GroupTask]) -> Iterator[tuple[GroupTask, GroupResult | BaseException]]:
-        ordered = sorted(tasks, key=lambda task: -task.cost)  # biggest first: better balance at the end
-        self.pending = pending = {self.remote.remote(dataclasses.replace(task, threads=1)): task for task in ordered}
-        while pending:
-            done, _ = self.ray.wait(list(pending), num_returns=1)
+        self.pending = {}
+        self.submit(tasks)
+        while self.pending:
+            done, _ = self.ray.wait(list(self.pending), num_returns=1)
             for ref in done:
-                task = pending.pop(ref)
-                try:
-                    result, node = self.ray.get(ref)
-                except Exception as exc:  # the task itself failed (store error, or retries used up)
-                    yield task, exc
-                    continue
-                self.nodes[task.group.index] = node
-                yield task, result
+                yield self.result(ref)
 
     def close(self) -> None:
         if self.pending and self.ray.is_initialized():

@@ -1,0 +1,117 @@
+"""A cache planned row by row while it is computed (pipeline.cache.planning, pipeline.planner): the same arrays as one
+created whole, and a build stopped half-way through its plan finishes it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+
+from pipeline.build import build_cache, create_cache
+from pipeline.cache import FAILED, PENDING, Cache
+from pipeline.cache.planning import (
+    create_unplanned,
+    extend_plan,
+    is_planning,
+    plan_state,
+    write_group_plan,
+    write_probed,
+)
+from pipeline.job import run_group
+from pipeline.params import BuildParams
+from pipeline.plan import plan_clips
+from pipeline.planner import Planner, write_task_plan
+from pipeline.sources import list_source
+
+TINY = BuildParams(size=(32, 40), clip_len=4, stride=2, clips_per_video=2)
+
+
+def arrays(url: str) -> dict[str, np.ndarray]:
+    group = zarr.open_group(url, mode="r")
+    return {name: node[...] for name, node in group.members(max_depth=None) if isinstance(node, zarr.Array)}
+
+
+def assert_same_arrays(a: str, b: str) -> None:
+    left, right = arrays(a), arrays(b)
+    assert sorted(left) == sorted(right)
+    for name in left:
+        np.testing.assert_array_equal(left[name], right[name], err_msg=name)
+
+
+def probed_table(n_frames: list[int]) -> dict[str, np.ndarray]:
+    """Probed columns of videos of these lengths: under 2 frames is refused, as a probe refuses it."""
+    n = len(n_frames)
+    status = np.array([FAILED if f < 2 else PENDING for f in n_frames], dtype=object)
+    return {
+        "n_frames": np.array(n_frames, np.int32),
+        "fps": np.full(n, 25.0),
+        "height": np.full(n, 48),
+        "width": np.full(n, 64),
+        "bytes": np.arange(n) * 1000 + 7,
+        "mtime": np.zeros(n),
+        "fingerprint": np.array([f"fp{i}" for i in range(n)], dtype=object),
+        "status": status,
+        "error": np.array(["too short" if s == FAILED else "" for s in status], dtype=object),
+    }
+
+
+@pytest.mark.parametrize("cut", [[3, 9, 12, 20], [20], [6, 15, 18, 20]])
+def test_planned_in_runs_equals_created_whole(tmp_path, cut):
+    """Runs of whole writer groups (3 videos each, the last group short), a first group of refused videos (no clips),
+    videos with one, two or 'all' clips: the arrays of a cache created whole, and each run's groups as Cache.groups
+    gives them."""
+    params = BuildParams(size=(16, 20), clip_len=4, stride=2, clips_per_video=None)
+    frames = [1, 0, 1, 5, 40, 9, 30, 1, 16, 8, 100, 7, 12, 1, 1, 60, 3, 2, 25, 8]
+    paths = [f"c/v{i:02d}.mp4" for i in range(len(frames))]
+    table = probed_table(frames)
+    counts, clips = plan_clips(table, params)
+    whole = {"path": np.array(paths, dtype=object), "label": np.full(len(paths), "c", dtype=object), **table}
+    one = Cache.create(str(tmp_path / "one.zarr"), params, "/videos", whole, counts, clips, videos_per_group=3)
+    url = str(tmp_path / "runs.zarr")
+    grown = create_unplanned(url, params, "/videos", len(paths), videos_per_group=3)
+    assert is_planning(grown)
+    groups, at = [], 0
+    for stop in cut:
+        state, _ = plan_state(Cache.open(url, mode="r+"))
+        assert state.planned == at
+        write_probed(
+            Cache.open(url, mode="r+"), range(at, stop), {k: v[at:stop] for k, v in whole.items()}, counts[at:stop]
+        )
+        _, first, planned = extend_plan(Cache.open(url, mode="r+"), state, counts[at:stop])
+        for group in planned:  # each group's share, as its task writes it
+            own = slice(group.videos.start - at, group.videos.stop - at)
+            vs = slice(group.videos.start, group.videos.stop)
+            write_group_plan(Cache.open(url, mode="r+"), group, first[own], counts[vs], clips[vs])
+        groups += planned
+        at = stop
+    assert not is_planning(Cache.open(url))
+    assert_same_arrays(one.url, url)
+    assert groups == one.groups()
+
+
+def test_extend_refuses_rows_that_cut_a_group(tmp_path):
+    params = BuildParams(size=(16, 20), clip_len=4, stride=2, clips_per_video=2)
+    paths = [f"v{i}.mp4" for i in range(6)]
+    cache = create_unplanned(str(tmp_path / "c.zarr"), params, "/videos", len(paths), videos_per_group=3)
+    counts, _ = plan_clips(probed_table([10, 10]), params)
+    with pytest.raises(ValueError, match=r"rows 0\.\.1 are not whole writer groups of 3"):
+        extend_plan(cache, plan_state(cache)[0], counts)
+
+
+def test_build_stopped_half_way_through_its_plan_resumes(tiny_dataset, tmp_path):
+    """A cache whose plan stopped after its first rows (some computed, none after them planned) is planned on and
+    finished by --resume, in-process: the arrays of an uninterrupted build."""
+    ref, out = str(tmp_path / "ref.zarr"), str(tmp_path / "half.zarr")
+    build_cache(str(tiny_dataset), ref, TINY, progress=False)
+    source = list_source(str(tiny_dataset))
+    cache = create_cache(out, source, TINY, progress=False, unplanned=True)
+    planner = Planner(cache, source, TINY)
+    probed = {k: v[:2] for k, v in planner.probe_rest().items()}
+    tasks = planner.extend(probed, written=False)
+    write_task_plan(cache, tasks[0])
+    run_group(tasks[0])  # one group computed, one planned and pending, the rest not planned
+    assert is_planning(Cache.open(out)) and plan_state(Cache.open(out))[0].planned == 2
+    report = build_cache(str(tiny_dataset), out, TINY, resume=True, progress=False)
+    assert (report.n_done, report.n_computed) == (6, 5)
+    assert not is_planning(Cache.open(out))
+    assert_same_arrays(ref, out)
