@@ -28,6 +28,22 @@ class CommandParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
+    def parse_known_args(self, args=None, namespace=None):
+        return super().parse_known_args(json_file_or_stdout(sys.argv[1:] if args is None else list(args)), namespace)
+
+
+def json_file_or_stdout(args: list[str]) -> list[str]:
+    """A bare `--json` before a positional (`fame-cache info --json CACHE`) must not take the positional as its file:
+    `--json` takes the next word as FILE only when it names a .json file; otherwise it means stdout."""
+    out = []
+    for i, word in enumerate(args):
+        out.append(word)
+        following = args[i + 1] if i + 1 < len(args) else None
+        names_a_file = following is not None and (following.lower().endswith(".json") or following == STDOUT)
+        if word == "--json" and following is not None and not following.startswith("-") and not names_a_file:
+            out.append(STDOUT)
+    return out
+
 
 def fail(prog: str, message: str) -> int:
     """Print a usage error as its one line; returns the exit code 2."""
@@ -58,8 +74,8 @@ def add_json(parser: argparse.ArgumentParser, what: str) -> None:
         const=STDOUT,
         default=None,
         metavar="FILE",
-        help=f"write {what} as JSON to FILE (keys in the README); without FILE print the JSON to stdout instead "
-        "of the table",
+        help=f"write {what} as JSON to FILE, a name ending in .json (keys in the README); without FILE print the "
+        "JSON to stdout instead of the table",
     )
 
 

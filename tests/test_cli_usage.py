@@ -182,7 +182,8 @@ def test_usage_errors_exit_2_with_one_line_everywhere(run, tmp_path, capsys):
         ("fame-cache gc C --dry-run --force-unlock", "--force-unlock goes with a real run"),
         ("fame-cache info", "the following arguments are required: cache"),
     ]
-    names = {"C": cache, "K": ckpt, "V": video, "F": fresh, "T": str(tmp_path)}
+    (tmp_path / "report.json").mkdir()  # a folder where a --json FILE is asked
+    names = {"C": cache, "K": ckpt, "V": video, "F": fresh, "T": str(tmp_path / "report.json")}
     for line, message in cases:
         prog, *words = [names.get(w, w) for w in _split(line)]
         main = MAINS[prog]
@@ -207,6 +208,8 @@ def test_json_goes_to_a_file_or_to_stdout(run, tmp_path, capsys):
     cache, _ = run
     assert cache_main(["info", cache, "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
+    assert cache_main(["info", "--json", cache]) == 0  # a bare --json before the cache does not take it as FILE
+    assert json.loads(capsys.readouterr().out) == printed
     target = tmp_path / "sub" / "info.json"
     assert cache_main(["info", cache, "--json", str(target)]) == 0
     out = capsys.readouterr().out
