@@ -431,9 +431,11 @@ def write_video(
     lossless: bool = False,
     crf: int = 18,
     keyint: int | None = None,
+    bit_rate: int | None = None,
 ) -> None:
     """Encode (T, H, W, 3) uint8 RGB frames as an H.264 MP4 (even H and W for the default yuv420p); `keyint` sets
-    the keyframe interval (x264's default of 250 puts one keyframe in a short clip)."""
+    the keyframe interval (x264's default of 250 puts one keyframe in a short clip); `bit_rate` (bits/s) encodes at
+    that average rate instead of the constant quality `crf`, as web video datasets are encoded."""
     path = os.fspath(path)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     _t, h, w, _ = frames.shape
@@ -442,7 +444,8 @@ def write_video(
             stream = container.add_stream("libx264rgb", rate=fps, options={"qp": "0", "preset": "ultrafast"})
             stream.pix_fmt = "rgb24"
         else:
-            options = {"crf": str(crf), "preset": "fast"} | ({"g": str(keyint)} if keyint else {})
+            options = {"preset": "fast"} | ({"g": str(keyint)} if keyint else {})
+            options |= {"b": str(bit_rate)} if bit_rate else {"crf": str(crf)}
             stream = container.add_stream("libx264", rate=fps, options=options)
             stream.pix_fmt = "yuv420p"
         stream.width, stream.height = w, h
