@@ -98,9 +98,9 @@ ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THRE
 @contextlib.contextmanager
 def one_thread_children():
     """Worker processes started inside get one BLAS/OpenMP thread each (their numpy reads this at start-up): each
-    worker is one of several decoding processes on the cores, and a pool of spinning BLAS threads per worker, there
-    for the query alpha's matrix products, made the merged arms several times slower than their work on a loaded
-    machine. This process's own settings are put back."""
+    worker is one of several decoding processes on the cores, and a pool of BLAS threads per worker, there for the
+    query alpha's matrix products, fought the other workers' decoding on a loaded machine (the cached arm at 0.66x
+    plain in one benchmark run, 0.87x in the next without the pools). This process's own settings are put back."""
     before = {name: os.environ.get(name) for name in ONE_THREAD}
     os.environ.update(ONE_THREAD)
     try:
