@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO := out/demo
 REAL_VIDEOS := ../shared/data/real_videos
 
-.PHONY: setup test lint format demo bench bench-preprocess bench-masks bench-loader bench-bias bench-bias-quick bench-faults bench-wait gpu-check clean
+.PHONY: setup test lint format demo bench bench-preprocess bench-masks bench-loader bench-bias bench-bias-quick bench-faults bench-wait bench-scale gpu-check clean
 
 setup: $(STAMP)
 
@@ -55,13 +55,16 @@ demo: $(STAMP)
 		"run/log.jsonl, run/curves.png, test.zarr, swapped/ (labels.csv), swapped.png, metrics.json, heatmap.png," \
 		"backbone.pt"
 
-bench: bench-preprocess bench-masks bench-loader bench-wait bench-bias bench-faults
+bench: bench-preprocess bench-masks bench-loader bench-wait bench-bias bench-faults bench-scale
 
 bench-preprocess: $(STAMP)
 	$(PY) benchmarks/preprocess.py --json benchmarks/results/preprocess.json
 
 bench-masks: $(STAMP)
 	$(PY) benchmarks/masks.py --json benchmarks/results/masks.json
+
+bench-scale: $(STAMP)
+	$(PY) benchmarks/scale.py --json benchmarks/results/scale.json
 
 bench-loader: $(STAMP)
 	$(PY) benchmarks/loader.py --json benchmarks/results/loader.json
