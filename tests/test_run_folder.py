@@ -76,7 +76,7 @@ def test_resume_reads_config_json_and_refuses_other_settings(cache, tmp_path, ca
     assert {"pretrain/lr", "pretrain/clips_per_s", "pretrain/data_wait"} <= set(scalars[6])
 
 
-# --- reading TensorBoard's files without TensorBoard: protobuf's own decoder, CRC-32C bit by bit ----------------------
+# --- reading TensorBoard's files: the TFRecord framing and CRC-32C checked bit by bit, Event parsed by protobuf ------
 
 
 def crc32c(data: bytes) -> int:
@@ -93,33 +93,11 @@ def masked(data: bytes) -> int:
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
-def event_class():
-    """tensorflow's Event / Summary / Summary.Value messages (the fields scalars use), built with protobuf."""
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-
-    F = descriptor_pb2.FieldDescriptorProto
-    proto = descriptor_pb2.FileDescriptorProto(name="fame_test_event.proto", package="fametest", syntax="proto3")
-    value = proto.message_type.add(name="Value")
-    value.field.add(name="tag", number=1, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
-    value.field.add(name="simple_value", number=2, type=F.TYPE_FLOAT, label=F.LABEL_OPTIONAL)
-    summary = proto.message_type.add(name="Summary")
-    summary.field.add(name="value", number=1, type=F.TYPE_MESSAGE, type_name=".fametest.Value", label=F.LABEL_REPEATED)
-    event = proto.message_type.add(name="Event")
-    event.field.add(name="wall_time", number=1, type=F.TYPE_DOUBLE, label=F.LABEL_OPTIONAL)
-    event.field.add(name="step", number=2, type=F.TYPE_INT64, label=F.LABEL_OPTIONAL)
-    event.field.add(name="file_version", number=3, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
-    summary_type = ".fametest.Summary"
-    event.field.add(name="summary", number=5, type=F.TYPE_MESSAGE, type_name=summary_type, label=F.LABEL_OPTIONAL)
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(proto)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("fametest.Event"))
-
-
 def read_events(path: Path) -> dict[int, dict[str, float]]:
     """{step: {tag: value}} of an event file, every record's length and checksums checked."""
-    pytest.importorskip("google.protobuf")
+    from tensorboardX.proto.event_pb2 import Event
+
     assert crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
-    Event = event_class()
     data, at, out, first = path.read_bytes(), 0, {}, True
     while at < len(data):
         header = data[at : at + 8]
@@ -134,7 +112,7 @@ def read_events(path: Path) -> dict[int, dict[str, float]]:
             first = False
             continue
         assert event.wall_time > 1e9
-        out[event.step] = {v.tag: v.simple_value for v in event.summary.value}
+        out.setdefault(event.step, {}).update({v.tag: v.simple_value for v in event.summary.value})
     return out
 
 
