@@ -11,7 +11,7 @@ from helpers import make_cache
 
 from synthetic import Scene, write_scene
 from trainer.cli import main
-from trainer.evaluate import EvalError, EvalSettings, evaluate, knn, retrieval
+from trainer.evaluate import EvalError, EvalSettings, confusion, evaluate, knn, retrieval
 
 
 class ColourFeatures(torch.nn.Module):
@@ -46,8 +46,32 @@ def test_separable_set_is_near_perfect(tmp_path):
     train = coloured_set(tmp_path / "train", 0)
     test = coloured_set(tmp_path / "test", 1)
     metrics = evaluate(ColourFeatures(), train, test, settings=SMALL)
-    assert set(metrics) == {"linear_top1", "knn_top1", "retrieval_r1", "retrieval_r5", "retrieval_r10", "retrieval_r20"}
+    assert set(metrics) == {
+        "linear_top1",
+        "linear_confusion",
+        "knn_top1",
+        "retrieval_r1",
+        "retrieval_r5",
+        "retrieval_r10",
+        "retrieval_r20",
+    }
     assert metrics["linear_top1"] >= 0.99 and metrics["knn_top1"] >= 0.99 and metrics["retrieval_r1"] >= 0.99
+    table = metrics["linear_confusion"]
+    matrix = np.array(table["matrix"])
+    assert matrix.sum() == 9 and np.trace(matrix) == 9  # three test videos per class, every one right
+    assert all(v == 1.0 for v in table["per_class_top1"].values())
+
+
+def test_confusion_by_hand():
+    """Rows are the true class, columns the prediction; a class with no test video has no top-1."""
+    head = torch.nn.Linear(2, 3, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]]))  # predicts 0 for x, 1 for y
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [0.0, 1.0]])  # predicted a, b, b, b
+    y = torch.tensor([0, 0, 0, 1])  # true a, a, a, b
+    out = confusion(head, x, y, ["a", "b", "c"])
+    assert out["matrix"] == [[1, 2, 0], [0, 1, 0], [0, 0, 0]]
+    assert out["per_class_top1"] == {"a": pytest.approx(1 / 3), "b": 1.0, "c": None}
 
 
 def test_knn_and_retrieval_by_hand():

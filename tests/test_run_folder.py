@@ -128,6 +128,7 @@ def test_eval_json_records_checkpoint_videos_and_clip_settings(cache, tmp_path, 
     assert train_main([*argv, "--clips-per-video", "1", "--json", str(metrics), "--quiet", "--device", "cpu"]) == 0
     data = json.loads(metrics.read_text())
     assert 0.0 <= data["knn_top1"] <= 1.0
+    assert "linear_confusion" not in data and not (tmp_path / "metrics_confusion.png").exists()  # no probe, no matrix
     setup = data["setup"]
     assert setup["checkpoint"] == str((run / "checkpoint.pt").resolve())
     assert (setup["train"], setup["test"], setup["protocols"]) == (videos, videos, ["knn"])
@@ -136,6 +137,19 @@ def test_eval_json_records_checkpoint_videos_and_clip_settings(cache, tmp_path, 
     capsys.readouterr()
     assert train_main([*argv, "--clips-per-video", "1", "--json", "--quiet", "--device", "cpu"]) == 0
     assert json.loads(capsys.readouterr().out)["knn_top1"] == data["knn_top1"]  # bare --json: stdout
+    # the linear probe's confusion matrix: in the JSON, drawn beside it (or where --confusion says)
+    linear = ["eval", str(run / "checkpoint.pt"), "--train", videos, "--test", videos, "--protocol", "linear"]
+    probe = tmp_path / "probe.json"
+    assert train_main([*linear, "--clips-per-video", "1", "--json", str(probe), "--quiet", "--device", "cpu"]) == 0
+    table = json.loads(probe.read_text())["linear_confusion"]
+    n_videos = len(list(Path(videos).rglob("*.mp4")))
+    assert sum(map(sum, table["matrix"])) == n_videos and set(table["per_class_top1"]) == set(table["classes"])
+    assert (tmp_path / "probe_confusion.png").stat().st_size > 0
+    capsys.readouterr()
+    assert train_main([*linear, "--clips-per-video", "1", "--json", "--confusion", str(tmp_path / "c.png")]) == 0
+    assert "linear_confusion" in json.loads(capsys.readouterr().out) and (tmp_path / "c.png").exists()
+    assert train_main([*argv, "--confusion", str(tmp_path / "k.png")]) == 2  # knn alone fits no probe
+    assert "add linear to --protocol" in capsys.readouterr().err
 
 
 def test_the_resume_command_verify_fix_prints_works_as_printed(tiny_dataset, tmp_path, capsys):

@@ -208,6 +208,7 @@ def test_cli_eval_swapped(data, tmp_path, monkeypatch, capsys):
     assert metrics.pop("setup")["protocols"] == ["swapped", "knn"]  # what was measured (test_run_folder.py)
     assert set(metrics) == {
         "linear_top1",
+        "linear_confusion",
         "knn_top1",
         "swapped_top1",
         "swapped_bg_top1",
@@ -219,7 +220,7 @@ def test_cli_eval_swapped(data, tmp_path, monkeypatch, capsys):
     }
     assert metrics["swapped_bg_top1"] >= 0.9 and metrics["swapped_top1"] <= 0.1
     assert (metrics["swapped_clips"], metrics["swapped_empty_masks"], metrics["swapped_damaged_clips"]) == (18, 2, 0)
-    assert picture.stat().st_size > 1000
+    assert picture.stat().st_size > 1000 and (tmp_path / "metrics_confusion.png").stat().st_size > 1000
     assert train_main([*args, "--size", "48x64"]) == 1
     assert data["cache"] in capsys.readouterr().err
     with pytest.raises(SystemExit) as info:

@@ -97,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--preview", metavar="PNG", help="with --test-cache: draw original / swapped / background-only clips here"
     )
     add_json(ev, "the metrics, the checkpoint, the video lists and the clip settings")
+    ev.add_argument(
+        "--confusion",
+        metavar="PNG",
+        help="draw the linear probe's confusion matrix and per-class top-1 here (default with --json FILE: "
+        "FILE's name with _confusion.png, beside it)",
+    )
     ev.add_argument("--finetune", action="store_true", help="also fine-tune the whole network and report top-1")
     ev.add_argument(
         "--clip-len",
@@ -249,6 +255,8 @@ def _eval(args: argparse.Namespace) -> int:
     allowed = (*PROTOCOLS, SWAPPED)
     if not protocols or set(protocols) - set(allowed):
         raise UsageError(f"--protocol {args.protocol!r}: choose a comma-separated list of {', '.join(allowed)}")
+    if args.confusion and not {"linear", SWAPPED} & set(protocols):
+        raise UsageError(f"--confusion draws the linear probe's matrix: add linear to --protocol {args.protocol!r}")
     try:
         size = parse_size(args.size) if args.size else None
     except ValueError as exc:
@@ -282,11 +290,29 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"preview: {render_preview(swap_set, args.preview)}", file=sys.stderr if args.json == STDOUT else None)
     if args.json:
         write_json({**metrics, "setup": _eval_setup(args, protocols, settings)}, args.json)
+    shown = sys.stderr if args.json == STDOUT else None
+    picture = confusion_path(args.confusion, args.json)
+    if picture and "linear_confusion" in metrics:
+        from trainer.plot import plot_confusion
+
+        title = f"{Path(args.checkpoint).parent.name}: linear top-1 {100 * metrics['linear_top1']:.1f}%"
+        print(f"confusion: {plot_confusion(metrics['linear_confusion'], picture, title)}", file=shown)
     if args.json != STDOUT:
         print(format_table(metrics))
         if args.json:
             print(f"metrics: {args.json}")
     return EXIT_OK
+
+
+def confusion_path(given: str | None, json_target: str | None) -> str | None:
+    """Where eval draws the confusion matrix: --confusion, else beside a --json FILE (metrics.json ->
+    metrics_confusion.png), else nowhere."""
+    if given:
+        return given
+    if json_target and json_target != STDOUT:
+        target = Path(json_target)
+        return str(target.with_name(f"{target.stem}_confusion.png"))
+    return None
 
 
 def _torch_device(name: str) -> str:

@@ -208,6 +208,17 @@ def top1(head: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return float((head(x).argmax(1) == y).float().mean())
 
 
+@torch.no_grad()
+def confusion(head: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, classes: list[str]) -> dict:
+    """The probe's confusion matrix (rows: true class, columns: predicted; counts of test videos) and each class's
+    top-1, which an overall top-1 hides: a probe can be right on the classes the scene gives away and nowhere else."""
+    n = len(classes)
+    matrix = torch.bincount(y * n + head(x).argmax(1), minlength=n * n).reshape(n, n)
+    totals = matrix.sum(1)
+    per_class = {c: float(matrix[i, i] / totals[i]) if totals[i] else None for i, c in enumerate(classes)}
+    return {"classes": classes, "matrix": matrix.tolist(), "per_class_top1": per_class}
+
+
 def linear_probe(train_x, train_y, test_x, test_y, epochs: int = 300, lr: float = 0.1) -> float:
     """Top-1 of a linear probe fitted on the training features (`fit_probe`)."""
     return top1(fit_probe(train_x, train_y, epochs, lr), test_x, test_y)
@@ -321,6 +332,7 @@ def evaluate(
     if "linear" in protocols or swap_set is not None:
         head = fit_probe(train_x, train_y)
         metrics["linear_top1"] = top1(head, test_x, test_y)
+        metrics["linear_confusion"] = confusion(head, test_x, test_y, classes)
     if swap_set is not None:
         metrics.update(swapped_metrics(head, classes, extract_swapped(backbone, swap_set, settings, device, progress)))
         metrics.update(
@@ -339,10 +351,12 @@ def evaluate(
 
 
 def format_table(metrics: dict[str, float]) -> str:
-    """Fractions as percentages, counts (ints) as they are."""
-    width = max(len(k) for k in metrics)
+    """Fractions as percentages, counts (ints) as they are; tables (the confusion matrix) are left to the JSON and
+    the picture."""
+    scalars = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+    width = max(len(k) for k in scalars)
     return "\n".join(
-        f"{k:<{width}}  {v:6d}" if isinstance(v, int) else f"{k:<{width}}  {100 * v:6.2f}%" for k, v in metrics.items()
+        f"{k:<{width}}  {v:6d}" if isinstance(v, int) else f"{k:<{width}}  {100 * v:6.2f}%" for k, v in scalars.items()
     )
 
 
