@@ -1,4 +1,4 @@
-"""`fame-pipeline preview`: a picture of one batch, one row per sample, five panels per row."""
+"""`fame-pipeline preview`: a picture of one batch, a block per sample, five rows per block."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from helpers import make_cache
 from PIL import Image
 
 from pipeline.cli import main
-from pipeline.loader.preview import frame_strip
+from pipeline.loader import FameLoader, LoaderParams
+from pipeline.loader.preview import MAX_WIDTH, ROWS, SampleLabel, batch_labels, batch_sheet, frame_strip, sample_rows
 
 
 def test_frame_strip_picks_spread_frames_and_greys_masks():
@@ -26,7 +27,7 @@ def test_preview_writes_a_grid(tmp_path, capsys):
     assert code == 0 and "3 samples" in capsys.readouterr().err
     with Image.open(out) as image:
         width, height = image.size
-    assert width > 2 * height  # five panels of two frames side by side, three rows
+    assert 600 < width <= MAX_WIDTH and height > 400  # blocks side by side, not one long strip
 
 
 def test_preview_reports_a_bad_cache(tmp_path, capsys):
@@ -38,3 +39,43 @@ def test_preview_reports_a_bad_cache(tmp_path, capsys):
         main(["preview", url, "--mask-mode", "blurry"])
     with pytest.raises(SystemExit):
         main(["preview", url, "--batch-size", "1"])
+
+
+def _fake_batch(n: int, crop: int, t: int = 8) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    batch = {name: rng.integers(0, 256, (n, t, crop, crop, 3), dtype=np.uint8) for name in ("clip", "background")}
+    batch["mask"] = np.zeros((n, t, crop, crop, 1), np.uint8)
+    batch["mask"][:, :, : crop // 2] = 255
+    batch["merged"] = np.where(batch["mask"] > 0, batch["clip"], batch["background"])
+    batch["key"] = batch["clip"][:, ::-1].copy()
+    return batch
+
+
+@pytest.mark.parametrize("n", [1, 4, 8])
+def test_sheet_fits_a_screen_at_the_default_crop(n):
+    crop = LoaderParams().crop
+    labels = [SampleLabel(f"class_{i}/a rather long video name {i}.mp4", f"class_{i}", i, "x.mp4") for i in range(n)]
+    sheet = batch_sheet(_fake_batch(n, crop), labels, n_frames=4, title="t" * 400)
+    height, width = sheet.shape[:2]
+    assert 4 * crop <= width <= MAX_WIDTH  # four frames of the crop, at least full size
+    assert height >= len(ROWS) * crop * -(-n // 2)  # two blocks a row at most, at the default crop
+    assert height <= 1000 * -(-n // 2)
+
+
+def test_alpha_row_is_the_alpha_the_query_was_merged_with(tmp_path):
+    """The picture's alpha row rebuilds every merged view from its clip and background (to DALI's rounding), for
+    merged samples and for ones left as they are (their alpha is all white, not the loader's zeros)."""
+    url = make_cache(tmp_path, n_videos=6, textured=True)
+    params = LoaderParams(crop=24, fame_p=0.5, num_workers=0)
+    loader = FameLoader(url, 6, params=params, seed=3)
+    batch = loader.debug_batch()
+    merged_flags = []
+    for i in range(6):
+        rows, merged = sample_rows(batch, i)
+        merged_flags.append(merged)
+        m = rows["alpha applied"].astype(np.float64) / 255
+        rebuilt = m * rows["clip"] + (1 - m) * rows["background"]
+        assert np.abs(rebuilt - rows["merged query"]).max() <= 1, i
+    assert any(merged_flags) and not all(merged_flags)  # both kinds are in this batch
+    labels = batch_labels(loader, batch)
+    assert labels[0].video.startswith(labels[0].label + "/") and labels[0].video.endswith(".mp4")
