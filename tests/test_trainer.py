@@ -150,3 +150,27 @@ def test_flat_configs_of_older_checkpoints_still_load():
     config = TrainConfig.from_dict(old)
     assert (config.loader.crop, config.loader.crop_scale, config.loader.num_workers) == (56, (0.5, 1.0), 1)
     assert config.loader.fame_p == 0.5
+
+
+def test_curves_mark_epochs_smooth_the_loss_and_name_the_run(tmp_path):
+    from trainer.plot import curves_figure, plot_run, smooth
+
+    rng = np.random.default_rng(0)
+    records = [
+        {"step": s, "epoch": (s - 1) // 5, "loss": 3.0 + rng.normal(0, 0.5), "lr": 0.1, "clips_per_s": 1.0}
+        for s in range(1, 21)  # 4 epochs of 5 steps: 3 epoch changes
+    ]
+    fig = curves_figure(records, "fame/run")
+    for ax in fig.axes:
+        marks = [line.get_xdata()[0] for line in ax.get_lines() if line.get_gid() == "epoch"]
+        assert marks == [5.5, 10.5, 15.5]
+    loss_ax = fig.axes[0]
+    assert [t.get_text() for t in loss_ax.get_legend().get_texts()] == ["total loss", "total loss, smoothed"]
+    assert "fame/run" in fig._suptitle.get_text()
+    noisy = [r["loss"] for r in records]
+    assert np.std(smooth(noisy)[5:]) < 0.6 * np.std(noisy[5:])  # smoothing smooths
+    assert np.allclose(smooth([2.0] * 10), 2.0)  # and does not pull the start towards 0
+    run = tmp_path / "plain" / "run"
+    run.mkdir(parents=True)
+    (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert plot_run(run).stat().st_size > 1000
