@@ -174,3 +174,25 @@ def test_curves_mark_epochs_smooth_the_loss_and_name_the_run(tmp_path):
     run.mkdir(parents=True)
     (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     assert plot_run(run).stat().st_size > 1000
+
+
+def test_heatmap_montage_labels_frames_leaves_gaps_and_has_a_colour_bar():
+    from trainer.heatmap import BAR_GAP, BAR_W, GAP, LABEL_W, colour_map, montage
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 200, (3, 32, 40, 3), dtype=np.uint8)
+    image = montage(frames, frames, [0, 4, 8], "clip")
+    cw = 40 * 4  # scaled by a whole factor to at least CELL px
+    height, width = image.shape[:2]
+    assert width == LABEL_W + 3 * cw + 2 * GAP + BAR_GAP + BAR_W + 40
+    grid_rows = slice(height - 2 * 128 - GAP - 6, height - 6)
+    for i in range(3):
+        x = LABEL_W + i * (cw + GAP)
+        if i:
+            assert (image[grid_rows, x - GAP : x] == 255).all()  # a white gap before each later frame
+        assert (image[grid_rows, x : x + cw] != 255).any()
+        assert (image[26:44, x : x + cw] < 100).any()  # its "frame N" label above it
+    bar_x = LABEL_W + 3 * cw + 2 * GAP + BAR_GAP + BAR_W // 2
+    column = image[:, bar_x]
+    bar = column[(column != 255).any(axis=1)]
+    assert (bar[0] == colour_map(np.ones((1, 1)))[0, 0]).all() and (bar[-1] == colour_map(np.zeros((1, 1)))[0, 0]).all()
