@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.cache import DONE, FAILED, STATUSES, Cache, Group
-from pipeline.cache.planning import end_planning, extend_plan, plan_state, write_group_plan, write_probed
+from pipeline.cache.planning import end_planning, extend_plan, grow_slots, plan_state, write_group_plan, write_probed
 from pipeline.job import GroupResult, GroupTask
 from pipeline.params import BuildParams
 from pipeline.plan import clip_frames, plan_clips
@@ -131,8 +131,8 @@ class Planner:
         self.n_videos = len(self.paths)
         self.refused = np.zeros(self.n_videos, bool)  # failed when planned: not computed
         self.stats = PlanStats()
-        if self.state.planned == self.n_videos:  # stopped after planning its last row
-            end_planning(cache)
+        if self.state.planned:  # a plan stopped half-way: rows probed before it stopped may lack their slots
+            grow_slots(cache, self.state, self.state.slots_after(self.state.cursor))
 
     def batches(self) -> list[range]:
         """The rows still to plan, in probe tasks of whole writer groups."""
@@ -183,10 +183,16 @@ class Planner:
 
     # ---- running -------------------------------------------------------------------------------------------------
     def outcomes(self, runner: InProcessRunner | RayRunner) -> Iterator[Outcome]:
-        """Plan every row not planned and compute every group with videos to compute; outcomes as they finish."""
+        """Plan every row not planned and compute every group with videos to compute; outcomes as they finish. The
+        plan ends (`end_planning`) once every group's share of it is written: a build stopped before is planned on."""
         if isinstance(runner, RayRunner):
             yield from self._on_ray(runner)
-            return
+        else:
+            yield from self._in_process(runner)
+        end_planning(self.cache)
+
+    def _in_process(self, runner: InProcessRunner) -> Iterator[Outcome]:
+        """Probe the rest here in threads, plan it in one step, write every group's share, then compute."""
         t0 = time.perf_counter()
         tasks = self.planned_tasks()
         if self.state.planned < self.n_videos:

@@ -11,6 +11,7 @@ from pipeline.build import build_cache, create_cache
 from pipeline.cache import FAILED, PENDING, Cache
 from pipeline.cache.planning import (
     create_unplanned,
+    end_planning,
     extend_plan,
     is_planning,
     plan_state,
@@ -84,6 +85,8 @@ def test_planned_in_runs_equals_created_whole(tmp_path, cut):
             write_group_plan(Cache.open(url, mode="r+"), group, first[own], counts[vs], clips[vs])
         groups += planned
         at = stop
+    assert is_planning(Cache.open(url))  # until the build says every group's share is written
+    end_planning(Cache.open(url, mode="r+"))
     assert not is_planning(Cache.open(url))
     assert_same_arrays(one.url, url)
     assert groups == one.groups()
@@ -113,5 +116,28 @@ def test_build_stopped_half_way_through_its_plan_resumes(tiny_dataset, tmp_path)
     assert is_planning(Cache.open(out)) and plan_state(Cache.open(out))[0].planned == 2
     report = build_cache(str(tiny_dataset), out, TINY, resume=True, progress=False)
     assert (report.n_done, report.n_computed) == (6, 5)
+    assert not is_planning(Cache.open(out))
+    assert_same_arrays(ref, out)
+
+
+@pytest.mark.parametrize("extended", [False, True], ids=["probed", "planned"])
+def test_build_stopped_after_probing_every_video_resumes(tiny_dataset, tmp_path, extended):
+    """Stopped after the probe tasks wrote every row, before the driver planned them (no slots yet) or after it did
+    (no group's share of the plan written yet): --resume plans on, in-process, to the arrays of an uninterrupted
+    build."""
+    ref, out = str(tmp_path / "ref.zarr"), str(tmp_path / "probed.zarr")
+    build_cache(str(tiny_dataset), ref, TINY, progress=False)
+    source = list_source(str(tiny_dataset))
+    cache = create_cache(out, source, TINY, progress=False, unplanned=True)
+    planner = Planner(cache, source, TINY)
+    probed = planner.probe_rest()
+    counts, _ = plan_clips(probed, TINY)
+    names = {"path": planner.paths, "label": planner.labels}
+    write_probed(cache, range(6), {**names, **probed}, counts)  # as the probe tasks do
+    if extended:
+        planner.extend(probed)  # the driver planned every row; no group task started
+    assert is_planning(Cache.open(out)) and plan_state(Cache.open(out))[0].planned == 6
+    report = build_cache(str(tiny_dataset), out, TINY, resume=True, progress=False)
+    assert (report.n_done, report.n_computed) == (6, 6)
     assert not is_planning(Cache.open(out))
     assert_same_arrays(ref, out)

@@ -8,9 +8,10 @@ each group can be computed as soon as its videos are planned. The driver writes 
 - `extend_plan`: the driver gives the next rows (a prefix continued) their clip slots, exactly where one
   `Cache.create` of the whole table puts them (`assign_clip_slots` continued from the last planned clip: each group
   starts on a shard boundary either way), and grows the clip arrays in place: a metadata write (atomic on every store
-  Zarr writes to). When the last row is planned, `layout.planning` goes.
+  Zarr writes to).
 - `write_group_plan`: a group's share of the plan (its rows' first clip slots, the clip table of its slots), written
   by the group's own task before it computes, or by the driver for a group with nothing to compute.
+- `end_planning`: once every row is planned and every group's share written, `layout.planning` goes.
 
 Slots are a pure function of the probed rows before them, so the rows planned are the prefix of rows with a status,
 and a build stopped half-way plans on from there (`plan_state`). The finished cache holds the arrays a one-shot
@@ -46,6 +47,7 @@ __all__ = [
     "create_unplanned",
     "end_planning",
     "extend_plan",
+    "grow_slots",
     "is_planning",
     "plan_state",
     "write_group_plan",
@@ -151,16 +153,20 @@ def extend_plan(cache: Cache, state: PlanState, clip_counts: Sequence[int]) -> t
         raise ValueError(f"rows {start}..{start + n - 1} are not whole writer groups of {state.per_group}")
     first, _ = assign_clip_slots(clip_counts, state.per_group, state.per_shard, start, state.cursor)
     cursor = int(first[-1]) + int(clip_counts[-1]) if n else state.cursor
-    n_slots = max(state.slots_after(cursor), state.n_slots)
-    if n_slots > state.n_slots:  # the clip arrays grow (their metadata only)
-        shape = CacheShape(state.n_videos, n_slots, cache.clip_len, cache.size, state.per_group, state.per_shard)
-        specs = array_specs(shape)
-        with_async_group(cache.root, lambda root: _grow({name: specs[name]["shape"] for name in CLIP_ARRAYS}, root))
+    grow_slots(cache, state, state.slots_after(cursor))
     groups = state.groups(range(start, start + n), first, cursor)
-    state.planned, state.cursor, state.n_slots = start + n, cursor, n_slots
-    if state.planned == state.n_videos:
-        end_planning(cache)
+    state.planned, state.cursor = start + n, cursor
     return range(start, start + n), first, groups
+
+
+def grow_slots(cache: Cache, state: PlanState, n_slots: int) -> None:
+    """Grow the clip arrays to n_slots slots, unless they have them (their metadata only); `state` follows."""
+    if n_slots <= state.n_slots:
+        return
+    shape = CacheShape(state.n_videos, n_slots, cache.clip_len, cache.size, state.per_group, state.per_shard)
+    specs = array_specs(shape)
+    with_async_group(cache.root, lambda root: _grow({name: specs[name]["shape"] for name in CLIP_ARRAYS}, root))
+    state.n_slots = n_slots
 
 
 async def _grow(shapes: dict[str, tuple], root: zarr.AsyncGroup) -> None:
@@ -194,6 +200,7 @@ def write_group_plan(
 
 
 def end_planning(cache: Cache) -> None:
-    """Every row is planned: the cache's attributes become those of a cache created whole."""
+    """Every row is planned and every group's share of the plan written: the cache's attributes become those of a
+    cache created whole."""
     layout = {k: v for k, v in cache.attrs["layout"].items() if k != PLANNING}
     cache.root.attrs.update({"layout": layout})
