@@ -118,8 +118,21 @@ def _columns(t: int, max_frames: int) -> np.ndarray:
     return np.unique(np.linspace(0, t - 1, min(t, max_frames)).round().astype(int))
 
 
-def render_png(cache: Cache, view: ClipView, out: str, max_frames: int = 8) -> None:
-    """A grid: rows frames / mask overlay / merged, one column per shown frame, plates in the last column."""
+def _wrap(parts: list[str], width: int) -> str:
+    """The parts joined by ' | ', a new line wherever the next part would pass `width` characters."""
+    lines = [parts[0]]
+    for part in parts[1:]:
+        if len(lines[-1]) + 5 + len(part) <= width:
+            lines[-1] += "  |  " + part
+        else:
+            lines.append(part)
+    return "\n".join(lines)
+
+
+def clip_figure(cache: Cache, view: ClipView, max_frames: int = 8):
+    """The --clip picture as a matplotlib figure: rows frames / mask overlay / merged, one column per shown frame,
+    plates in the last column. Axes are placed in inches, each under a band kept for its title and right of a band
+    kept for its row name, so no label can run into a picture or another label whatever the frame's shape."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -127,43 +140,63 @@ def render_png(cache: Cache, view: ClipView, out: str, max_frames: int = 8) -> N
 
     cols = _columns(len(view.frame_numbers), max_frames)
     h, w = cache.size
-    cell = 1.9
-    fig_w = cell * (len(cols) + 1) * w / h + 1.2
-    fig, axes = plt.subplots(3, len(cols) + 1, figsize=(fig_w, cell * 3 + 1.1), squeeze=False)
-    rows = [
-        ("frames" if view.source_ok else "frames (source unavailable)", [view.frames[t] for t in cols]),
-        ("mask overlay", [overlay(view.frames[t], view.masks[t]) for t in cols]),
-        ("merged (FAME view)", [merge(view.frames[t], view.masks[t], view.partner_plate) for t in cols]),
-    ]
-    side = [("plate", view.plate), ("soft mask, mean over time", None), ("partner plate", view.partner_plate)]
-    for r, (label, images) in enumerate(rows):
-        for c, image in enumerate(images):
-            ax = axes[r, c]
-            ax.imshow(image, interpolation="nearest")
-            if r == 0:
-                ax.set_title(f"frame {view.frame_numbers[cols[c]]}", fontsize=9)
-            if c == 0:
-                ax.set_ylabel(label, fontsize=10, fontweight="bold")
-        ax = axes[r, -1]
-        name, image = side[r]
-        if image is None:
-            ax.imshow(view.masks.mean(axis=0), cmap="magma", vmin=0, vmax=255, interpolation="nearest")
-        else:
-            ax.imshow(image, interpolation="nearest")
-        ax.set_title(name, fontsize=9)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-        for spine in ax.spines.values():
-            spine.set_visible(False)
+    cw = max(1.9 * w / h, 1.3)  # in: a picture's width, 1.9 in high unless so narrow its title would not fit
+    ch = cw * h / w
+    left, gap, plate_gap, title_band, bottom = 0.75, 0.08, 0.3, 0.42, 0.35
+    n_cols = len(cols) + 1
+    fig_w = left + n_cols * cw + (n_cols - 1) * gap + plate_gap + 0.1
     fg = float((view.masks >= FOREGROUND_THRESHOLD).mean())
-    fig.suptitle(
-        f"{view.video_path}  |  clip {view.clip}  |  method {cache.attrs.get('method')}  |  "
-        f"foreground {100 * fg:.0f}%  |  partner {view.partner_path}",
-        fontsize=10,
-    )
-    fig.text(0.5, 0.005, f"{cache.url}  (params {cache.params_hash})", ha="center", fontsize=7, color="0.4")
-    fig.tight_layout(rect=(0, 0.02, 1, 0.97))
+    parts = [
+        view.video_path,
+        f"clip {view.clip}",
+        f"method {cache.attrs.get('method')}",
+        f"foreground {100 * fg:.0f}%",
+        f"partner {view.partner_path}",
+    ]
+    heading = _wrap(parts, int(fig_w / 0.095))  # ~0.085 in per character at 10 pt, with a margin
+    top = 0.3 + 0.2 * (heading.count("\n") + 1)
+    fig_h = top + 3 * (title_band + ch) + bottom
+    fig = plt.figure(figsize=(fig_w, fig_h))
+    rows = [
+        ("frames" if view.source_ok else "frames\n(source unavailable)", [view.frames[t] for t in cols]),
+        ("mask overlay", [overlay(view.frames[t], view.masks[t]) for t in cols]),
+        ("merged\n(FAME view)", [merge(view.frames[t], view.masks[t], view.partner_plate) for t in cols]),
+    ]
+    side = [("plate", view.plate), ("soft mask,\nmean over time", None), ("partner plate", view.partner_plate)]
+    for r, (label, images) in enumerate(rows):
+        y = fig_h - top - (r + 1) * (title_band + ch)  # the picture's bottom edge, in inches
+        for c in range(n_cols):
+            x = left + c * (cw + gap) + (plate_gap if c == n_cols - 1 else 0)
+            ax = fig.add_axes((x / fig_w, y / fig_h, cw / fig_w, ch / fig_h))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if c < len(images):
+                ax.imshow(images[c], interpolation="nearest", aspect="auto")
+                if r == 0:
+                    ax.set_title(f"frame {view.frame_numbers[cols[c]]}", fontsize=9)
+                if c == 0:
+                    ax.set_ylabel(label, fontsize=10, fontweight="bold")
+            else:
+                name, image = side[r]
+                if image is None:
+                    mean = view.masks.mean(axis=0)
+                    ax.imshow(mean, cmap="magma", vmin=0, vmax=255, interpolation="nearest", aspect="auto")
+                else:
+                    ax.imshow(image, interpolation="nearest", aspect="auto")
+                ax.set_title(name, fontsize=9)
+    fig.suptitle(heading, fontsize=10, y=1 - 0.15 / fig_h, va="top")
+    footnote = _wrap([str(cache.url), f"params {cache.params_hash}"], int(fig_w / 0.065))
+    fig.text(0.5, 0.05 / fig_h, footnote, ha="center", va="bottom", fontsize=7, color="0.4")
+    return fig
+
+
+def render_png(cache: Cache, view: ClipView, out: str, max_frames: int = 8) -> None:
+    """Write `clip_figure` to `out`."""
+    import matplotlib.pyplot as plt
+
+    fig = clip_figure(cache, view, max_frames)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     fig.savefig(out, dpi=110, facecolor="white")
     plt.close(fig)

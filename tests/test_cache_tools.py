@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import av
 import numpy as np
@@ -17,7 +18,7 @@ from cache_tools import default_cache_path, find_cache, list_caches, open_cache
 from cache_tools.cli import main
 from cache_tools.diff import diff_caches, mask_iou
 from cache_tools.gc import kept_sources
-from cache_tools.show import merge, overlay
+from cache_tools.show import clip_figure, load_view, merge, overlay
 from cache_tools.verify import verify_cache
 from pipeline.build import build_cache
 from pipeline.cache import DONE, PENDING, Cache
@@ -165,6 +166,33 @@ def test_show_writes_png_gif_and_mp4(cache, tmp_path, capsys):
     assert run(capsys, "show", cache, "--clip", "6", "--out", png)[0] == 3  # video 3 failed: not readable
     with pytest.raises(SystemExit):
         main(["show", cache, "--clip", "0", "--video", "x", "--out", png])
+
+
+@pytest.mark.parametrize("size", [SIZE, (64, 86), (96, 32)])  # the test cache's, the demo's, tall narrow ones
+def test_show_clip_labels_collide_with_nothing(cache, size):
+    """Every label of the --clip picture (titles, row names, heading, footnote) is clear of the other labels and of
+    every picture, also when a frame is tall and narrow and a row name is the long 'source unavailable' one."""
+    cache_obj = open_cache(cache)
+    view = load_view(cache_obj, int(cache_obj.readable_clips()[0]))
+    view.source_ok = False
+    t = len(view.frame_numbers)
+    if size != tuple(cache_obj.size):
+        view.frames, view.masks = np.zeros((t, *size, 3), np.uint8), np.zeros((t, *size), np.uint8)
+        view.plate = view.partner_plate = np.zeros((*size, 3), np.uint8)
+        cache_obj = SimpleNamespace(size=size, attrs={}, url=cache_obj.url, params_hash=cache_obj.params_hash)
+    fig = clip_figure(cache_obj, view)
+    fig.canvas.draw()  # places the axis labels
+    renderer = fig.canvas.get_renderer()
+    texts = [t for t in fig.texts if t.get_text()]  # the heading (suptitle) and the footnote
+    texts += [t for ax in fig.axes for t in (ax.title, ax.yaxis.label) if t.get_text()]
+    boxes = [t.get_window_extent(renderer) for t in texts]
+    pictures = [ax.get_window_extent(renderer) for ax in fig.axes]
+    assert len(texts) == 1 + 1 + min(t, 8) + 3 + 3  # footnote, heading, frame titles, plate titles, row names
+    for i, box in enumerate(boxes):
+        others = boxes[:i] + boxes[i + 1 :]
+        assert not any(box.overlaps(o) for o in others + pictures), texts[i].get_text()
+        inside = box.x0 >= 0 and box.y0 >= 0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height
+        assert inside, texts[i].get_text()
 
 
 def test_diff_matches_clips_and_measures_agreement(cache, capsys):
