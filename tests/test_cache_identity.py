@@ -196,6 +196,8 @@ def test_append_computes_only_the_new_videos(copy, tmp_path):
     assert build_cache(first, url, TINY, videos_root=str(videos), progress=False).n_done == 4
     before = Cache.open(url)
     old_table = before.video_table()
+    before.read_clip(0)  # a reader that has opened the clip arrays, as a loader worker has
+    old_slots = before.root["masks"].shape[0]
     old_chunks = _file_hashes(url, ("masks", "plates", "clips/checksum", "clips/frames", "clips/video"))
     with pytest.raises(BuildError, match=r"lacks.*--append"):
         build_cache(str(videos), url, TINY, resume=True, progress=False)
@@ -218,6 +220,8 @@ def test_append_computes_only_the_new_videos(copy, tmp_path):
         a = int(grown.videos("first_clip")[v])
         b = int(fresh.videos("first_clip")[v])
         np.testing.assert_array_equal(grown.root["masks"][a : a + 2], fresh.root["masks"][b : b + 2])
+        assert a >= old_slots  # the new videos' slots lie past the arrays the reader opened...
+        np.testing.assert_array_equal(before.read_clip(a)[0], grown.root["masks"][a])  # ...which it opens again
     assert [s["videos"] for s in Cache.open(url).attrs["sources"]] == [4, 2]
     assert build_cache(str(videos), url, TINY, append=True, progress=False).n_computed == 0  # nothing new
 

@@ -225,6 +225,7 @@ class Cache:
     def __init__(self, group: zarr.Group, url: str) -> None:
         self.root = group
         self.url = url
+        self._clip_arrays: dict[str, zarr.Array] = {}
 
     # ---- opening and creating -------------------------------------------------------------------------------
     @classmethod
@@ -457,11 +458,20 @@ class Cache:
         return np.flatnonzero(ok)
 
     # ---- clip data --------------------------------------------------------------------------------------------
+    def _clip_array(self, name: str, clip: int) -> zarr.Array:
+        """A per-clip array, opened once per Cache: each opening reads the array's metadata (a file, or a request on
+        an object store), which cost a loader worker about a third of each clip's read. Opened again when `clip`
+        lies past the shape it had (the cache grew by an append since)."""
+        array = self._clip_arrays.get(name)
+        if array is None or clip >= array.shape[0]:
+            array = self._clip_arrays[name] = self.root[name]
+        return array
+
     def mask(self, clip: int) -> np.ndarray:
-        return self.root["masks"][clip]
+        return self._clip_array("masks", clip)[clip]
 
     def plate(self, clip: int) -> np.ndarray:
-        return self.root["plates"][clip]
+        return self._clip_array("plates", clip)[clip]
 
     def checksum(self, mask: np.ndarray, plate: np.ndarray, frames: np.ndarray) -> int:
         """The checksum of a clip's bytes as this cache's format defines it."""
@@ -478,8 +488,8 @@ class Cache:
         and a damaged one may decode to other bytes, and neither may pass for the clip."""
         try:
             mask, plate = self.mask(clip), self.plate(clip)
-            stored = int(self.root["clips/checksum"][clip])
-            frames = self.root["clips/frames"][clip] if frames is None else frames
+            stored = int(self._clip_array("clips/checksum", clip)[clip])
+            frames = self._clip_array("clips/frames", clip)[clip] if frames is None else frames
         except Exception as exc:  # a codec, a shard index, a store: anything that stops the bytes coming back
             raise ClipDamaged(f"{self.url}: clip {clip} cannot be read ({type(exc).__name__}: {exc})") from exc
         got = self.checksum(mask, plate, frames)
