@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import zarr
 
 from pipeline.cache import DONE, FAILED, Cache
 from pipeline.params import BuildParams
@@ -100,3 +101,17 @@ def cache_of(
             group, masks, plates, clip_table[group.clips.start : group.clips.stop], {"status": status, "error": errors}
         )
     return url
+
+
+def cache_arrays(url: str) -> dict[str, np.ndarray]:
+    """Every array of a cache, by path."""
+    group = zarr.open_group(url, mode="r")
+    return {name: node[...] for name, node in group.members(max_depth=None) if isinstance(node, zarr.Array)}
+
+
+def assert_same_cache(a: str, b: str) -> None:
+    """Two caches hold the same arrays, byte for byte."""
+    left, right = cache_arrays(a), cache_arrays(b)
+    assert sorted(left) == sorted(right)
+    for name in left:
+        np.testing.assert_array_equal(left[name], right[name], err_msg=name)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from helpers import assert_same_cache, cache_arrays
 
 from pipeline.build import BuildError, build_cache
 from pipeline.cache import DONE, Cache
@@ -24,19 +25,6 @@ from synthetic import Scene, write_dataset, write_scene
 
 TINY = BuildParams(size=(32, 40), clip_len=4, stride=2, clips_per_video=2)
 REPO = Path(__file__).resolve().parents[1]
-
-
-def arrays(url: str) -> dict[str, np.ndarray]:
-    """Every array of a cache, by path."""
-    group = zarr.open_group(url, mode="r")
-    return {name: node[...] for name, node in group.members(max_depth=None) if isinstance(node, zarr.Array)}
-
-
-def assert_same_cache(a: str, b: str) -> None:
-    left, right = arrays(a), arrays(b)
-    assert sorted(left) == sorted(right)
-    for name in left:
-        np.testing.assert_array_equal(left[name], right[name], err_msg=name)
 
 
 @pytest.mark.parametrize("method", ["motion", "fame"])
@@ -101,10 +89,10 @@ def test_refuses_other_params_and_existing_cache(tiny_dataset, tmp_path, capsys)
     rc = main(["build", str(tiny_dataset), "--out", out, "--size", "32x40", "--clip-len", "6", "--quiet"])
     assert rc == 1 and "clip_len" in capsys.readouterr().err
     # A finished cache resumed again computes nothing and stays the same.
-    before = arrays(out)
+    before = cache_arrays(out)
     report = build_cache(str(tiny_dataset), out, TINY, resume=True, progress=False)
     assert report.n_computed == 0 and report.n_done == 6
-    after = arrays(out)
+    after = cache_arrays(out)
     assert all(np.array_equal(before[k], after[k]) for k in before)
     # A folder that is not a cache is not written over; bad options are usage errors.
     junk = tmp_path / "junk"
@@ -235,6 +223,6 @@ def test_build_bytes_are_pinned(panning_dataset, tmp_path, method, size):
     out = str(tmp_path / "c.zarr")
     report = build_cache(str(panning_dataset), out, params, progress=False)
     assert report.n_done == 2 and report.n_clips == 4
-    stored = arrays(out)
+    stored = cache_arrays(out)
     crc = tuple(zlib.crc32(np.ascontiguousarray(stored[name]).tobytes()) for name in ("masks", "plates"))
     assert crc == GOLDEN_CRC[method, size], f"masks, plates CRC32 {crc}"

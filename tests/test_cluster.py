@@ -9,9 +9,9 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import zarr
+from helpers import assert_same_cache
 
 from pipeline.build import build_cache
 from pipeline.cache import DONE, Cache
@@ -21,19 +21,6 @@ from synthetic import write_dataset
 TINY = BuildParams(size=(32, 40), clip_len=4, stride=2, clips_per_video=2)
 REPO = Path(__file__).resolve().parents[1]
 NODE = {"num_cpus": 1, "object_store_memory": 80 * 1024 * 1024}
-
-
-def arrays(url: str) -> dict[str, np.ndarray]:
-    """Every array of a cache, by path."""
-    group = zarr.open_group(url, mode="r")
-    return {name: node[...] for name, node in group.members(max_depth=None) if isinstance(node, zarr.Array)}
-
-
-def assert_same_arrays(a: str, b: str) -> None:
-    left, right = arrays(a), arrays(b)
-    assert sorted(left) == sorted(right)
-    for name in left:
-        np.testing.assert_array_equal(left[name], right[name], err_msg=name)
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +65,7 @@ def test_build_across_nodes_equals_in_process(cluster, videos, reference, tmp_pa
     report = build_cache(str(videos), out, TINY, workers=3, address=nodes.address, progress=False)
     assert (report.mode, report.n_done, report.n_computed, report.clips_computed) == ("ray", 12, 12, 24)
     assert report.nodes >= 2, f"the groups ran on {report.nodes} node(s)"
-    assert_same_arrays(reference, out)
+    assert_same_cache(reference, out)
 
 
 def test_workers_import_the_shipped_package(cluster, tmp_path, monkeypatch):
@@ -135,4 +122,4 @@ def test_node_lost_mid_build_retries_elsewhere(cluster, videos, reference, tmp_p
     # Every video done once: none lost, none counted twice, and the bytes of the in-process build.
     assert (report.n_done, report.n_failed, report.n_computed, report.clips_computed) == (12, 0, 12, 24)
     assert len(Cache.open(out).readable_clips()) == 24
-    assert_same_arrays(reference, out)
+    assert_same_cache(reference, out)

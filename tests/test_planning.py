@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import zarr
+from helpers import assert_same_cache
 
 from pipeline.build import build_cache, create_cache
 from pipeline.cache import FAILED, PENDING, Cache
@@ -25,18 +25,6 @@ from pipeline.planner import Planner, write_task_plan
 from pipeline.sources import list_source
 
 TINY = BuildParams(size=(32, 40), clip_len=4, stride=2, clips_per_video=2)
-
-
-def arrays(url: str) -> dict[str, np.ndarray]:
-    group = zarr.open_group(url, mode="r")
-    return {name: node[...] for name, node in group.members(max_depth=None) if isinstance(node, zarr.Array)}
-
-
-def assert_same_arrays(a: str, b: str) -> None:
-    left, right = arrays(a), arrays(b)
-    assert sorted(left) == sorted(right)
-    for name in left:
-        np.testing.assert_array_equal(left[name], right[name], err_msg=name)
 
 
 def probed_table(n_frames: list[int]) -> dict[str, np.ndarray]:
@@ -88,7 +76,7 @@ def test_planned_in_runs_equals_created_whole(tmp_path, cut):
     assert is_planning(Cache.open(url))  # until the build says every group's share is written
     end_planning(Cache.open(url, mode="r+"))
     assert not is_planning(Cache.open(url))
-    assert_same_arrays(one.url, url)
+    assert_same_cache(one.url, url)
     assert groups == one.groups()
 
 
@@ -117,7 +105,7 @@ def test_build_stopped_half_way_through_its_plan_resumes(tiny_dataset, tmp_path)
     report = build_cache(str(tiny_dataset), out, TINY, resume=True, progress=False)
     assert (report.n_done, report.n_computed) == (6, 5)
     assert not is_planning(Cache.open(out))
-    assert_same_arrays(ref, out)
+    assert_same_cache(ref, out)
 
 
 @pytest.mark.parametrize("extended", [False, True], ids=["probed", "planned"])
@@ -140,4 +128,4 @@ def test_build_stopped_after_probing_every_video_resumes(tiny_dataset, tmp_path,
     report = build_cache(str(tiny_dataset), out, TINY, resume=True, progress=False)
     assert (report.n_done, report.n_computed) == (6, 6)
     assert not is_planning(Cache.open(out))
-    assert_same_arrays(ref, out)
+    assert_same_cache(ref, out)

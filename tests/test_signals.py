@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from helpers import make_cache
-from test_build import assert_same_cache
+from helpers import assert_same_cache, make_cache
 
 from pipeline.build import build_cache
 from pipeline.cache import DONE, PENDING, Cache
