@@ -87,7 +87,7 @@ from trainer.backbones import build_backbone  # noqa: E402
 from trainer.checkpoint import load_backbone  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.evaluate import EvalSettings, evaluate, extract, linear_probe  # noqa: E402
-from trainer.train import lr_at, pretrain  # noqa: E402
+from trainer.train import lr_at, make_optimizer, pretrain  # noqa: E402
 
 CHANCE = 1 / len(CLASSES)
 BASELINE = "moco"
@@ -279,12 +279,7 @@ def train_supervised(config: TrainConfig) -> tuple[torch.nn.Module, list[float]]
     loader = FameLoader(config.cache, config.batch_size, params=config.loader_params(), device="cpu", seed=config.seed)
     backbone = build_backbone(config.backbone)
     head = torch.nn.Linear(backbone.out_dim, len(loader.catalog.classes))
-    optimizer = torch.optim.SGD(
-        [*backbone.parameters(), *head.parameters()],
-        lr=config.lr,
-        momentum=config.momentum_sgd,
-        weight_decay=config.weight_decay,
-    )
+    optimizer = make_optimizer(config, [*backbone.parameters(), *head.parameters()])
     total, warmup = len(loader) * config.epochs, len(loader) * config.warmup_epochs
     losses: list[float] = []
     try:

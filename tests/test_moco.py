@@ -14,7 +14,9 @@ from torch import nn
 
 from trainer.backbones import small
 from trainer.batchnorm import SplitBatchNorm3d, split_batchnorm, split_groups
+from trainer.config import TrainConfig
 from trainer.moco import MoCo, check_queue, shuffle_batch, unshuffle_batch
+from trainer.train import compute_loss
 
 B = 4  # clips per rank: (B, 3, 4, 16, 16) keeps the small backbone cheap
 
@@ -222,3 +224,22 @@ def test_ddp_shuffle_shares_one_permutation_and_gives_each_rank_back_its_own(ran
     assert any((share // B != r).any() for r, share in enumerate(shares)), "no clip moved to the other rank"
     for r in range(2):
         assert torch.equal(ranks[r]["back"].flatten(), (torch.arange(B) + B * r).float() * 10)
+
+
+# Still negatives
+
+
+def test_still_negatives_are_both_views_frozen_at_their_middle_frame_and_add_two_columns():
+    query, key = clips(1), clips(2)
+    columns = {}
+    for on in (False, True):
+        m = moco(symmetric=False)
+        seen = key_encoder_inputs(m)
+        config = TrainConfig(backbone="small", queue_size=32, dim=8, still_negatives=on)
+        compute_loss(m, {"query": query, "key": key}, config)
+        columns[on] = len(seen)
+        if on:
+            middle = query.shape[2] // 2
+            for frozen, clip in zip(seen[1:], (query, key), strict=True):
+                assert torch.equal(frozen, clip[:, :, middle : middle + 1].expand_as(clip))
+    assert columns == {False: 1, True: 3}  # the key, then the frozen query and the frozen key

@@ -16,7 +16,7 @@ from pipeline.loader import LoaderParams
 from trainer.backbones import build_backbone
 from trainer.checkpoint import CheckpointError, load_checkpoint
 from trainer.config import TrainConfig
-from trainer.train import TrainError, pretrain
+from trainer.train import TrainError, make_optimizer, pretrain
 
 
 @pytest.fixture(scope="module")
@@ -196,3 +196,13 @@ def test_heatmap_montage_labels_frames_leaves_gaps_and_has_a_colour_bar():
     column = image[:, bar_x]
     bar = column[(column != 255).any(axis=1)]
     assert (bar[0] == colour_map(np.ones((1, 1)))[0, 0]).all() and (bar[-1] == colour_map(np.zeros((1, 1)))[0, 0]).all()
+
+
+def test_optimizer_is_sgd_with_momentum_or_adamw_and_unknown_names_are_refused():
+    weights = [torch.nn.Parameter(torch.zeros(3))]
+    sgd = make_optimizer(TrainConfig(lr=0.2, momentum_sgd=0.8), weights)
+    adamw = make_optimizer(TrainConfig(lr=0.003, weight_decay=0.01, optimizer="adamw"), weights)
+    assert type(sgd) is torch.optim.SGD and sgd.defaults["momentum"] == 0.8 and sgd.defaults["lr"] == 0.2
+    assert type(adamw) is torch.optim.AdamW and adamw.defaults["weight_decay"] == 0.01
+    with pytest.raises(ValueError, match="optimizer must be one of sgd, adamw, got 'adam'"):
+        TrainConfig(optimizer="adam")

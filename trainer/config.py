@@ -24,6 +24,7 @@ _SPEED_ONLY = ("num_workers", "num_threads", "prefetch")
 # and logs, and how long it trains (`epochs`, to extend it). `init` chose where the run started; the checkpoint holds
 # where it is now, so it is not read again.
 RESUME_MAY_CHANGE = ("epochs", "out", "init", "checkpoint_every", "device", "videos", "tensorboard")
+OPTIMIZERS = ("sgd", "adamw")
 DEVICES = ("auto", "cpu", "gpu", "cuda")  # gpu and cuda are the same: torch's first GPU, or LOCAL_RANK's
 
 
@@ -39,6 +40,7 @@ class TrainConfig:
     epochs: int = 200
     batch_size: int = 64
     lr: float = 0.01
+    optimizer: str = "sgd"  # sgd (momentum_sgd) or adamw
     momentum_sgd: float = 0.9
     weight_decay: float = 1e-4
     warmup_epochs: int = 5
@@ -54,6 +56,9 @@ class TrainConfig:
     # The merged query's own background (the same crop, flip and colours, without its foreground) as an extra
     # negative: a query that still looks like its background is pushed away from it.
     background_negatives: bool = False
+    # Each view frozen (its middle frame repeated) as an extra negative of both views: the same pixels without the
+    # motion, so a representation that ignores motion cannot tell the positive from it.
+    still_negatives: bool = False
     micro: bool = False  # the micro-bias term of the dual loss
     micro_weight: float = 0.5
     micro_block: int = 1  # index into backbone.forward_blocks (0 = stem, 1 = first stage: full temporal resolution)
@@ -73,6 +78,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or not self.temperature > 0:
             raise ValueError("lr and temperature must be positive")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.device not in DEVICES:
             raise ValueError(f"device must be auto, cpu or gpu, got {self.device!r}")
         if isinstance(self.loader, dict):

@@ -13,13 +13,14 @@ from typing import Any
 from pipeline.loader.params import BACKGROUNDS, KEY_STARTS, MASK_MODES, ON_DAMAGE, QUERY_CROPS, LoaderParams
 from pipeline.usage import DEVICES, device_name
 from trainer.backbones import BACKBONES
-from trainer.config import TrainConfig
+from trainer.config import OPTIMIZERS, TrainConfig
 
 LOADER_DEST = "loader__"  # argparse dest prefix of the loader's flags
 # Set through other flags: the loader's own, --semi-negatives, --background-negatives.
 DERIVED = {"loader", "return_partner", "return_background"}
 CHOICES: dict[str, tuple[str, ...]] = {
     "backbone": tuple(BACKBONES),
+    "optimizer": OPTIMIZERS,
     "background": BACKGROUNDS,
     "mask_mode": MASK_MODES,
     "key_start": KEY_STARTS,
@@ -44,6 +45,7 @@ HELP = {
     "epochs": "passes over the cache's videos; with --resume a larger number extends the run",
     "batch_size": "clips per step (per process under DDP)",
     "lr": "peak SGD learning rate, after warm-up, then cosine decay to zero",
+    "optimizer": "sgd (with --momentum-sgd, MoCo's) or adamw",
     "momentum_sgd": "SGD momentum",
     "weight_decay": "SGD weight decay",
     "warmup_epochs": "epochs of linear learning-rate warm-up",
@@ -57,6 +59,7 @@ HELP = {
     "fame": "merge each query's foreground onto another clip's background (--no-fame: plain MoCo on the same data)",
     "semi_negatives": "the partner (background) video as an extra, hard negative",
     "background_negatives": "the merged query's own background alone as an extra negative",
+    "still_negatives": "each view frozen (its middle frame repeated) as an extra negative: the look without the motion",
     "micro": "add the micro-bias term of the dual loss",
     "micro_weight": "weight of the micro-bias term",
     "micro_block": "backbone block the micro-bias map is taken from (0 the stem, 1-4 the stages)",

@@ -11,6 +11,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -129,9 +130,7 @@ def _start(config: TrainConfig, resume: bool = False) -> Run:
         ddp = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    optimizer = torch.optim.SGD(
-        model.encoder_q.parameters(), lr=config.lr, momentum=config.momentum_sgd, weight_decay=config.weight_decay
-    )
+    optimizer = make_optimizer(config, model.encoder_q.parameters())
     steps_per_epoch = len(loader)
     return Run(
         config=config,
@@ -170,6 +169,14 @@ def _setup_distributed(device: torch.device) -> tuple[int, int]:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def make_optimizer(config: TrainConfig, parameters: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """SGD with momentum (MoCo's), or AdamW, which gets further in a short budget; the schedule sets the rate."""
+    parameters = list(parameters)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum_sgd, weight_decay=config.weight_decay)
 
 
 def _seed(config: TrainConfig) -> None:
@@ -290,10 +297,18 @@ def lr_at(step: int, total: int, warmup: int, base: float) -> float:
     return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def still(clips: torch.Tensor) -> torch.Tensor:
+    """(N, C, T, H, W) clips with every frame replaced by the middle one: the clip's look without its motion."""
+    middle = clips.shape[2] // 2
+    return clips[:, :, middle : middle + 1].expand_as(clips).contiguous()
+
+
 def compute_loss(model, batch: dict[str, torch.Tensor], config: TrainConfig) -> tuple[torch.Tensor, dict[str, float]]:
     """The dual loss: MoCo cross-entropy (with the semi-negative and background-negative columns when on) + weight x
     micro term (when on)."""
     extra = [batch[name] for name in config.loader_params().extra_views]
+    if config.still_negatives:
+        extra += [still(batch["query"]), still(batch["key"])]
     block = config.micro_block if config.micro else None
     logits, labels, *maps = model(batch["query"], batch["key"], extra, block)
     contrastive = F.cross_entropy(logits.float(), labels)
