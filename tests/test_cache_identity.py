@@ -12,6 +12,8 @@ import json
 import os
 import re
 import shutil
+import warnings
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +29,7 @@ from pipeline.cache import Cache, Group
 from pipeline.cache.layout import _growing, assign_clip_slots, check_metadata, group_bounds
 from pipeline.cli import main as pipeline_main
 from pipeline.job import GroupTask
-from pipeline.loader.catalog import LoaderError, from_cache
+from pipeline.loader.catalog import Catalog, LoaderError, from_cache
 from pipeline.loader.params import LoaderParams
 from pipeline.params import BuildParams
 from pipeline.sources import FINGERPRINT_BYTES
@@ -265,6 +267,56 @@ def test_a_reader_during_an_append_sees_the_cache_as_it_was(tmp_path):
         shutil.copyfile(tmp_path / "class_0" / "video 0.mp4", tmp_path / f"class_{v % 3}" / f"new {v}.mp4")
     report = build_cache(str(tmp_path), url, cache.params, append=True, progress=False)
     assert report.n_computed == 2 and report.n_done == 5 and _loads(url) == 5
+
+
+class Stopped(Exception):
+    """Where a test stops a build on purpose."""
+
+
+def _append_stopped_before_its_status(url: str, src: str, monkeypatch) -> None:
+    """An append that grew the arrays and filled the new rows and clip slots, then stopped before their status."""
+    write = zarr.Array.__setitem__
+
+    def setitem(self, key, value):
+        if self.path == "videos/status":
+            raise Stopped
+        write(self, key, value)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(zarr.Array, "__setitem__", setitem)
+        with pytest.raises(Stopped):
+            build_cache(src, url, Cache.open(url).params, append=True, progress=False)
+
+
+def _assert_same_catalog(got: Catalog, want: Catalog) -> None:
+    for field in fields(Catalog):
+        a, b = getattr(got, field.name), getattr(want, field.name)
+        if isinstance(b, np.ndarray):
+            np.testing.assert_array_equal(a, b, err_msg=field.name)
+        else:
+            assert a == b, field.name
+
+
+def test_a_loader_during_an_append_sees_exactly_the_old_cache(tmp_path, monkeypatch):
+    """The loader's catalog counts only the committed rows (those with a status, from the first): an append's rows
+    and clip slots, filled but not yet given their status, are not part of the cache, whether the video table was read
+    before or after the append grew it (then the clip table read after it points past the table)."""
+    url = make_cache(tmp_path, n_videos=3)
+    before = from_cache(url, LoaderParams(crop=16))
+    old_table = Cache.open(url).video_table()
+    (tmp_path / "class_new").mkdir()
+    for v in (3, 4):
+        shutil.copyfile(tmp_path / "class_0" / "video 0.mp4", tmp_path / "class_new" / f"new {v}.mp4")
+    _append_stopped_before_its_status(url, str(tmp_path), monkeypatch)
+    cache = Cache.open(url)
+    assert cache.n_videos == 5 and set(cache.clip_table()[0].tolist()) >= {3, 4}  # rows and clips written
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        during = from_cache(url, LoaderParams(crop=16))
+    assert not [str(w.message) for w in seen if "skipping" in str(w.message)]  # no "2 video(s) not done"
+    _assert_same_catalog(during, before)
+    monkeypatch.setattr(Cache, "video_table", lambda self: old_table)  # read before the append grew the table
+    _assert_same_catalog(from_cache(url, LoaderParams(crop=16)), before)
 
 
 def test_lengths_alone_that_disagree_are_looked_at_again(tmp_path):

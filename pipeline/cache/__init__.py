@@ -18,6 +18,7 @@ from pipeline.cache.store import (
     ClipDamaged,
     Group,
     clip_checksum,
+    committed_rows,
 )
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "cache_urls",
     "clip_checksum",
     "codecs",
+    "committed_rows",
     "default_cache_path",
     "find_cache",
 ]

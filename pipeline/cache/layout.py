@@ -102,8 +102,12 @@ def assign_clip_slots(
             cursor = -(-cursor // clips_per_shard) * clips_per_shard
         first[v] = cursor
         cursor += int(clip_counts[v])
-    total = -(-cursor // clips_per_shard) * clips_per_shard
-    return first, max(total, clips_per_shard)
+    return first, whole_shards(cursor, clips_per_shard)
+
+
+def whole_shards(clip_end: int, clips_per_shard: int) -> int:
+    """Clip slots of a cache whose last clip ends at slot `clip_end`: whole shards, at least one."""
+    return max(-(-clip_end // clips_per_shard) * clips_per_shard, clips_per_shard)
 
 
 def group_bounds(n_videos: int, videos_per_group: int, segments: Sequence[int] = (0,)) -> list[range]:

@@ -65,6 +65,7 @@ from pipeline.cache.layout import (
     array_specs,
     assign_clip_slots,
     group_bounds,
+    whole_shards,
 )
 from pipeline.cache.lock import remove_all_but_lock
 from pipeline.cache.zarr_async import read_arrays, together, with_async_group, write_arrays
@@ -79,6 +80,7 @@ __all__ = [
     "ClipDamaged",
     "Group",
     "clip_checksum",
+    "committed_rows",
 ]
 
 TOOL_VERSION = "0.1.0"
@@ -110,6 +112,14 @@ class Group:
     index: int
     videos: range
     clips: range
+
+
+def committed_rows(status: np.ndarray) -> int:
+    """Rows of the video table that are part of the cache: those with a status, counted from the first. Rows past
+    them were added by an append (or planned by a Ray build) that has not written their status yet: no reader counts
+    them, and the next append writes them again."""
+    written = np.isin(status, STATUSES)
+    return len(status) if written.all() else int(np.argmin(written))
 
 
 def _optional(field: str) -> bool:
@@ -366,9 +376,13 @@ class Cache:
     def committed_videos(self) -> int:
         """Rows of the video table that an append finished writing: all of them, unless an append was stopped
         between growing the table and writing its status (those rows have none, and the next append rewrites them)."""
-        status = self.videos("status")
-        written = np.isin(status, STATUSES)
-        return int(np.argmin(written)) if not written.all() else len(status)
+        return committed_rows(self.videos("status"))
+
+    def committed_slots(self, first_clip: np.ndarray, n_clips: np.ndarray) -> int:
+        """Clip slots of the committed rows (`first_clip`, `n_clips`: theirs): whole shards up to their last clip.
+        Slots past them belong to an append that has not committed its rows."""
+        ends = np.asarray(first_clip, np.int64) + np.asarray(n_clips, np.int64)
+        return whole_shards(int(ends.max(initial=0)), int(self.attrs["layout"]["clips_per_shard"]))
 
     def append(
         self,
@@ -390,8 +404,7 @@ class Cache:
         layout = dict(attrs["layout"])
         per_group, per_shard = int(layout["videos_per_group"]), int(layout["clips_per_shard"])
         n_old = self.committed_videos()
-        ends = self.videos("first_clip")[:n_old] + self.videos("n_clips")[:n_old]
-        old_slots = max(per_shard, -(-int(ends.max(initial=0)) // per_shard) * per_shard)
+        old_slots = self.committed_slots(self.videos("first_clip")[:n_old], self.videos("n_clips")[:n_old])
         first, n_slots = assign_clip_slots(clip_counts, per_group, per_shard, first_video=n_old, first_slot=old_slots)
         shape = CacheShape(n_old + len(clip_counts), n_slots, self.clip_len, self.size, per_group, per_shard)
         rows = _video_columns(video_table, first, clip_counts)
