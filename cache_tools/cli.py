@@ -44,7 +44,7 @@ def _info(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     from cache_tools.api import open_cache
-    from cache_tools.verify import verify_and_fix, verify_cache
+    from cache_tools.verify import APPEND, verify_and_fix, verify_cache
     from pipeline.cache.lock import writer_lock
 
     if args.force_unlock and not args.fix:
@@ -52,15 +52,17 @@ def _verify(args: argparse.Namespace) -> int:
     cache = open_cache(args.cache, check=False)  # verify reports and repairs damaged metadata itself
     progress = _progress(args)
     rewritten: list[str] = []
+    dropped = None
     if args.fix:
         with writer_lock(cache.url, "fame-cache verify --fix", force=args.force_unlock):
             repair = verify_and_fix(cache.url, sources=not args.no_sources, progress=progress)
-        problems, rewritten, fixed = repair.problems, repair.rewritten, repair.marked
+        problems, rewritten, fixed, dropped = repair.problems, repair.rewritten, repair.marked, repair.dropped
     else:
         problems, fixed = verify_cache(cache, sources=not args.no_sources, progress=progress), []
     if args.json:
         report = {"url": cache.url, "ok": not problems, "problems": [p.to_dict() for p in problems], "fixed": fixed}
-        write_json({**report, "rewritten": rewritten}, args.json)
+        removed = None if dropped is None else {"first_video": dropped.rows, "first_slot": dropped.slots}
+        write_json({**report, "rewritten": rewritten, "dropped_append": removed}, args.json)
     if args.json != STDOUT:
         for p in problems:
             print(p)
@@ -68,6 +70,12 @@ def _verify(args: argparse.Namespace) -> int:
             print(f"ok: {len(cache.readable_clips())} clips and their sources check out ({cache.url})")
         else:
             print(f"{len(problems)} problem(s) in {cache.url}", file=sys.stderr)
+        if dropped is not None:
+            print(
+                f"removed the unfinished append from video {dropped.rows} on; add its videos again with "
+                f"`fame-pipeline build SRC --out {cache.url} --append`",
+                file=sys.stderr,
+            )
         if rewritten:
             print(f"rewrote {len(rewritten)} metadata file(s): {', '.join(rewritten)}", file=sys.stderr)
         if fixed:
@@ -75,7 +83,7 @@ def _verify(args: argparse.Namespace) -> int:
                 f"marked {len(fixed)} video(s) pending; recompute them with `{resume_command(cache.url)}`",
                 file=sys.stderr,
             )
-        unfixable = [p for p in problems if p.video is None and p.kind != "metadata"]
+        unfixable = [p for p in problems if p.video is None and p.kind not in ("metadata", APPEND)]
         if args.fix and unfixable:
             print("structural problems cannot be fixed in place: rebuild the cache", file=sys.stderr)
     return EXIT_PROBLEMS if problems else EXIT_OK

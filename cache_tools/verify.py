@@ -7,6 +7,10 @@ reads back as the fill value and flipped bytes either fail to decode or change t
 plate, frame numbers) catches both. Sources are compared by size and modification time with the values recorded at
 build time.
 
+An append stopped before it committed comes first: its rows have no status and its arrays may be half grown, so
+the checks after it would read them as damage. Fixing removes it (`pipeline.cache.unfinished`), and the next
+`--append` adds its videos again.
+
 Fixing rewrites damaged metadata files from their definition (the data chunks are untouched), rebuilds the clip-to-
 video column from the video table, and marks the videos behind every other problem `pending` (status and error
 columns, in one go), so a later `fame-pipeline build SRC --out CACHE --resume` recomputes exactly their groups,
@@ -24,14 +28,18 @@ from tqdm import tqdm
 from pipeline.cache import DONE, PENDING, STATUSES, Cache
 from pipeline.cache.fingerprint import source_changes
 from pipeline.cache.layout import MetadataError, check_metadata, rewrite_metadata
+from pipeline.cache.unfinished import UnfinishedAppend, drop_unfinished_append, find_unfinished_append
 from pipeline.signals import deferred
 from pipeline.video import NO_INDEX, FrameIndex
+
+APPEND = "append"  # the problem kind of an append stopped before it committed
 
 
 @dataclass(frozen=True)
 class Problem:
-    """One thing wrong. kind: metadata, structure, status, clip-table, layout, unreadable, checksum, frames,
-    frame-index, source-missing, source-changed, source-escape. Metadata problems name the file in `path`."""
+    """One thing wrong. kind: append (one stopped before it committed), metadata, structure, status, clip-table,
+    layout, unreadable, checksum, frames, frame-index, source-missing, source-changed, source-escape. Metadata
+    problems name the file in `path`."""
 
     kind: str
     detail: str
@@ -188,9 +196,19 @@ def _sources(cache: Cache, progress: bool) -> list[Problem]:
     return [Problem(c.kind, c.detail, c.video, c.path) for c in changes]
 
 
+def _unfinished_append(cache: Cache) -> list[Problem]:
+    """An append stopped before it committed (see pipeline.cache.unfinished), as a problem of the whole cache."""
+    found = find_unfinished_append(cache)
+    return [] if found is None else [Problem(APPEND, str(found))]
+
+
 def verify_cache(cache: Cache, sources: bool = True, progress: bool = False) -> list[Problem]:
-    """Every problem found, in the order metadata, status, clip table, frame indexes, clip data, sources. [] means
-    the cache is sound. Damaged metadata stops the check there: what follows would read through it."""
+    """Every problem found, in the order unfinished append, metadata, status, clip table, frame indexes, clip data,
+    sources. [] means the cache is sound. An unfinished append or damaged metadata stops the check there: what
+    follows would read through it."""
+    problems = _unfinished_append(cache)
+    if problems:
+        return problems
     problems = _metadata(cache)
     if problems:
         return problems
@@ -224,21 +242,39 @@ def repair_clip_video(cache: Cache) -> None:
 
 @dataclass
 class Repair:
-    """What `verify --fix` found and did: problems as first found, metadata files rewritten, videos marked pending."""
+    """What `verify --fix` found and did: problems as found, metadata files rewritten, videos marked pending, and
+    the unfinished append removed (None when there was none)."""
 
     problems: list[Problem]
     rewritten: list[str]
     marked: list[int]
+    dropped: UnfinishedAppend | None = None
+
+
+def drop_append(cache: Cache, problems: list[Problem]) -> UnfinishedAppend | None:
+    """Remove the unfinished append that `problems` report, if they report one; what was removed."""
+    found = find_unfinished_append(cache) if any(p.kind == APPEND for p in problems) else None
+    if found is not None:
+        drop_unfinished_append(cache, found)
+    return found
 
 
 def verify_and_fix(url: str, sources: bool = True, progress: bool = False) -> Repair:
-    """Verify, rewrite damaged metadata, verify again what the metadata hid, and mark the videos behind every
-    problem pending."""
+    """Verify; remove an unfinished append and rewrite damaged metadata, verifying again after each (each hides
+    what lies behind it: metadata can hide an append too); then mark the videos behind every problem pending."""
     cache = Cache.open(url, mode="r+")
     problems = verify_cache(cache, sources, progress)
-    rewritten = repair_metadata(cache, problems)
-    later = verify_cache(Cache.open(url, mode="r+"), sources, progress) if rewritten else []
-    return Repair(problems + later, rewritten, fix_cache(url, problems + later))
+    found, rewritten, dropped = list(problems), [], None
+    for _ in range(3):  # an unfinished append, then metadata, then an append the metadata hid: nothing more
+        undone = drop_append(cache, problems)
+        files = repair_metadata(cache, problems)
+        if undone is None and not files:
+            break
+        dropped, rewritten = dropped or undone, rewritten + files
+        cache = Cache.open(url, mode="r+")
+        problems = verify_cache(cache, sources, progress)
+        found += problems
+    return Repair(found, rewritten, fix_cache(url, found), dropped)
 
 
 def fix_cache(url: str, problems: list[Problem]) -> list[int]:

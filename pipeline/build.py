@@ -26,6 +26,7 @@ from pipeline.cache.fingerprint import source_changes
 from pipeline.cache.layout import has_computed_data, metadata_summary
 from pipeline.cache.lock import LockError, is_lock_file, writer_lock
 from pipeline.cache.planning import create_unplanned, is_planning
+from pipeline.cache.unfinished import find_unfinished_append
 from pipeline.job import GroupResult, GroupTask, VideoResult
 from pipeline.params import BuildParams
 from pipeline.plan import plan_clips
@@ -125,6 +126,11 @@ def _sound_metadata(cache: Cache) -> bool:
     """Whether every node's metadata is what the cache's numbers give. When it is not, the cache was either killed
     while Cache.create made its arrays (nothing computed yet: plan again) or damaged since (refuse: see below)."""
     problem = metadata_summary(cache.url, cache.attrs)
+    if problem and find_unfinished_append(cache) is not None:
+        raise BuildError(
+            f"{cache.url}: {problem}: an append stopped while it grew the arrays. Run `fame-cache verify --fix "
+            f"{cache.url}`, which removes what it wrote, then the append again (--append)"
+        )
     if problem and has_computed_data(cache.url):
         raise BuildError(
             f"{cache.url}: {problem}; refusing to re-plan a cache that holds computed clips. Run "

@@ -1,8 +1,12 @@
-"""Test data shared by several test files: tiny caches with exactly known masks."""
+"""Test data shared by several test files: tiny caches with exactly known masks; a build killed at a chosen write."""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import zarr
@@ -115,3 +119,33 @@ def assert_same_cache(a: str, b: str) -> None:
     assert sorted(left) == sorted(right)
     for name in left:
         np.testing.assert_array_equal(left[name], right[name], err_msg=name)
+
+
+# A `fame-pipeline` run that kills itself (SIGKILL, as `kill -9` would) as it is about to write the first key of the
+# cache at argv[1] that starts with argv[2]: the cache is left as a kill at that moment leaves it, writer lock and all.
+_KILLED_AT = """
+import os, signal, sys
+from pathlib import Path
+from zarr.storage import LocalStore
+from pipeline.cli import main
+
+cache, key, write = Path(sys.argv[1]).resolve(), sys.argv[2], LocalStore.set
+
+async def set_or_die(self, name, value, *args, **kwargs):
+    if name.startswith(key) and Path(self.root).resolve() == cache:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return await write(self, name, value, *args, **kwargs)
+
+LocalStore.set = set_or_die
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def pipeline_killed_at(cache: str, key: str, argv: list[str]) -> None:
+    """Run `fame-pipeline ARGV` in a child process killed as it is about to write the first key of `cache` (a local
+    path) that starts with `key`, e.g. `videos/path/c/`; fails if it ended any other way."""
+    repo = Path(__file__).resolve().parents[1]
+    child = subprocess.run(
+        [sys.executable, "-c", _KILLED_AT, cache, key, *argv], cwd=repo, capture_output=True, text=True, timeout=300
+    )
+    assert child.returncode == -signal.SIGKILL, f"not killed at {key!r} (exit {child.returncode}): {child.stderr}"

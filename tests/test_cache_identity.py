@@ -7,6 +7,7 @@ only the new videos and leaves every committed byte as it was; a cache built bef
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from helpers import SIZE, T, make_cache
+from helpers import SIZE, T, assert_same_cache, make_cache, pipeline_killed_at
 
 from cache_tools import list_caches, open_cache
 from cache_tools.cli import main as cache_main
@@ -317,6 +318,59 @@ def test_a_loader_during_an_append_sees_exactly_the_old_cache(tmp_path, monkeypa
     _assert_same_catalog(during, before)
     monkeypatch.setattr(Cache, "video_table", lambda self: old_table)  # read before the append grew the table
     _assert_same_catalog(from_cache(url, LoaderParams(crop=16)), before)
+
+
+@pytest.fixture(scope="module")
+def appended(built, tmp_path_factory) -> tuple[Path, str, str]:
+    """(videos, a cache of the first 4, that cache grown by an uninterrupted append of the other 2)."""
+    videos, _ = built
+    base = tmp_path_factory.mktemp("appended")
+    four, six = str(base / "four.zarr"), str(base / "six.zarr")
+    build_cache(
+        _list(base / "four.txt", _videos(videos)[:4], videos), four, TINY, videos_root=str(videos), progress=False
+    )
+    shutil.copytree(four, six)
+    assert build_cache(str(videos), six, TINY, append=True, progress=False).n_done == 6
+    return videos, four, six
+
+
+@pytest.mark.parametrize(
+    "killed_at",
+    [
+        "videos/status/zarr.json",  # while the video table grows: its columns' lengths disagree
+        "videos/path/c/",  # the table grown, the new rows half filled: no path yet
+        "clips/video/zarr.json",  # the table filled, the clip arrays not grown
+    ],
+)
+def test_verify_fix_of_a_killed_append_lets_the_next_append_finish(appended, tmp_path, killed_at, capsys):
+    """`kill -9` of an append before it commits: `verify` reports the unfinished append, `verify --fix` removes it
+    (the cache is the one the append began from) instead of marking its half-written rows pending, and the same
+    --append then finishes with the bytes of an uninterrupted one."""
+    videos, four, six = appended
+    url = str(tmp_path / "c.zarr")
+    shutil.copytree(four, url)
+    append = ["build", str(videos), "--out", url, "--append", "--size", "32x40", "--clip-len", "4", "--quiet"]
+    append += ["--clips-per-video", "2"]
+    pipeline_killed_at(url, killed_at, append)
+    assert Cache.open(url).committed_videos() == 4
+    capsys.readouterr()
+    assert cache_main(["verify", url]) == 1
+    assert "append" in capsys.readouterr().out
+    stale = pytest.warns(UserWarning, match="stale writer lock")  # the killed append left its lock
+    if killed_at == "videos/status/zarr.json":  # lengths that disagree: an append refuses, naming the repair
+        with stale:
+            assert pipeline_main(append) == 1
+        assert re.search(r"append stopped.*verify --fix.*--append", capsys.readouterr().err)
+        stale = contextlib.nullcontext()
+    with stale:
+        assert cache_main(["verify", url, "--fix"]) == 1
+    assert "removed the unfinished append from video 4" in capsys.readouterr().err
+    assert cache_main(["verify", url]) == 0
+    assert_same_cache(four, url)
+    assert Cache.open(url).attrs["layout"] == Cache.open(four).attrs["layout"]
+    assert pipeline_main(append) == 0
+    assert_same_cache(six, url)
+    assert [s["videos"] for s in Cache.open(url).attrs["sources"]] == [4, 2]
 
 
 def test_lengths_alone_that_disagree_are_looked_at_again(tmp_path):

@@ -1,7 +1,8 @@
 """The cache format in one package: its nodes and version (`layout`), opening, creating, reading and committing
 (`store`), the plate codec (`codecs`, registered on import), the writer lock (`lock`), whether the source videos are
-still the ones a cache was built from (`fingerprint`), and finding a cache by its parameters (`find`). The build, the
-loader and the cache tools all go through it; nothing else opens a cache's Zarr group."""
+still the ones a cache was built from (`fingerprint`), finding a cache by its parameters (`find`), and removing an
+append stopped before it committed (`unfinished`). The build, the loader and the cache tools all go through it;
+nothing else opens a cache's Zarr group."""
 
 from pipeline.cache import codecs  # registers the plates' "fame.jpeg" Zarr codec for every reader of a cache
 from pipeline.cache.find import cache_urls, default_cache_path, find_cache
