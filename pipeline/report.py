@@ -1,4 +1,4 @@
-"""What a build did: counts, failures with reasons, timings. Written as JSON by `--report` and printed as a summary."""
+"""What a build did: counts, failures with reasons, timings. Written as JSON by `--json` and printed as a summary."""
 
 from __future__ import annotations
 
@@ -17,19 +17,20 @@ EXIT_OK, EXIT_FAILED_JOB, EXIT_USAGE, EXIT_SOME_FAILED = 0, 1, 2, 3
 
 def check_report_path(path: str) -> None:
     """Refuse, before a build starts rather than after it, a report path that cannot be written: a folder, or a file
-    in a folder that is missing or read-only. Object stores are asked only whether the path is a folder."""
+    in a folder that is missing or read-only. Object stores are asked only whether the path is a folder. Errors name
+    the option as `--json`, the one shown (`--report` is its older, hidden spelling)."""
     if is_url(path):
         fs, inner = fsspec.core.url_to_fs(path)
         if fs.isdir(inner):
-            raise ValueError(f"--report {path}: is a folder; give a file name, e.g. {path.rstrip('/')}/report.json")
+            raise ValueError(f"--json {path}: is a folder; give a file name, e.g. {path.rstrip('/')}/report.json")
         return
     if os.path.isdir(path):
-        raise ValueError(f"--report {path}: is a folder; give a file name, e.g. {os.path.join(path, 'report.json')}")
+        raise ValueError(f"--json {path}: is a folder; give a file name, e.g. {os.path.join(path, 'report.json')}")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise ValueError(f"--report {path}: folder {folder} does not exist")
+        raise ValueError(f"--json {path}: folder {folder} does not exist")
     if not os.access(path if os.path.exists(path) else folder, os.W_OK):
-        raise ValueError(f"--report {path}: not writable (permissions)")
+        raise ValueError(f"--json {path}: not writable (permissions)")
 
 
 @dataclass
@@ -87,5 +88,5 @@ class BuildReport:
             lines.append("failed:")
             lines += [f"  {p}: {r}" for p, r in self.failures[:limit]]
             if len(self.failures) > limit:
-                lines.append(f"  ... and {len(self.failures) - limit} more (see --report)")
+                lines.append(f"  ... and {len(self.failures) - limit} more (see --json)")
         return "\n".join(lines)

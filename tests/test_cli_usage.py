@@ -111,10 +111,13 @@ def test_one_name_per_concept_and_hidden_old_spellings():
     swap = dict(subcommands(pipeline_parser()))["fame-pipeline swap-test"]
     assert swap.parse_args(["c", "--out", "d", "--videos", "v"]).videos == "v"
     assert "--videos-root DIR" in swap.format_help()
+    preview = dict(subcommands(pipeline_parser()))["fame-pipeline preview"]
+    assert "--videos-root DIR" in preview.format_help() and "--videos " not in preview.format_help()
+    assert preview.parse_args(["c", "--videos", "v"]).videos == "v"
     for _, top in ALL_PARSERS:
         for prog, parser in subcommands(top):
             options = {o for a in parser._actions for o in a.option_strings if a.help != argparse.SUPPRESS}
-            assert "--num-workers" not in options and "--report" not in options, prog
+            assert not options & {"--num-workers", "--report", "--videos"}, prog
             if "--json" in options:
                 assert parser.parse_args([*_positionals(parser), "--json"]).json == "-", prog
             if "--device" in options:
@@ -190,6 +193,11 @@ def test_usage_errors_exit_2_with_one_line_everywhere(run, tmp_path, capsys):
         assert exit_code(main, words) == 2, line
         err = one_line(capsys)
         assert message.replace("F/", fresh + "/") in err, (line, err)
+    # build's report is named by the option given, --json, not by its older hidden name --report
+    for target, why in ((names["T"], "is a folder"), (str(tmp_path / "nope" / "r.json"), "does not exist")):
+        assert exit_code(pipeline_main, ["build", video, "--out", fresh, "--json", target]) == 2
+        err = one_line(capsys)
+        assert f"--json {target}: " in err and why in err and "--report" not in err, err
     # a file that exists but is not a cache is bad input, not bad usage: exit 1 (3 for fame-cache), still one line
     assert train_main(["pretrain", "--cache", video, "--out", fresh, *TINY]) == 1
     assert "no cache here" in one_line(capsys)

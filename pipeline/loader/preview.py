@@ -152,6 +152,7 @@ def batch_labels(loader, batch: dict[str, np.ndarray]) -> list[SampleLabel]:
 def add_preview_parser(subparsers: argparse._SubParsersAction) -> None:
     """The `preview` subcommand; `pipeline.cli` calls this, so the loader owns its own options."""
     from pipeline.loader.params import BACKGROUNDS, MASK_MODES, LoaderParams
+    from pipeline.usage import add_hidden_alias
 
     d = LoaderParams()
     p = subparsers.add_parser(
@@ -165,10 +166,11 @@ def add_preview_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="batch.png", help="picture to write (%(default)s)")
     p.add_argument(
         "--videos-root",
-        "--videos",
         dest="videos",
+        metavar="DIR",
         help="where the source videos are, when not at the cache's recorded source root",
     )
+    add_hidden_alias(p, "--videos", "videos")  # the option's name before --videos-root
     p.add_argument("--batch-size", type=int, default=4, help="samples in the batch, one block each (%(default)s)")
     p.add_argument("--frames", type=int, default=4, help="frames shown per clip (%(default)s)")
     p.add_argument("--epoch", type=int, default=0, help="which epoch's first batch (%(default)s)")
