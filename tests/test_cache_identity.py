@@ -26,7 +26,7 @@ from cache_tools import list_caches, open_cache
 from cache_tools.cli import main as cache_main
 from cache_tools.verify import verify_cache
 from pipeline.build import BuildError, _waves, build_cache
-from pipeline.cache import Cache, Group
+from pipeline.cache import Cache, Group, committed_rows
 from pipeline.cache.layout import _growing, assign_clip_slots, check_metadata, group_bounds
 from pipeline.cli import main as pipeline_main
 from pipeline.job import GroupTask
@@ -296,6 +296,19 @@ def _assert_same_catalog(got: Catalog, want: Catalog) -> None:
             np.testing.assert_array_equal(a, b, err_msg=field.name)
         else:
             assert a == b, field.name
+
+
+def test_a_garbage_status_is_damage_to_a_row_not_the_end_of_the_cache(tmp_path):
+    """Only a status never written (the fill value '') ends the committed rows: a garbage value is a damaged row of
+    the cache, which the loader leaves out as not done (and verify reports), not a cut of every row after it."""
+    assert committed_rows(np.array(["done", "banana", "failed", "", ""], dtype=object)) == 3
+    assert committed_rows(np.array(["done", "pending"], dtype=object)) == 2
+    url = make_cache(tmp_path, n_videos=4)
+    zarr.open_array(f"{url}/videos/status", mode="r+")[1] = "banana"
+    assert Cache.open(url).committed_videos() == 4
+    with pytest.warns(UserWarning, match=r"skipping 1 video\(s\) not done: class_1/video 1.mp4 \(banana"):
+        catalog = from_cache(url, LoaderParams(crop=16))
+    assert len(catalog.paths) == 4 and set(catalog.clip_video[catalog.readable].tolist()) == {0, 2, 3}
 
 
 def test_a_loader_during_an_append_sees_exactly_the_old_cache(tmp_path, monkeypatch):

@@ -30,7 +30,6 @@ import zarr
 from pipeline.cache.layout import CLIP_ARRAYS, CacheShape, array_specs, assign_clip_slots
 from pipeline.cache.lock import remove_all_but_lock
 from pipeline.cache.store import (
-    STATUSES,
     Cache,
     CacheError,
     Group,
@@ -38,6 +37,7 @@ from pipeline.cache.store import (
     _default_clips_per_shard,
     _root_attrs,
     _video_columns,
+    committed_rows,
 )
 from pipeline.cache.zarr_async import with_async_group, write_arrays
 from pipeline.params import BuildParams
@@ -137,8 +137,7 @@ def plan_state(cache: Cache) -> tuple[PlanState, np.ndarray]:
     if not fs.exists(f"{root.rstrip('/')}/videos/status/c"):  # no row written: skip reading a table of fill values
         return PlanState(cache.n_videos, 0, 0, cache.n_slots, per_group, per_shard), np.zeros(0, np.int64)
     status = cache.videos("status")
-    written = np.isin(status, STATUSES)
-    planned = int(np.argmin(written)) if not written.all() else len(status)
+    planned = committed_rows(status)
     counts = cache.videos("n_clips")[:planned]
     first, _ = assign_clip_slots(counts, per_group, per_shard)
     cursor = int(first[-1]) + int(counts[-1]) if planned else 0

@@ -117,8 +117,9 @@ class Group:
 def committed_rows(status: np.ndarray) -> int:
     """Rows of the video table that are part of the cache: those with a status, counted from the first. Rows past
     them were added by an append (or planned by a Ray build) that has not written their status yet: no reader counts
-    them, and the next append writes them again."""
-    written = np.isin(status, STATUSES)
+    them, and the next append writes them again. A status is written once it is not the column's fill value (''): a
+    value other than pending, done or failed is damage to a row of the cache (`verify` reports it), not its end."""
+    written = np.asarray(status) != ""
     return len(status) if written.all() else int(np.argmin(written))
 
 
