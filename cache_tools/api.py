@@ -7,7 +7,7 @@ import os
 import fsspec
 import numpy as np
 
-from pipeline.cache import DONE, Cache, CacheError
+from pipeline.cache import Cache, CacheError, Committed
 from pipeline.cache.layout import metadata_summary
 from pipeline.sources import SourceError, is_url, join
 
@@ -29,9 +29,10 @@ def open_cache(path: str, check: bool = True) -> Cache:
     return cache
 
 
-def video_index(cache: Cache, path: str) -> int:
-    """Row of a video in the table, by its path relative to the source root (or its full path)."""
-    paths = [str(p) for p in cache.videos("path")]
+def video_index(cache: Cache, path: str, committed: Committed | None = None) -> int:
+    """Row of a video in the table's committed rows (`Cache.committed`, if not given), by its path relative to the
+    source root (or its full path)."""
+    paths = [str(p) for p in (committed or cache.committed()).table["path"]]
     rel = path
     root = cache.source_root.rstrip("/")
     if path.startswith(root + "/") or path.startswith(root + os.sep):
@@ -48,11 +49,10 @@ def video_clips(cache: Cache, video: int) -> np.ndarray:
     return np.arange(first, first + count)
 
 
-def is_readable(cache: Cache, clip: int) -> bool:
-    if not 0 <= clip < cache.n_slots:
-        return False
-    video = int(cache.root["clips/video"][clip])
-    return video >= 0 and str(cache.root["videos/status"][video]) == DONE
+def is_readable(cache: Cache, clip: int, committed: Committed | None = None) -> bool:
+    """Whether a clip may be read: it lies in the committed slots (`Cache.committed`, if not given), its video is
+    done and it lies in that video's own slots (slots an append grew but has not filled read as video 0)."""
+    return (committed or cache.committed()).is_readable(clip)
 
 
 def source_path(cache: Cache, video: int) -> str:

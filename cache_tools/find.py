@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.cache import DONE, Cache, CacheError, cache_urls
+from pipeline.cache import DONE, Cache, CacheError, Committed, cache_urls
+from pipeline.cache.store import source_records
 
 
 @dataclass(frozen=True)
@@ -28,18 +29,18 @@ class CacheEntry:
         return dict(self.__dict__)
 
 
-def cache_sources(cache: Cache) -> list[dict[str, Any]]:
-    """The cache's `sources` records, each with its video count; a cache built before them (or copied by gc) gets one
-    record: its source root and all its videos."""
-    records = [dict(r) for r in cache.attrs.get("sources") or []]
-    if not records:
-        return [{"source": cache.source_root, "videos": cache.n_videos, "first_video": 0}]
-    return records
+def cache_sources(cache: Cache, committed: Committed | None = None) -> list[dict[str, Any]]:
+    """The cache's `sources` records, each with its video count (with `committed`, those of its committed rows); a
+    cache built before them (or copied by gc) gets one record: its source root and all its videos (`source_records`)."""
+    if committed is None:
+        return source_records(cache.attrs, cache.n_videos)
+    return source_records(committed.attrs, committed.n_videos)
 
 
 def _entry(url: str) -> CacheEntry:
     cache = Cache.open(url)
-    status = cache.videos("status")
+    view = cache.committed()  # an append growing the cache, or stopped before its status, is not part of it
+    status = view.table["status"]
     return CacheEntry(
         url=url,
         params_hash=cache.params_hash,
@@ -47,9 +48,9 @@ def _entry(url: str) -> CacheEntry:
         params=cache.params.output_params(),
         n_videos=len(status),
         n_done=int((status == DONE).sum()),
-        n_clips=len(cache.readable_clips()),
+        n_clips=len(view.readable),
         created=str(cache.attrs.get("created", "")),
-        sources=cache_sources(cache),
+        sources=cache_sources(cache, view),
     )
 
 

@@ -8,17 +8,17 @@ import numpy as np
 
 from cache_tools.api import disk_bytes
 from cache_tools.find import cache_sources
-from pipeline.cache import DONE, FAILED, PENDING, Cache
+from pipeline.cache import DONE, FAILED, PENDING, Cache, Committed
 from pipeline.params import FOREGROUND_THRESHOLD
 
 
 def cache_info(cache: Cache, with_bytes: bool = True) -> dict[str, Any]:
-    """Parameters, counts, failures and sizes. Keys are documented in the README (`info --json`)."""
-    attrs = cache.attrs
-    status = cache.videos("status")
-    errors, paths = cache.videos("error"), cache.videos("path")
-    n_clips = cache.videos("n_clips")
-    source_bytes = int(cache.videos("bytes").sum())
+    """Parameters, counts, failures and sizes of the committed cache (`Cache.committed`: an append growing it, or
+    stopped before its status, is not part of it). Keys are documented in the README (`info --json`)."""
+    view = cache.committed()
+    attrs, table = view.attrs, view.table
+    status, errors, paths = table["status"], table["error"], table["path"]
+    source_bytes = int(table["bytes"].sum())
     on_disk = disk_bytes(cache.url) if with_bytes else None
     return {
         "url": cache.url,
@@ -31,7 +31,7 @@ def cache_info(cache: Cache, with_bytes: bool = True) -> dict[str, Any]:
         "size": list(cache.size),
         "clip_len": cache.clip_len,
         "source_root": cache.source_root,
-        "sources": cache_sources(cache),
+        "sources": cache_sources(cache, view),
         "fingerprints": "fingerprint" in cache.video_fields,
         "layout": attrs.get("layout", {}),
         "videos": {
@@ -41,9 +41,9 @@ def cache_info(cache: Cache, with_bytes: bool = True) -> dict[str, Any]:
             "pending": int((status == PENDING).sum()),
         },
         "clips": {
-            "readable": len(cache.readable_clips()),
-            "planned": int(n_clips.sum()),
-            "slots": cache.n_slots,
+            "readable": len(view.readable),
+            "planned": int(table["n_clips"].sum()),
+            "slots": view.n_slots,
         },
         "failures": [{"path": str(paths[v]), "error": str(errors[v])} for v in np.flatnonzero(status == FAILED)],
         "bytes": {
@@ -51,7 +51,7 @@ def cache_info(cache: Cache, with_bytes: bool = True) -> dict[str, Any]:
             "source": source_bytes,
             "ratio": round(on_disk / source_bytes, 4) if on_disk is not None and source_bytes else None,
         },
-        "masks": mask_statistics(cache),
+        "masks": mask_statistics(cache, view),
     }
 
 
@@ -77,17 +77,16 @@ def area_summary(areas: np.ndarray) -> dict[str, Any]:
     }
 
 
-def mask_statistics(cache: Cache, max_clips: int = STAT_CLIPS) -> dict[str, Any]:
+def mask_statistics(cache: Cache, committed: Committed, max_clips: int = STAT_CLIPS) -> dict[str, Any]:
     """What the masks say, so a failing method shows in `info`: the empty-mask rate and the foreground-area
-    distribution over the readable clips (up to `max_clips`, evenly spaced, which `sampled` counts), overall and per
-    class where the videos have labels."""
-    clip_video = cache.root["clips/video"][:]
-    readable = cache.readable_clips(clip_video)
+    distribution over the readable clips of `committed` (up to `max_clips`, evenly spaced, which `sampled` counts),
+    overall and per class where the videos have labels."""
+    clip_video, readable = committed.clip_video, committed.readable
     picked = readable[np.unique(np.linspace(0, len(readable) - 1, min(len(readable), max_clips)).astype(int))]
     areas = clip_areas(cache, picked)
     out = {"threshold": FOREGROUND_THRESHOLD, "readable": len(readable), "sampled": len(picked)}
     out |= area_summary(areas)
-    labels = cache.videos("label") if "label" in cache.video_fields else None
+    labels = committed.table.get("label")
     if labels is not None and len(picked) and any(str(x) for x in labels):
         by_video = np.array([str(x) for x in labels])[clip_video[picked]]
         out["by_class"] = {label: area_summary(areas[by_video == label]) for label in sorted(set(by_video))}

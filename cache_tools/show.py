@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from cache_tools.api import is_readable, source_path, video_clips, video_index
-from pipeline.cache import Cache, CacheError
+from pipeline.cache import Cache, CacheError, Committed
 from pipeline.params import FOREGROUND_THRESHOLD
 from pipeline.video import VideoError, decode_clip
 
@@ -54,35 +54,33 @@ def merge(frame: np.ndarray, mask: np.ndarray, background: np.ndarray) -> np.nda
 
 
 def pick_clip(cache: Cache, clip: int | None = None, video: str | None = None) -> int:
-    """The clip to show: --clip N, the first clip of --video PATH, or the first readable clip."""
+    """The clip to show: --clip N, the first clip of --video PATH, or the first readable clip, of the committed
+    cache (`Cache.committed`: an append growing it, or stopped before its status, is not part of it)."""
+    view = cache.committed()
     if clip is not None:
-        n_slots = cache.root["clips/video"].shape[0]
-        if not 0 <= clip < n_slots:  # a bad value, not a damaged cache: a usage error (exit 2)
-            n_readable = len(cache.readable_clips())
+        if not 0 <= clip < view.n_slots:  # a bad value, not a damaged cache: a usage error (exit 2)
             raise ValueError(
-                f"--clip {clip} is out of range: {cache.url} has clips 0..{n_slots - 1} ({n_readable} readable)"
+                f"--clip {clip} is out of range: {cache.url} has clips 0..{view.n_slots - 1} "
+                f"({len(view.readable)} readable)"
             )
-        if not is_readable(cache, clip):
+        if not is_readable(cache, clip, view):
             raise CacheError(f"{cache.url}: clip {clip} is not readable (out of range, padding, or its video not done)")
         return clip
     if video is not None:
-        v = video_index(cache, video)
-        clips = [c for c in video_clips(cache, v) if is_readable(cache, int(c))]
+        v = video_index(cache, video, view)
+        clips = [c for c in video_clips(cache, v) if is_readable(cache, int(c), view)]
         if not clips:
-            status = cache.root["videos/status"][v]
-            raise CacheError(f"{cache.url}: video {video!r} has no readable clip (status {status})")
+            raise CacheError(f"{cache.url}: video {video!r} has no readable clip (status {view.table['status'][v]})")
         return int(clips[0])
-    readable = cache.readable_clips()
-    if len(readable) == 0:
+    if len(view.readable) == 0:
         raise CacheError(f"{cache.url}: no readable clip (no video is done)")
-    return int(readable[0])
+    return int(view.readable[0])
 
 
-def _partner(cache: Cache, clip: int) -> int:
+def _partner(view: Committed, clip: int) -> int:
     """A readable clip of another video (the next one around the table), or the clip itself when there is none."""
-    clip_video = cache.root["clips/video"][:]
-    readable = cache.readable_clips()
-    others = readable[clip_video[readable] != clip_video[clip]]
+    readable = view.readable
+    others = readable[view.clip_video[readable] != view.clip_video[clip]]
     if len(others) == 0:
         return clip
     after = others[others > clip]
@@ -90,6 +88,7 @@ def _partner(cache: Cache, clip: int) -> int:
 
 
 def load_view(cache: Cache, clip: int) -> ClipView:
+    """What the picture of a readable clip shows, its partner drawn from the committed cache's readable clips."""
     v = int(cache.root["clips/video"][clip])
     frame_numbers = [int(f) for f in cache.root["clips/frames"][clip]]
     masks = cache.mask(clip)
@@ -99,7 +98,7 @@ def load_view(cache: Cache, clip: int) -> ClipView:
     except (VideoError, OSError):
         frames = np.full((*masks.shape, 3), 96, np.uint8)
         ok = False
-    partner = _partner(cache, clip)
+    partner = _partner(cache.committed(), clip)
     pv = int(cache.root["clips/video"][partner])
     return ClipView(
         clip=clip,
@@ -261,8 +260,8 @@ SHEET_CELL = 220  # px: the width each clip's picture is scaled to (at least), s
 def sheet_clips(cache: Cache, n: int = SHEET_CLIPS) -> np.ndarray:
     """Up to n readable clips spread over the cache: one per video first (videos evenly spaced), then more per
     video, so a sheet of a large cache samples many videos rather than the first few."""
-    clip_video = cache.root["clips/video"][:]
-    readable = cache.readable_clips(clip_video)
+    view = cache.committed()  # an append growing the cache, or stopped before its status, is not part of it
+    clip_video, readable = view.clip_video, view.readable
     if len(readable) == 0:
         raise CacheError(f"{cache.url}: no readable clip (no video is done)")
     videos, first = np.unique(clip_video[readable], return_index=True)

@@ -135,12 +135,13 @@ def _check_sources(url: str, root: str, table: dict[str, np.ndarray], videos: Se
 
 def draw_swaps(url: str, seed: int = 0, videos_root: str | None = None) -> SwapSet:
     """Plan the swapped set of a cache: read every readable clip's mask once (checked), leave out empty and damaged
-    clips, and give each remaining test video a partner video of another class. Raises SwapError naming the cache
-    when it cannot serve: no readable clip, videos without labels, one class only, changed sources."""
+    clips, and give each remaining test video a partner video of another class. Only the committed cache counts
+    (`Cache.committed`: an append growing it, or stopped before its status, is not part of it). Raises SwapError
+    naming the cache when it cannot serve: no readable clip, videos without labels, one class only, changed
+    sources."""
     cache = _open(url)
-    table = cache.video_table()
-    clip_video, clip_frames, _ = cache.read_clip_table()  # an unreadable chunk's slots hold no clip
-    readable = cache.readable_clips(clip_video)
+    view = cache.committed()  # an unreadable chunk of the clip table: its slots hold no clip
+    table, clip_video, clip_frames, readable = view.table, view.clip_video, view.frames, view.readable
     if readable.size == 0:
         raise SwapError(f"{url}: no readable clips (no video is done; is the build finished?)")
     labels = table["label"]

@@ -37,7 +37,9 @@ Every node's metadata is defined once, in `pipeline.cache.layout`.
 An append (`Cache.append`) adds videos after the cache's own as a new segment: its clips start on a new shard and its
 groups end where the video table's chunks do, so no shard or table chunk of a committed video is written again. A
 reader never takes a clip for readable unless its video is done and the clip lies in that video's own slots, so rows
-and slots an append has grown but not yet filled (fill values) are never read as clips.
+and slots an append has grown but not yet filled (fill values) are never read as clips; readers read
+`Cache.committed()`, the rows with a status and their slots, so an append not yet committed is no part of what they
+count either.
 """
 
 from __future__ import annotations
@@ -78,9 +80,13 @@ __all__ = [
     "Cache",
     "CacheError",
     "ClipDamaged",
+    "Committed",
     "Group",
+    "attrs_of_rows",
     "clip_checksum",
     "committed_rows",
+    "readable_slots",
+    "source_records",
 ]
 
 TOOL_VERSION = "0.1.0"
@@ -121,6 +127,78 @@ def committed_rows(status: np.ndarray) -> int:
     value other than pending, done or failed is damage to a row of the cache (`verify` reports it), not its end."""
     written = np.asarray(status) != ""
     return len(status) if written.all() else int(np.argmin(written))
+
+
+def attrs_of_rows(attrs: dict[str, Any], rows: int) -> dict[str, Any]:
+    """The root's attributes as they were when the cache held its first `rows` rows: an append records its segment
+    and source record before it writes its rows, so those that begin at or past `rows` are left out (the first
+    build's, which begin at 0, always stay)."""
+    kept_from = max(rows, 1)  # a segment or record beginning before this row is the cache's
+    out = dict(attrs)
+    layout = dict(attrs.get("layout") or {})
+    if "segments" in layout:
+        segments = [int(s) for s in layout["segments"] if int(s) < kept_from]
+        if len(segments) > 1:
+            layout["segments"] = segments
+        else:
+            layout.pop("segments")  # no append left: the layout of a cache never appended to
+        out["layout"] = layout
+    if attrs.get("sources"):
+        out["sources"] = [r for r in attrs["sources"] if int(r.get("first_video", 0)) < kept_from]
+    return out
+
+
+def source_records(attrs: dict[str, Any], n_videos: int) -> list[dict[str, Any]]:
+    """The cache's `sources` records (one per build and append); a cache made before them (or copied by gc) gets
+    one: its source root and its `n_videos` videos, added when it was created (the record an append writes for it)."""
+    records = [dict(r) for r in attrs.get("sources") or []]
+    if records:
+        return records
+    return [{"source": attrs["source_root"], "videos": n_videos, "first_video": 0, "added": attrs.get("created")}]
+
+
+def readable_slots(
+    clip_video: np.ndarray, status: np.ndarray, first_clip: np.ndarray, n_clips: np.ndarray
+) -> np.ndarray:
+    """The clip slots a reader may use: the slot's video is one of the table's (`status`, `first_clip`, `n_clips`:
+    its columns), it is done, and the slot lies in that video's own slots. Slots an append grew but has not filled
+    read as video 0 (the fill value): inside no slot of video 0, they are no clip."""
+    done = np.asarray(status) == DONE
+    ok = (clip_video >= 0) & (clip_video < len(done))
+    ok[ok] = done[clip_video[ok]]
+    slots = np.arange(len(clip_video))
+    video = clip_video[ok]
+    ok[ok] &= (slots[ok] >= first_clip[video]) & (slots[ok] < first_clip[video] + n_clips[video])
+    return np.flatnonzero(ok)
+
+
+@dataclass(frozen=True)
+class Committed:
+    """The cache a reader sees (`Cache.committed`): the video table's committed rows (`committed_rows`), the clip
+    table of the slots they hold (a clip that points past those rows is no clip: -1), the clip table's unreadable
+    chunks among those slots, the readable clips, and the root's attributes as of those rows (`attrs_of_rows`).
+    While an append grows the cache, or after one was stopped before its status, this is exactly the cache before
+    it; in a cache a Ray build is still planning, it is the rows planned so far."""
+
+    table: dict[str, np.ndarray]
+    clip_video: np.ndarray  # (n_slots,) int32
+    frames: np.ndarray  # (n_slots, T) int32
+    bad_chunks: list[tuple[range, str]]
+    readable: np.ndarray  # slot indices, ascending
+    attrs: dict[str, Any]
+
+    @property
+    def n_videos(self) -> int:
+        return len(self.table["status"])
+
+    @property
+    def n_slots(self) -> int:
+        return len(self.clip_video)
+
+    def is_readable(self, clip: int) -> bool:
+        """Whether `clip` is one of the readable clips."""
+        at = int(np.searchsorted(self.readable, clip))
+        return at < len(self.readable) and int(self.readable[at]) == clip
 
 
 def _optional(field: str) -> bool:
@@ -385,6 +463,19 @@ class Cache:
         ends = np.asarray(first_clip, np.int64) + np.asarray(n_clips, np.int64)
         return whole_shards(int(ends.max(initial=0)), int(self.attrs["layout"]["clips_per_shard"]))
 
+    def committed(self) -> Committed:
+        """What a reader may read (see `Committed`): the video table first, then the clip table, so a clip table
+        read after an append grew it may point past the rows read, and such clips are no clips."""
+        table = self.video_table()
+        rows = committed_rows(table["status"])
+        table = {name: column[:rows] for name, column in table.items()}
+        slots = self.committed_slots(table["first_clip"], table["n_clips"])
+        clip_video, frames, bad_chunks = self.read_clip_table()
+        clip_video = np.where(clip_video[:slots] < rows, clip_video[:slots], -1).astype(np.int32)
+        readable = readable_slots(clip_video, table["status"], table["first_clip"], table["n_clips"])
+        bad = [(chunk, why) for chunk, why in bad_chunks if chunk.start < slots]
+        return Committed(table, clip_video, frames[:slots], bad, readable, attrs_of_rows(self.attrs, rows))
+
     def append(
         self,
         video_table: dict[str, np.ndarray],
@@ -412,9 +503,7 @@ class Cache:
         slots = _clip_columns(first, clip_counts, clip_frames, shape, first_video=n_old, first_slot=old_slots)
         layout["segments"] = sorted({*layout.get("segments", [0]), n_old})
         record = [{**(source_info or {}), "first_video": n_old, "added": _now()}]
-        built = attrs.get("sources") or [
-            {"source": self.source_root, "videos": n_old, "first_video": 0, "added": attrs.get("created")}
-        ]
+        built = source_records(attrs, n_old)
         kept = [s for s in built if int(s.get("first_video", 0)) < n_old]
         self.root.attrs.update({"layout": layout, "sources": kept + record})
         specs = array_specs(shape)
@@ -462,14 +551,7 @@ class Cache:
             clip_video, _, _ = self.read_clip_table()
         columns = read_arrays(self.root["videos"], ["status", "first_clip", "n_clips"])
         rows = min(len(c) for c in columns)
-        status, first, count = (c[:rows] for c in columns)
-        done = status == DONE
-        ok = (clip_video >= 0) & (clip_video < len(done))
-        ok[ok] = done[clip_video[ok]]
-        # A clip counts only inside its own video's slots: slots an append grew but has not filled read as video 0.
-        slots = np.arange(len(clip_video))
-        ok[ok] &= (slots[ok] >= first[clip_video[ok]]) & (slots[ok] < first[clip_video[ok]] + count[clip_video[ok]])
-        return np.flatnonzero(ok)
+        return readable_slots(clip_video, *(c[:rows] for c in columns))
 
     # ---- clip data --------------------------------------------------------------------------------------------
     def _clip_array(self, name: str, clip: int) -> zarr.Array:

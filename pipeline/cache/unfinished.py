@@ -18,7 +18,7 @@ from typing import Any
 import zarr
 
 from pipeline.cache.layout import CLIP_ARRAYS, CacheShape, array_specs
-from pipeline.cache.store import DONE, Cache, committed_rows
+from pipeline.cache.store import DONE, Cache, attrs_of_rows, committed_rows
 from pipeline.cache.zarr_async import with_async_group
 
 __all__ = ["UnfinishedAppend", "drop_unfinished_append", "find_unfinished_append"]
@@ -70,13 +70,8 @@ def drop_unfinished_append(cache: Cache, found: UnfinishedAppend) -> None:
     specs = array_specs(CacheShape(found.rows, found.slots, cache.clip_len, cache.size, per_group, per_shard))
     shapes = {name: specs[name]["shape"] for name in (*(f"videos/{f}" for f in cache.video_fields), *CLIP_ARRAYS)}
     with_async_group(cache.root, lambda root: _shrink(root, shapes))
-    segments = [s for s in layout.get("segments", [0]) if s < found.rows]
-    if segments == [0]:
-        layout.pop("segments", None)  # no append left: the layout of a cache never appended to
-    else:
-        layout["segments"] = segments
-    sources = [s for s in cache.attrs.get("sources") or [] if int(s.get("first_video", 0)) < found.rows]
-    cache.root.attrs.update({"layout": layout, "sources": sources})
+    before = attrs_of_rows(cache.attrs, found.rows)
+    cache.root.attrs.update({"layout": before["layout"], "sources": before.get("sources") or []})
 
 
 async def _shrink(root: zarr.AsyncGroup, shapes: dict[str, tuple[int, ...]]) -> None:

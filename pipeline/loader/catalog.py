@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.cache import DONE, Cache, committed_rows
+from pipeline.cache import DONE, Cache
 from pipeline.cache.fingerprint import SourceChange, source_changes
 from pipeline.cache.layout import metadata_summary
 from pipeline.loader.params import LoaderParams
@@ -107,23 +107,6 @@ def _check_metadata(cache: Cache) -> None:
         raise LoaderError(f"{cache.url}: {problem}; run `fame-cache verify --fix` to rewrite damaged metadata")
 
 
-def _committed_tables(
-    cache: Cache,
-) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, list[tuple[range, str]]]:
-    """The video table's committed rows (`committed_rows`) and the clip table of their slots, with the clip table's
-    unreadable chunks among them. An append may be growing the cache while it is read: its rows and slots, without
-    a status yet, are left out, so a reader sees exactly the cache as it was; a clip table read after the video table
-    may point past it, and such clips are no clips (-1)."""
-    table = cache.video_table()
-    rows = committed_rows(table["status"])
-    table = {name: column[:rows] for name, column in table.items()}
-    slots = cache.committed_slots(table["first_clip"], table["n_clips"])
-    clip_video, frames, bad_chunks = cache.read_clip_table()
-    clip_video, frames = clip_video[:slots], frames[:slots]
-    clip_video = np.where(clip_video < rows, clip_video, -1).astype(np.int32)
-    return table, clip_video, frames, [(s, why) for s, why in bad_chunks if s.start < slots]
-
-
 def from_cache(url: str, params: LoaderParams, videos_root: str | None = None) -> Catalog:
     cache = Cache.open(url)
     _check_metadata(cache)
@@ -131,7 +114,8 @@ def from_cache(url: str, params: LoaderParams, videos_root: str | None = None) -
         raise LoaderError(f"{url}: cache clip length is {cache.clip_len}, the loader was asked for {params.clip_len}")
     if params.size is not None and tuple(params.size) != cache.size:
         raise LoaderError(f"{url}: cache frame size is {cache.size}, the loader was asked for {tuple(params.size)}")
-    table, clip_video, frames, bad_chunks = _committed_tables(cache)
+    view = cache.committed()  # an append growing the cache meanwhile is not part of it
+    table, clip_video, frames = view.table, view.clip_video, view.frames
     status = table["status"]
     skipped = np.flatnonzero(status != DONE)
     if skipped.size:
@@ -139,11 +123,11 @@ def from_cache(url: str, params: LoaderParams, videos_root: str | None = None) -
         warnings.warn(f"{url}: skipping {skipped.size} video(s) not done: {names}", stacklevel=3)
     root = videos_root or cache.source_root
     _check_sources(url, root, table, status == DONE)
-    for slots, why in bad_chunks:
+    for slots, why in view.bad_chunks:
         warnings.warn(
             f"{url}: skipping clips {slots.start}..{slots.stop - 1}, their table cannot be read ({why})", stacklevel=3
         )
-    readable = cache.readable_clips(clip_video)
+    readable = view.readable
     if readable.size == 0:
         raise LoaderError(f"{url}: no readable clips (no video is done; is the build finished?)")
     labels, classes = _label_index(table["label"])

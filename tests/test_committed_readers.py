@@ -1,0 +1,108 @@
+"""Every reader sees only the committed cache (`Cache.committed`): after an append killed as it was about to write
+its rows' status (rows and clip slots filled, no status), `fame-cache info` and `ls`, `show`, the swapped-background
+set and `is_readable` give exactly what they gave on the cache before the append."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import make_cache, pipeline_killed_at
+
+from cache_tools.api import is_readable, open_cache
+from cache_tools.find import list_caches
+from cache_tools.info import cache_info, format_info
+from cache_tools.show import load_view, pick_clip, sheet_clips
+from pipeline.cache import Cache
+from pipeline.swap import draw_swaps
+
+NEW = ("class_new/new 4.mp4", "class_new/new 5.mp4")  # the videos the killed append was adding
+SLOTS = range(-1, 40)  # every clip slot before and after the append, and some past both
+
+
+def _picks(cache: Cache) -> list[object]:
+    """What `show` picks for every --clip N, for --video of an old and of an appended video, and by default: the
+    clip, or the error (type and message) it stops with."""
+    asked = [{"clip": c} for c in SLOTS] + [{"video": "class_0/video 0.mp4"}, {"video": NEW[0]}, {}]
+    out = []
+    for kwargs in asked:
+        try:
+            out.append(pick_clip(cache, **kwargs))
+        except Exception as exc:  # ValueError (a usage error) or CacheError
+            out.append((type(exc).__name__, str(exc)))
+    return out
+
+
+def _readers(url: str) -> dict[str, object]:
+    """What each reader gives on the cache at url."""
+    cache = open_cache(url)
+    info = cache_info(cache, with_bytes=False)  # bytes on disk grow with any write: not a reader's view
+    clip = pick_clip(cache)
+    swaps = draw_swaps(url, seed=3)
+    return {
+        "info": info,
+        "info text": format_info(info),
+        "ls": [entry.to_dict() for entry in list_caches(str(Path(url).parent))],
+        "show picks": _picks(cache),
+        "show sheet": sheet_clips(cache, 48).tolist(),
+        "show view": {
+            k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in asdict(load_view(cache, clip)).items()
+        },
+        "swaps": swaps,
+        "readable": [is_readable(cache, c) for c in SLOTS],
+    }
+
+
+@pytest.fixture(scope="module")
+def stopped(tmp_path_factory) -> tuple[str, dict[str, object]]:
+    """(a cache of 4 videos grown by an append of 2 that was killed as it was about to write their status, what every
+    reader gave on it before the append)."""
+    root = tmp_path_factory.mktemp("stopped")
+    url = make_cache(root, n_videos=4)
+    before = _readers(url)
+    (root / "class_new").mkdir()
+    for name in NEW:
+        shutil.copyfile(root / "class_0" / "video 0.mp4", root / name)
+    append = ["build", str(root), "--out", url, "--append", "--size", "32x40", "--clip-len", "4"]
+    pipeline_killed_at(url, "videos/status/c/", [*append, "--clips-per-video", "2", "--quiet"])
+    cache = Cache.open(url)
+    assert cache.n_videos == 6 and cache.committed_videos() == 4  # the rows are there, without a status
+    assert {4, 5} <= set(cache.clip_table()[0].tolist())  # and their clip slots are filled
+    return url, before
+
+
+@pytest.mark.parametrize("reader", ["info", "info text", "ls"])
+def test_info_and_ls_see_the_cache_before_the_append(stopped, reader):
+    url, before = stopped
+    assert _readers(url)[reader] == before[reader]
+
+
+@pytest.mark.parametrize("reader", ["show picks", "show sheet", "show view"])
+def test_show_sees_the_cache_before_the_append(stopped, reader):
+    url, before = stopped
+    assert _readers(url)[reader] == before[reader]
+
+
+def test_the_swapped_set_is_drawn_from_the_cache_before_the_append(stopped):
+    url, before = stopped
+    assert draw_swaps(url, seed=3) == before["swaps"]
+
+
+def test_is_readable_sees_the_cache_before_the_append(stopped, tmp_path):
+    """Also while the append's clip slots are grown but not yet filled: they read as video 0 (the fill value), which
+    is done, yet no slot of video 0."""
+    url, before = stopped
+    assert [is_readable(open_cache(url), c) for c in SLOTS] == before["readable"]
+    unfilled = tmp_path / "unfilled.zarr"
+    shutil.copytree(url, unfilled)
+    per_chunk = Cache.open(str(unfilled)).root["clips/video"].chunks[0]
+    old_slots = Cache.open(str(unfilled)).committed().n_slots
+    for chunk in (unfilled / "clips" / "video" / "c").iterdir():
+        if int(chunk.name) * per_chunk >= old_slots:
+            chunk.unlink()
+    cache = open_cache(str(unfilled))
+    assert (cache.clip_table()[0][old_slots:] == 0).all()
+    assert [is_readable(cache, c) for c in SLOTS] == before["readable"]
