@@ -44,7 +44,7 @@ def _info(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     from cache_tools.api import open_cache
-    from cache_tools.verify import APPEND, verify_and_fix, verify_cache
+    from cache_tools.verify import APPEND, plan_in_progress, resume_command, verify_and_fix, verify_cache
     from pipeline.cache.lock import writer_lock
 
     if args.force_unlock and not args.fix:
@@ -59,13 +59,17 @@ def _verify(args: argparse.Namespace) -> int:
         problems, rewritten, fixed, dropped = repair.problems, repair.rewritten, repair.marked, repair.dropped
     else:
         problems, fixed = verify_cache(cache, sources=not args.no_sources, progress=progress), []
+    plan = plan_in_progress(cache)
     if args.json:
         report = {"url": cache.url, "ok": not problems, "problems": [p.to_dict() for p in problems], "fixed": fixed}
         removed = None if dropped is None else {"first_video": dropped.rows, "first_slot": dropped.slots}
-        write_json({**report, "rewritten": rewritten, "dropped_append": removed}, args.json)
+        planning = None if plan is None else plan.to_dict()
+        write_json({**report, "rewritten": rewritten, "dropped_append": removed, "planning": planning}, args.json)
     if args.json != STDOUT:
         for p in problems:
             print(p)
+        if plan is not None:
+            print(plan)
         if not problems:
             print(f"ok: {len(cache.readable_clips())} clips and their sources check out ({cache.url})")
         else:
@@ -87,11 +91,6 @@ def _verify(args: argparse.Namespace) -> int:
         if args.fix and unfixable:
             print("structural problems cannot be fixed in place: rebuild the cache", file=sys.stderr)
     return EXIT_PROBLEMS if problems else EXIT_OK
-
-
-def resume_command(url: str) -> str:
-    """The build command that recomputes the videos `verify --fix` marked: the cache's own videos and options."""
-    return f"fame-pipeline build --out {url} --resume"
 
 
 def _show(args: argparse.Namespace) -> int:

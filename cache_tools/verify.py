@@ -11,6 +11,10 @@ An append stopped before it committed comes first: its rows have no status and i
 the checks after it would read them as damage. Fixing removes it (`pipeline.cache.unfinished`), and the next
 `--append` adds its videos again.
 
+A cache a Ray build is still planning, or was stopped while planning (layout `planning`), has rows without a status
+by design: they are not planned yet. That is not damage: only the planned rows are checked, nothing is marked for
+them, and the report says how far the plan got (`plan_in_progress`); `--resume` plans on from there.
+
 Fixing rewrites damaged metadata files from their definition (the data chunks are untouched), rebuilds the clip-to-
 video column from the video table, and marks the videos behind every other problem `pending` (status and error
 columns, in one go), so a later `fame-pipeline build SRC --out CACHE --resume` recomputes exactly their groups,
@@ -28,6 +32,7 @@ from tqdm import tqdm
 from pipeline.cache import DONE, PENDING, STATUSES, Cache
 from pipeline.cache.fingerprint import source_changes
 from pipeline.cache.layout import MetadataError, check_metadata, rewrite_metadata
+from pipeline.cache.planning import is_planning
 from pipeline.cache.unfinished import UnfinishedAppend, drop_unfinished_append, find_unfinished_append
 from pipeline.signals import deferred
 from pipeline.video import NO_INDEX, FrameIndex
@@ -196,6 +201,47 @@ def _sources(cache: Cache, progress: bool) -> list[Problem]:
     return [Problem(c.kind, c.detail, c.video, c.path) for c in changes]
 
 
+def resume_command(url: str) -> str:
+    """The build command that finishes a cache (the videos `verify --fix` marked, or a plan stopped part way): the
+    cache's own videos and options."""
+    return f"fame-pipeline build --out {url} --resume"
+
+
+@dataclass(frozen=True)
+class PlanInProgress:
+    """A cache whose plan is not finished: a Ray build is planning it, or was stopped while planning. Its first
+    `planned` rows are planned (they have a status); the others are not yet, which is no damage."""
+
+    url: str
+    planned: int | None  # None: the video table cannot be read (the metadata check names the file)
+    videos: int | None
+
+    def __str__(self) -> str:
+        done = (
+            "how many videos are planned cannot be read"
+            if self.planned is None
+            else (f"{self.planned} of {self.videos} videos planned")
+        )
+        return (
+            f"planning: {self.url} is being planned by a Ray build, or was stopped while planning: {done} (the rows "
+            "without a status are not planned yet: not damage, only the planned rows are checked). Once no build is "
+            f"running, `{resume_command(self.url)}` plans the rest and computes every video not done"
+        )
+
+    def to_dict(self) -> dict[str, int | None]:
+        return {"planned": self.planned, "videos": self.videos}
+
+
+def plan_in_progress(cache: Cache) -> PlanInProgress | None:
+    """How far the plan of a cache still being planned got (see pipeline.cache.planning), or None when it is done."""
+    if not is_planning(cache):
+        return None
+    try:
+        return PlanInProgress(cache.url, cache.committed_videos(), cache.n_videos)
+    except Exception:  # a video column that cannot be read: `_metadata` reports it, and --fix rewrites it
+        return PlanInProgress(cache.url, None, None)
+
+
 def _unfinished_append(cache: Cache) -> list[Problem]:
     """An append stopped before it committed (see pipeline.cache.unfinished), as a problem of the whole cache."""
     found = find_unfinished_append(cache)
@@ -205,14 +251,17 @@ def _unfinished_append(cache: Cache) -> list[Problem]:
 def verify_cache(cache: Cache, sources: bool = True, progress: bool = False) -> list[Problem]:
     """Every problem found, in the order unfinished append, metadata, status, clip table, frame indexes, clip data,
     sources. [] means the cache is sound. An unfinished append or damaged metadata stops the check there: what
-    follows would read through it."""
+    follows would read through it. In a cache still being planned, the rows not planned yet have no status, and
+    only the planned ones are checked (`plan_in_progress`)."""
     problems = _unfinished_append(cache)
     if problems:
         return problems
     problems = _metadata(cache)
     if problems:
         return problems
-    problems = _statuses(cache.videos("status"), cache.videos("path"))
+    plan = plan_in_progress(cache)
+    rows = slice(None) if plan is None else slice(plan.planned)  # the metadata check above passed: it is read
+    problems = _statuses(cache.videos("status")[rows], cache.videos("path")[rows])
     clip_video, frames, bad_chunks = cache.read_clip_table()
     problems += _unreadable_table(cache, bad_chunks)
     stored = cache.root["clips/checksum"][:]

@@ -3,10 +3,14 @@ created whole, and a build stopped half-way through its plan finishes it."""
 
 from __future__ import annotations
 
+import json
+import re
+
 import numpy as np
 import pytest
-from helpers import assert_same_cache
+from helpers import assert_same_cache, cache_arrays
 
+from cache_tools.cli import main as cache_main
 from pipeline.build import build_cache, create_cache
 from pipeline.cache import FAILED, PENDING, Cache
 from pipeline.cache.planning import (
@@ -128,4 +132,46 @@ def test_build_stopped_after_probing_every_video_resumes(tiny_dataset, tmp_path,
     report = build_cache(str(tiny_dataset), out, TINY, resume=True, progress=False)
     assert (report.n_done, report.n_computed) == (6, 6)
     assert not is_planning(Cache.open(out))
+    assert_same_cache(ref, out)
+
+
+@pytest.mark.parametrize("stage", ["half planned", "every video probed"])
+def test_verify_of_a_cache_stopped_while_planning_says_so_and_fix_leaves_the_plan(
+    tiny_dataset, tmp_path, stage, capsys
+):
+    """Rows without a status are not planned yet, not damage: `verify` checks the planned rows, says the cache is
+    being planned (or was stopped while planning) and that --resume plans on; `verify --fix` marks nothing pending
+    and writes nothing, and --resume then finishes to the arrays of an uninterrupted build."""
+    ref, out = str(tmp_path / "ref.zarr"), str(tmp_path / "planning.zarr")
+    build_cache(str(tiny_dataset), ref, TINY, progress=False)
+    source = list_source(str(tiny_dataset))
+    cache = create_cache(out, source, TINY, progress=False, unplanned=True)
+    planner = Planner(cache, source, TINY)
+    probed = planner.probe_rest()
+    if stage == "half planned":  # one group computed, one planned and pending, the rest not planned
+        tasks = planner.extend({k: v[:2] for k, v in probed.items()}, written=False)
+        write_task_plan(cache, tasks[0])
+        run_group(tasks[0])
+    else:  # the probe tasks wrote every row; the driver planned none
+        counts, _ = plan_clips(probed, TINY)
+        write_probed(cache, range(6), {"path": planner.paths, "label": planner.labels, **probed}, counts)
+    planned = plan_state(Cache.open(out))[0].planned
+    assert is_planning(Cache.open(out)) and planned == (2 if stage == "half planned" else 6)
+    before = cache_arrays(out)
+    capsys.readouterr()
+    assert cache_main(["verify", out, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["problems"] == [] and report["planning"] == {"planned": planned, "videos": 6}
+    assert cache_main(["verify", out]) == 0
+    said = capsys.readouterr().out
+    assert re.search(rf"being planned.*stopped while planning.*{planned} of 6 videos planned", said), said
+    assert f"fame-pipeline build --out {out} --resume" in said
+    assert cache_main(["verify", out, "--fix"]) == 0
+    assert "marked" not in capsys.readouterr().err
+    after = cache_arrays(out)
+    assert sorted(after) == sorted(before)
+    for name in before:
+        np.testing.assert_array_equal(after[name], before[name], err_msg=name)
+    report = build_cache(str(tiny_dataset), out, TINY, resume=True, progress=False)
+    assert report.n_done == 6 and not is_planning(Cache.open(out))
     assert_same_cache(ref, out)
