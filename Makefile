@@ -34,7 +34,7 @@ demo: $(STAMP)
 	$(BIN)/fame-pipeline synth $(DEMO)/test --classes 3 --videos-per-class 2 --frames 40 --seed 1
 	if [ -d $(REAL_VIDEOS) ]; then mkdir -p $(DEMO)/videos/real && cp $(REAL_VIDEOS)/*.mp4 $(DEMO)/videos/real/; fi
 	$(BIN)/fame-pipeline build $(DEMO)/videos --out $(DEMO)/cache.zarr --size 64x86 --clip-len 8 --stride 2 \
-		--clips-per-video 2 --workers 2 --report $(DEMO)/build.json
+		--clips-per-video 2 --workers 2 --json $(DEMO)/build.json
 	$(BIN)/fame-cache info $(DEMO)/cache.zarr
 	$(BIN)/fame-cache show $(DEMO)/cache.zarr --clip 0 --out $(DEMO)/clip.png
 	$(BIN)/fame-cache show $(DEMO)/cache.zarr --sheet 24 --out $(DEMO)/sheet.png

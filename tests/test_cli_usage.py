@@ -125,6 +125,35 @@ def test_one_name_per_concept_and_hidden_old_spellings():
                     parser.parse_args([*_positionals(parser), "--device", "tpu"])
 
 
+def _makefile_commands() -> list[tuple[str, list[str]]]:
+    """(prog and subcommand, its words) of every `$(BIN)/fame-...` command in the Makefile, lines joined where they
+    end in a backslash."""
+    text = (Path(__file__).resolve().parents[1] / "Makefile").read_text().replace("\\\n", " ")
+    out = []
+    for match in re.finditer(r"\$\(BIN\)/(fame-\w+) ([\w-]+)([^\n;&|]*)", text):
+        out.append((f"{match[1]} {match[2]}", match[3].split()))
+    return out
+
+
+def test_the_makefile_spells_every_option_as_help_shows_it():
+    """`make demo` is the README's first example: its commands use the names --help shows, not an older spelling
+    still read (`build --report FILE` is `--json FILE`)."""
+    shown = {
+        prog: {o for a in parser._actions for o in a.option_strings if a.help != argparse.SUPPRESS}
+        for _, top in ALL_PARSERS
+        for prog, parser in subcommands(top)
+    }
+    commands = _makefile_commands()
+    assert {"fame-pipeline build", "fame-cache show", "fame-train pretrain"} <= {prog for prog, _ in commands}
+    hidden = [
+        f"{prog} {word}"
+        for prog, words in commands
+        for word in words
+        if word.startswith("--") and word.split("=")[0] not in shown[prog]
+    ]
+    assert not hidden, hidden
+
+
 def _positionals(parser: argparse.ArgumentParser) -> list[str]:
     """Values for a parser's required arguments and options, so one more option can be parsed alone."""
     words = [f"p{i}" for i, a in enumerate(parser._actions) if not a.option_strings and a.nargs != "?"]
