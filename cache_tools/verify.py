@@ -4,8 +4,9 @@ Metadata first: every node's `zarr.json` must be the document the cache's number
 reads that follow would be misread (a fill value edited to 255 turns a missing shard into a full mask). Then the
 status column (only pending, done, failed), the clip table chunk by chunk, and every committed clip: a deleted shard
 reads back as the fill value and flipped bytes either fail to decode or change the data, so the stored CRC32 (mask,
-plate, frame numbers) catches both. Sources are compared by size and modification time with the values recorded at
-build time.
+plate, frame numbers) catches both. Each done video's source is compared with the file it was built from by size
+and content fingerprint (`pipeline.cache.fingerprint`; by size alone in caches built before the fingerprint), never by
+modification time, so a `touch` or a copy is the same video; and its path must stay inside the source root.
 
 An append stopped before it committed comes first: its rows have no status and its arrays may be half grown, so
 the checks after it would read them as damage. Fixing removes it (`pipeline.cache.unfinished`), and the next
