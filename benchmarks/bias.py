@@ -16,7 +16,8 @@ probe and kNN are fitted on the training videos and scored on the swapped test. 
 - fame: FAME with the project's defaults (`motion` masks, default LoaderParams).
 - fame+semi: defaults + semi-negatives.
 - fame+semi+micro: defaults + semi-negatives + the micro-bias term (weight 0.5).
-- fame+bgneg: defaults + the merged query's own background as an extra negative.
+- fame+bgneg: defaults + the merged query's own background as an extra negative (named, not run by default).
+- fame+still: defaults + each view frozen at its middle frame as an extra negative (named, not run by default).
 - supervised: not pretraining but the budget's ceiling: the same backbone, merged query views and steps, trained with
   the class. If it cannot follow the motion, no self-supervised arm can be expected to at this budget.
 
@@ -40,13 +41,14 @@ and "method" ("motion" or "fame") choosing the cache. Outputs: the JSON, a Markd
 `<stem>_loss.png` (each arm's mean contrastive loss by step, per size, with ln(queue + 1), the loss of a query
 that cannot tell its key from the queue, dashed). `--quick` writes `bias_quick.*` unless `--json` is given.
 
-Time, on 2 CPU cores: a run (pretrain + evaluation) costs ~60 s (108 steps of batch 16, crop 40, clips of 8, and the
-evaluation); videos and caches ~20 s per mover size. The two mover sizes run side by side, each in a process of its
-own with one torch thread (`--jobs`, default up to 2): the full benchmark (6 arms x 5 seeds x 2 sizes) takes ~32
-min, `--quick` (3 arms x 2 seeds x 2 sizes, 72 steps a run) under 10 min. The budget was cut to fit, seeds kept: 40
-px crops of a 48x64 cache (the model's step is 0.29 s on one core at 40 px, 0.57 s at 56) and 12 epochs of 9 steps.
-One torch thread per process: two threads on two shared cores, beside the loader's worker, stalled at OpenMP
-barriers (0.4 s steps took 2-5 s). `--merge A.json B.json --json F` joins reports of other mover sizes made with the
+Time, on 2 CPU cores: a run (pretrain + evaluation) costs 85-135 s with the two mover sizes side by side (108 steps
+of batch 16, crop 40, clips of 8, and the evaluation; a step is ~0.44 s with the machine to itself, 1.2 s beside the
+other size's run: the loader's decoding and the model share the two cores); videos and caches ~30 s per mover size.
+Each size runs in a process of its own with one torch thread (`--jobs`, default up to 2): the default arms (6 arms x
+5 seeds x 2 sizes) take ~58 min, `--quick` (3 arms x 2 seeds x 2 sizes, 72 steps a run) under 10 min. The budget was
+cut to fit, seeds kept: 40 px crops of a 48x64 cache and 12 epochs of 9 steps. One torch thread per process: two
+threads on two shared cores, beside the loader's worker, stalled at OpenMP barriers (0.4 s steps took 2-5 s).
+`--merge A.json B.json --json F` joins reports of other mover sizes made with the
 same budget. Videos are written at 96x128 (a width PyAV and x264 encode deterministically, see `bias_scenes`) and
 cached at 48x64.
 """
@@ -92,6 +94,8 @@ from trainer.train import lr_at, make_optimizer, pretrain  # noqa: E402
 CHANCE = 1 / len(CLASSES)
 BASELINE = "moco"
 QUICK_ARMS = ("moco", "fame", "fame_paper")
+# What `make bench-bias` runs: the arms the bias issue asks for and the supervised ceiling, within an hour on 2 cores.
+DEFAULT_ARMS = ("moco", "fame_paper", "fame", "fame+semi", "fame+semi+micro", "supervised")
 # `fame-train eval --protocol swapped` on the test videos' own cache: own class, background's class, plate alone.
 CACHE_SWAP_KEYS = ("swapped_top1", "swapped_bg_top1", "background_only_top1")
 
@@ -106,6 +110,7 @@ ARMS: dict[str, dict[str, Any]] = {
     "fame+semi": {"semi_negatives": True},
     "fame+semi+micro": {"semi_negatives": True, "micro": True, "micro_weight": 0.5},
     "fame+bgneg": {"background_negatives": True},
+    "fame+still": {"still_negatives": True},
     # Not pretraining: the ceiling. The same backbone, merged views and budget, told the class.
     "supervised": {"supervised": True},
 }
@@ -629,7 +634,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help=f"fewer epochs and seeds, arms {', '.join(QUICK_ARMS)}")
     parser.add_argument("--sizes", nargs="+", choices=list(MOVER_AREAS), default=list(MOVER_AREAS))
-    parser.add_argument("--arms", nargs="+", default=None, help="named arms to run (default: all, or the quick set)")
+    parser.add_argument(
+        "--arms", nargs="+", default=None, help=f"named arms (default: {', '.join(DEFAULT_ARMS)}; --quick: its own)"
+    )
     parser.add_argument("--arm", action="append", default=[], metavar="NAME=JSON", help="an ad-hoc arm (repeatable)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--epochs", type=int, default=None)
@@ -649,7 +656,7 @@ def select_arms(args: argparse.Namespace) -> dict[str, dict]:
     """Named arms (all, the quick set, or --arms), then the ad-hoc --arm ones."""
     adhoc = dict(parse_arm(text) for text in args.arm)
     known = {**ARMS, **adhoc}
-    names = args.arms or (list(QUICK_ARMS) if args.quick else list(ARMS))
+    names = args.arms or list(QUICK_ARMS if args.quick else DEFAULT_ARMS)
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ValueError(f"--arms: unknown arm(s) {unknown}; named arms: {', '.join(known)}")
