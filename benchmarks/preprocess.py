@@ -163,7 +163,7 @@ def timed_build(src: Path, out: Path, params: BuildParams, workers: int):
     if out.exists():
         shutil.rmtree(out)
     start = time.perf_counter()
-    report = build_cache(str(src), str(out), params, workers=workers, progress=False)
+    report = build_cache(str(src), str(out), params, workers=workers, progress=False, ray=workers > 1)
     return time.perf_counter() - start, report
 
 

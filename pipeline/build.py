@@ -28,7 +28,7 @@ from pipeline.cache.lock import LockError, is_lock_file, writer_lock
 from pipeline.cache.planning import create_unplanned, is_planning
 from pipeline.cache.unfinished import find_unfinished_append
 from pipeline.job import GroupResult, GroupTask, VideoResult
-from pipeline.params import BuildParams
+from pipeline.params import RAY_MIN_VIDEOS_PER_WORKER, BuildParams
 from pipeline.plan import plan_clips
 from pipeline.planner import Planner, plan_source_problem
 from pipeline.probe import columns, probe_row
@@ -41,6 +41,16 @@ __all__ = ["BuildError", "BuildReport", "build_cache", "resolve_out", "videos_pe
 
 class BuildError(Exception):
     """A build that cannot run as asked (bad source, a cache that must not be touched), with the reason."""
+
+
+def runs_on_ray(n_videos: int, workers: int, address: str | None, ray: bool | None = None) -> bool:
+    """Whether a build's tasks run on Ray: always on a cluster (`address`); locally as `ray` says when given, else
+    with several workers and enough videos for each to repay Ray's start-up."""
+    if address is not None:
+        return True
+    if ray is not None:
+        return ray
+    return workers > 1 and n_videos >= RAY_MIN_VIDEOS_PER_WORKER * workers
 
 
 def videos_per_group(n_videos: int) -> int:
@@ -389,13 +399,15 @@ def build_cache(
     force_unlock: bool = False,
     split: str | None = None,
     append: bool = False,
+    ray: bool | None = None,
 ) -> BuildReport:
     """Build (or with resume, finish; with append, grow by the source's videos it lacks, then finish) the cache of
     `src` at `out` and return what happened.
 
     The cache's writer lock (see `pipeline.cache.lock`) is held from before the cache is opened or created to the end,
     so a second build of the same cache is refused before it touches anything; force_unlock removes a dead holder's
-    lock."""
+    lock. `ray`: run on a local Ray (True) or in this process (False) whatever the job's size; None decides by size
+    (`runs_on_ray`)."""
     _check_request(workers, report_path)
     start = time.perf_counter()
     out = _absolute(out)
@@ -403,11 +415,11 @@ def build_cache(
     info = None if isinstance(src, Source) else source_info(source, src, split, len(source.entries))
     try:
         with writer_lock(out, "fame-pipeline build", force=force_unlock):
-            unplanned = (workers > 1 or address is not None) and len(source.entries) > videos_per_group(
-                len(source.entries)
-            )  # on Ray the workers plan, and each group starts once planned
+            n_videos = len(source.entries)
+            on_ray = runs_on_ray(n_videos, workers, address, ray)
+            unplanned = on_ray and n_videos > videos_per_group(n_videos)  # the workers plan; groups start once planned
             opened = _open_for_build(out, source, params, resume, progress, append, info, unplanned)
-            return _fill(opened, source, out, params, start, workers, address, progress, report_path)
+            return _fill(opened, source, out, params, start, workers, address, progress, report_path, on_ray)
     except LockError as exc:
         raise BuildError(str(exc)) from exc
 
@@ -450,15 +462,16 @@ def _fill(
     address: str | None,
     progress: bool,
     report_path: str | None,
+    on_ray: bool,
 ) -> BuildReport:
     """The build proper, run while holding the writer lock on the cache it opened or created: compute what is
-    missing."""
+    missing, on Ray (`on_ray`, see `runs_on_ray`) or in this process's threads."""
     plan_seconds = time.perf_counter() - start  # listing, probing, creating (or opening) the cache
     planner = Planner(cache, source, params) if is_planning(cache) else None  # plans as it computes
     tasks = [] if planner else _tasks(cache, params, source.root)
     many = planner.n_videos > planner.state.per_group if planner else len(tasks) > 1
-    use_ray = many and (workers > 1 or address is not None)
-    runner = RayRunner(workers, address) if use_ray else InProcessRunner()
+    use_ray = many and on_ray
+    runner = RayRunner(workers, address) if use_ray else InProcessRunner(threads=max(2, workers))
     compute_start = time.perf_counter()
     computed, clips, compute_seconds, first = _compute(cache, tasks, runner, progress, planner)
     driver_seconds, probe_seconds = plan_seconds, 0.0

@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from pipeline.params import METHODS, BuildParams, parse_clips_per_video, parse_size
+from pipeline.params import METHODS, RAY_MIN_VIDEOS_PER_WORKER, BuildParams, parse_clips_per_video, parse_size
 from pipeline.report import EXIT_FAILED_JOB, EXIT_OK, EXIT_USAGE, check_report_path
 from pipeline.signals import handle_signals, interrupted
 from pipeline.sources import SPLITS, Source, VideoEntry, is_url
@@ -110,6 +110,14 @@ def _add_build_parser(sub: argparse._SubParsersAction) -> None:
         "without Ray (default %(default)s)",
     )
     p.add_argument(
+        "--ray",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run the tasks on a local Ray whatever the job's size (--no-ray: in this process, in N threads); default: "
+        f"Ray with at least {RAY_MIN_VIDEOS_PER_WORKER} videos per worker, below that Ray's start-up costs more than "
+        "it saves",
+    )
+    p.add_argument(
         "--address", help="join an existing Ray cluster (e.g. 'auto', ray://host:10001); default starts a local Ray"
     )
     p.add_argument(
@@ -197,6 +205,7 @@ def _run_build(args: argparse.Namespace) -> int:
             params,
             workers=args.workers,
             address=args.address,
+            ray=args.ray,
             resume=args.resume or bool(args.cache_root),
             videos_root=args.videos_root,
             progress=not args.quiet,

@@ -121,3 +121,9 @@ class BuildParams:
         """Output-changing fields that differ, as {field: (self, other)}."""
         mine, theirs = self.output_params(), other.output_params()
         return {k: (mine[k], theirs[k]) for k in mine if mine[k] != theirs[k]}
+
+
+# A local job (no `address`) with fewer videos than this per worker runs in this process, in `workers` threads: Ray's
+# start-up (its processes, each worker importing the package) would cost more than processes gain over threads, which
+# PyAV, OpenCV and NumPy mostly leave free of the GIL (see README, "Small jobs").
+RAY_MIN_VIDEOS_PER_WORKER = 100

@@ -15,11 +15,11 @@ import pytest
 import zarr
 from helpers import assert_same_cache, cache_arrays
 
-from pipeline.build import BuildError, build_cache
+from pipeline.build import BuildError, build_cache, runs_on_ray
 from pipeline.cache import DONE, Cache
 from pipeline.cli import main
 from pipeline.masks import get_method
-from pipeline.params import BuildParams
+from pipeline.params import RAY_MIN_VIDEOS_PER_WORKER, BuildParams
 from pipeline.video import decode_clip
 from synthetic import Scene, write_dataset, write_scene
 
@@ -122,10 +122,20 @@ def test_cache_root_finds_and_reuses(tiny_dataset, tmp_path):
 def test_two_ray_workers_same_bytes_as_one(tiny_dataset, tmp_path):
     one, two = str(tmp_path / "one.zarr"), str(tmp_path / "two.zarr")
     r1 = build_cache(str(tiny_dataset), one, TINY, workers=1, progress=False)
-    r2 = build_cache(str(tiny_dataset), two, TINY, workers=2, progress=False)
+    r2 = build_cache(str(tiny_dataset), two, TINY, workers=2, progress=False, ray=True)
     assert (r1.mode, r2.mode) == ("in-process", "ray")
     assert r2.n_done == 6
     assert_same_cache(one, two)
+
+
+def test_small_local_jobs_run_in_process_and_a_cluster_or_ray_forced_always_on_ray():
+    per = RAY_MIN_VIDEOS_PER_WORKER
+    assert not runs_on_ray(2 * per - 1, workers=2, address=None)  # Ray's start-up would not pay for itself
+    assert runs_on_ray(2 * per, workers=2, address=None)
+    assert not runs_on_ray(10**6, workers=1, address=None)
+    assert runs_on_ray(1, workers=1, address="auto")
+    assert runs_on_ray(1, workers=2, address=None, ray=True)
+    assert not runs_on_ray(10**6, workers=8, address=None, ray=False)
 
 
 def test_kill_then_resume_equals_uninterrupted(tmp_path):

@@ -114,6 +114,7 @@ def test_build_signal_stops_and_resumes_to_clean_bytes(build_source, tmp_path, s
     src, ref = build_source
     out = str(tmp_path / "out.zarr")
     opts = ["--size", "48x64", "--clip-len", "8", "--clips-per-video", "2", "--workers", str(workers), "--quiet"]
+    opts += ["--ray"] if workers > 1 else []  # a job this small would otherwise run in-process
     err_file = tmp_path / "stderr.txt"
     proc = start(["pipeline", "build", str(src), "--out", out, *opts], err_file)
 
