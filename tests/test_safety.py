@@ -235,7 +235,8 @@ def test_ls_lists_a_half_made_cache_as_broken_and_goes_on(cache, capsys):
     assert entries["half.zarr"].problem and entries["half.zarr"].n_videos == 0
     assert cache_main(["ls", str(root)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[1] == f"    from {root}: 3 videos"  # what the sound cache covers
+    created = open_cache(cache).attrs["created"]  # a cache made before `sources`: its root, count and creation
+    assert lines[1] == f"    from {root}: 3 videos, added {created}"  # what the sound cache covers
     del lines[1]
     assert len(lines) == 2 and lines[1].startswith(f"BROKEN  {half}: ") and lines[0].endswith("cache.zarr")
     assert cache_main(["ls", str(root), "--json"]) == 0
