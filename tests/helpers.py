@@ -121,31 +121,49 @@ def assert_same_cache(a: str, b: str) -> None:
         np.testing.assert_array_equal(left[name], right[name], err_msg=name)
 
 
-# A `fame-pipeline` run that kills itself (SIGKILL, as `kill -9` would) as it is about to write the first key of the
-# cache at argv[1] that starts with argv[2]: the cache is left as a kill at that moment leaves it, writer lock and all.
+# A `fame-pipeline` run that kills itself (SIGKILL, as `kill -9` would) as it is about to write a key of the cache at
+# argv[1] that matches the regular expression argv[2] from its start: the first argv[3] such writes are made, and the
+# next one kills the process once they have completed. The cache is left as a kill at that moment leaves it, writer
+# lock and all.
 _KILLED_AT = """
-import os, signal, sys
+import asyncio, os, re, signal, sys
 from pathlib import Path
 from zarr.storage import LocalStore
 from pipeline.cli import main
 
-cache, key, write = Path(sys.argv[1]).resolve(), sys.argv[2], LocalStore.set
+cache, key, after, write = Path(sys.argv[1]).resolve(), re.compile(sys.argv[2]), int(sys.argv[3]), LocalStore.set
+started = completed = 0
 
 async def set_or_die(self, name, value, *args, **kwargs):
-    if name.startswith(key) and Path(self.root).resolve() == cache:
+    global started, completed
+    if not (key.match(name) and Path(self.root).resolve() == cache):
+        return await write(self, name, value, *args, **kwargs)
+    started += 1
+    if started > after:
+        while completed < after:  # the writes let through land first
+            await asyncio.sleep(0.001)
         os.kill(os.getpid(), signal.SIGKILL)
-    return await write(self, name, value, *args, **kwargs)
+    result = await write(self, name, value, *args, **kwargs)
+    completed += 1
+    return result
 
 LocalStore.set = set_or_die
-sys.exit(main(sys.argv[3:]))
+sys.exit(main(sys.argv[4:]))
 """
 
 
-def pipeline_killed_at(cache: str, key: str, argv: list[str]) -> None:
-    """Run `fame-pipeline ARGV` in a child process killed as it is about to write the first key of `cache` (a local
-    path) that starts with `key`, e.g. `videos/path/c/`; fails if it ended any other way."""
+def pipeline_killed_at(cache: str, key: str, argv: list[str], after: int = 0) -> None:
+    """Run `fame-pipeline ARGV` in a child process killed as it is about to write a key of `cache` (a local path)
+    that `key`, a regular expression, matches from its start (e.g. `videos/path/c/`): the first `after` such writes
+    are made, and the next one kills it once they have landed (0: it dies at the first). Fails if it ended any other
+    way. Zarr makes writes side by side (asyncio), so `after` is how a test makes sure that exactly some of them
+    landed: killed at the first matching write, none may have."""
     repo = Path(__file__).resolve().parents[1]
     child = subprocess.run(
-        [sys.executable, "-c", _KILLED_AT, cache, key, *argv], cwd=repo, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", _KILLED_AT, cache, key, str(after), *argv],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert child.returncode == -signal.SIGKILL, f"not killed at {key!r} (exit {child.returncode}): {child.stderr}"
