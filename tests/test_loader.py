@@ -51,6 +51,16 @@ def test_compose_matches_numpy_reference(cache_url):
     np.testing.assert_array_equal(debug["merged"], np.floor(expected + 0.5))  # rounded to nearest, exactly
 
 
+def test_plain_query_is_the_cropped_clip(cache_url):
+    """Without FAME (fame_p 0) the graph skips the blend: the query is its clip's crop, byte for byte what the
+    debug path, which blends with an all-own alpha, gives."""
+    loader = FameLoader(cache_url, 2, params=quick(augment=False, fame_p=0.0), seed=3)
+    query = next(iter(loader))["query"].numpy()
+    clip = loader.debug_batch()["clip"].astype(np.float32)  # (B, T, H, W, C) uint8
+    expected = ((clip - np.float32(MEAN)) / np.float32(STD)).transpose(0, 4, 1, 2, 3)
+    np.testing.assert_allclose(query, expected, rtol=0, atol=1e-5)
+
+
 def test_threshold_mode_binarises(cache_url):
     loader = FameLoader(cache_url, 2, params=quick(augment=False, mask_mode="threshold"), seed=3)
     debug = loader.debug_batch()

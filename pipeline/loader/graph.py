@@ -158,9 +158,14 @@ def build_pipeline(source: SampleSource, batch_size: int, device_id: int | None,
         # as cropped for its own query.
         needs_partner = not plates or params.return_partner
         partner = fn.permute_batch(a, indices=partner_slot) if needs_partner else None
-        bg = crop_flip(fn.permute_batch(plate, indices=partner_slot), rois[0], flips[0], crop) if plates else partner
-        fame = data["fame"].gpu() if gpu else data["fame"]  # per-sample scalars join GPU arithmetic on the GPU
-        merged = compose(a, m, bg, fame)
+        bg = partner
+        if params.fame_p > 0 or params.return_background or debug_outputs:
+            if plates:
+                bg = crop_flip(fn.permute_batch(plate, indices=partner_slot), rois[0], flips[0], crop)
+            fame = data["fame"].gpu() if gpu else data["fame"]  # per-sample scalars join GPU arithmetic on the GPU
+            merged = compose(a, m, bg, fame)
+        else:  # no query is ever merged (plain MoCo): the cropped clip is the query, without a blend
+            merged = a
         key = crop_flip(clip_b, rois[1], flips[1], crop)
         meta = partner_meta(data["meta"], partner_slot)
         outputs = [normalise(augment(merged, colour[0])), normalise(augment(key, colour[1])), meta]
