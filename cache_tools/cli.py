@@ -1,8 +1,8 @@
 """`fame-cache` (also `python -m cache_tools`): inspect, verify, show, diff, list and clean FAME caches.
 
 Exit codes: 0 fine; 1 `verify` found problems (also after `--fix` marked them) or `diff` found no clip in common;
-2 usage error; 3 a cache could not be opened or the work failed (the message says which file and why); 130 / 143
-stopped by Ctrl-C / SIGTERM.
+2 usage error; 3 a cache could not be opened, was refused (gc: one not all committed) or the work failed (the message
+says which file and why); 130 / 143 stopped by Ctrl-C / SIGTERM.
 """
 
 from __future__ import annotations
@@ -169,13 +169,13 @@ def _print_ls(root: str, entries: list) -> None:
 
 def _gc(args: argparse.Namespace) -> int:
     from cache_tools.api import normalise_url, open_cache
-    from cache_tools.gc import gc_cache
+    from cache_tools.gc import gc_cache, refuse_unfinished
     from cache_tools.info import human_bytes
     from pipeline.cache.lock import writer_lock
 
     if args.force_unlock and args.dry_run:
         raise ValueError("--force-unlock goes with a real run: --dry-run writes nothing")
-    open_cache(args.cache)  # a clear error before any work
+    refuse_unfinished(open_cache(args.cache))  # a clear error before any work (gc_cache checks again, under the lock)
     url = normalise_url(args.cache)
     with nullcontext() if args.dry_run else writer_lock(url, "fame-cache gc", force=args.force_unlock):
         report = gc_cache(url, dry_run=args.dry_run, progress=_progress(args))

@@ -6,6 +6,12 @@ copied, shard by shard, into a new cache beside the old one with the same parame
 replaces the old (two renames on a local disk; a copy then delete on object stores, which have no rename). The
 folders beside it carry a suffix made unique for this run (`<cache>.gc-tmp-<id>`, `<cache>.gc-old-<id>`): gc deletes
 only what it made, never a folder that happens to have such a name.
+
+gc reads the whole video table and keeps only what it finds sound, so it refuses a cache whose table is not all part
+of the cache (`refuse_unfinished`): one a Ray build is still planning, or was stopped while planning (the rows
+without a status are not planned yet; dropped, the plan would be lost: `--resume` finishes it), and one holding an
+append stopped before it committed (as `verify` checks nothing past such an append, gc decides nothing past it:
+`verify --fix` removes it, then gc runs on the cache the append began from).
 """
 
 from __future__ import annotations
@@ -19,8 +25,18 @@ from tqdm import tqdm
 
 from cache_tools.api import disk_bytes
 from cache_tools.find import cache_sources
-from cache_tools.verify import Problem, _clips, _sources, _statuses, _unreadable_table, index_problem
-from pipeline.cache import DONE, Cache
+from cache_tools.verify import (
+    Problem,
+    _clips,
+    _sources,
+    _statuses,
+    _unreadable_table,
+    index_problem,
+    plan_in_progress,
+    resume_command,
+)
+from pipeline.cache import DONE, Cache, CacheError
+from pipeline.cache.unfinished import find_unfinished_append
 
 PLATE_REENCODE_TOLERANCE = 1.0  # mean grey levels a JPEG plate may move when copied (decoded and encoded again)
 
@@ -163,9 +179,31 @@ def _swap(url: str, tmp: str) -> None:
     fs.rm(old, recursive=True)
 
 
+def refuse_unfinished(cache: Cache) -> None:
+    """Raise CacheError when the video table holds rows that are not yet part of the cache: a plan not finished
+    (rows without a status are not planned yet, and gc would drop them as not done, losing the plan) or an append
+    stopped before it committed (verify reports it and checks nothing past it; gc would take its rows for failures)."""
+    plan = plan_in_progress(cache)
+    if plan is not None:
+        planned = "" if plan.planned is None else f" ({plan.planned} of {plan.videos} videos planned)"
+        raise CacheError(
+            f"{cache.url}: still being planned by a Ray build, or stopped while planning{planned}: its rows without a "
+            "status are not planned yet, and gc would drop them and lose the plan. Once no build is running, "
+            f"`{resume_command(cache.url)}` finishes it; then run gc"
+        )
+    found = find_unfinished_append(cache)
+    if found is not None:
+        raise CacheError(
+            f"{cache.url}: {found}. gc works on a committed cache only: once no build is running, "
+            f"`fame-cache verify --fix {cache.url}` removes the unfinished append; then run gc (and that append again)"
+        )
+
+
 def gc_cache(url: str, dry_run: bool = True, progress: bool = False) -> GcReport:
-    """Decide (and unless dry_run, do) the clean-up of the cache at url."""
+    """Decide (and unless dry_run, do) the clean-up of the cache at url. Refused (CacheError) for a cache still
+    being planned or holding an unfinished append (`refuse_unfinished`)."""
     cache = Cache.open(url, mode="r")
+    refuse_unfinished(cache)
     keep, dropped = videos_to_keep(cache, progress)
     paths = cache.videos("path")
     report = GcReport(url, kept=len(keep), dropped=[(str(paths[v]), why) for v, why in dropped], dry_run=dry_run)

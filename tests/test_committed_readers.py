@@ -13,6 +13,7 @@ import pytest
 from helpers import make_cache, pipeline_killed_at
 
 from cache_tools.api import is_readable, open_cache
+from cache_tools.cli import main as cache_main
 from cache_tools.find import list_caches
 from cache_tools.info import cache_info, format_info
 from cache_tools.show import load_view, pick_clip, sheet_clips
@@ -56,6 +57,12 @@ def _readers(url: str) -> dict[str, object]:
     }
 
 
+def append_argv(root: Path, url: str) -> list[str]:
+    """`fame-pipeline build` adding the videos under root that the cache at url lacks."""
+    options = ["--size", "32x40", "--clip-len", "4", "--clips-per-video", "2", "--quiet"]
+    return ["build", str(root), "--out", url, "--append", *options]
+
+
 @pytest.fixture(scope="module")
 def stopped(tmp_path_factory) -> tuple[str, dict[str, object]]:
     """(a cache of 4 videos grown by an append of 2 that was killed as it was about to write their status, what every
@@ -66,8 +73,7 @@ def stopped(tmp_path_factory) -> tuple[str, dict[str, object]]:
     (root / "class_new").mkdir()
     for name in NEW:
         shutil.copyfile(root / "class_0" / "video 0.mp4", root / name)
-    append = ["build", str(root), "--out", url, "--append", "--size", "32x40", "--clip-len", "4"]
-    pipeline_killed_at(url, "videos/status/c/", [*append, "--clips-per-video", "2", "--quiet"])
+    pipeline_killed_at(url, "videos/status/c/", append_argv(root, url))
     cache = Cache.open(url)
     assert cache.n_videos == 6 and cache.committed_videos() == 4  # the rows are there, without a status
     assert {4, 5} <= set(cache.clip_table()[0].tolist())  # and their clip slots are filled
@@ -106,3 +112,27 @@ def test_is_readable_sees_the_cache_before_the_append(stopped, tmp_path):
     cache = open_cache(str(unfilled))
     assert (cache.clip_table()[0][old_slots:] == 0).all()
     assert [is_readable(cache, c) for c in SLOTS] == before["readable"]
+
+
+def test_gc_refuses_a_cache_with_an_unfinished_append_and_points_at_verify_fix(stopped, tmp_path, capsys):
+    """As verify checks nothing past an append stopped before it committed (its rows have no status), gc decides
+    nothing past it: it does not report those rows as dropped for their status, it refuses (exit 3, as a dry run
+    too) naming `verify --fix`, and writes nothing. Once --fix removed the append, gc finds the cache it began from
+    sound."""
+    url, _ = stopped
+    copy = str(tmp_path / "cache.zarr")
+    shutil.copytree(url, copy)
+    capsys.readouterr()
+    for argv in (["gc", copy, "--dry-run"], ["gc", copy]):
+        assert cache_main(argv) == 3, argv
+        said = capsys.readouterr()
+        assert "drop" not in said.out, said.out
+        assert f"{copy}: an append" in said.err and "stopped before it committed" in said.err, said.err
+        assert f"`fame-cache verify --fix {copy}` removes the unfinished append" in said.err, said.err
+    assert Cache.open(copy).n_videos == 6 and not list(tmp_path.glob("*.gc-*"))
+    with pytest.warns(UserWarning, match="taking over a stale writer lock"):  # the killed append's
+        assert cache_main(["verify", copy, "--fix", "--quiet"]) == 1  # the append is the problem it removes
+    assert Cache.open(copy).n_videos == 4
+    capsys.readouterr()
+    assert cache_main(["gc", copy, "--dry-run"]) == 0
+    assert "would keep 4 video(s), drop 0" in capsys.readouterr().out

@@ -135,6 +135,29 @@ def test_build_stopped_after_probing_every_video_resumes(tiny_dataset, tmp_path,
     assert_same_cache(ref, out)
 
 
+def stopped_while_planning(tiny_dataset, tmp_path, stage: str) -> tuple[str, str, int]:
+    """(an uninterrupted build's cache, a cache of the same videos stopped while planning, its rows planned). Stages:
+    'half planned': one group (video 0) computed, one (video 1) planned and pending with its share of the plan not
+    written yet (its first clip reads 0), the rest not planned; 'every video probed': the probe tasks wrote every row,
+    the driver planned none."""
+    ref, out = str(tmp_path / "ref.zarr"), str(tmp_path / "planning.zarr")
+    build_cache(str(tiny_dataset), ref, TINY, progress=False)
+    source = list_source(str(tiny_dataset))
+    cache = create_cache(out, source, TINY, progress=False, unplanned=True)
+    planner = Planner(cache, source, TINY)
+    probed = planner.probe_rest()
+    if stage == "half planned":
+        tasks = planner.extend({k: v[:2] for k, v in probed.items()}, written=False)
+        write_task_plan(cache, tasks[0])
+        run_group(tasks[0])
+    else:
+        counts, _ = plan_clips(probed, TINY)
+        write_probed(cache, range(6), {"path": planner.paths, "label": planner.labels, **probed}, counts)
+    planned = plan_state(Cache.open(out))[0].planned
+    assert is_planning(Cache.open(out)) and planned == (2 if stage == "half planned" else 6)
+    return ref, out, planned
+
+
 @pytest.mark.parametrize("stage", ["half planned", "every video probed"])
 def test_verify_of_a_cache_stopped_while_planning_says_so_and_fix_leaves_the_plan(
     tiny_dataset, tmp_path, stage, capsys
@@ -142,21 +165,7 @@ def test_verify_of_a_cache_stopped_while_planning_says_so_and_fix_leaves_the_pla
     """Rows without a status are not planned yet, not damage: `verify` checks the planned rows, says the cache is
     being planned (or was stopped while planning) and that --resume plans on; `verify --fix` marks nothing pending
     and writes nothing, and --resume then finishes to the arrays of an uninterrupted build."""
-    ref, out = str(tmp_path / "ref.zarr"), str(tmp_path / "planning.zarr")
-    build_cache(str(tiny_dataset), ref, TINY, progress=False)
-    source = list_source(str(tiny_dataset))
-    cache = create_cache(out, source, TINY, progress=False, unplanned=True)
-    planner = Planner(cache, source, TINY)
-    probed = planner.probe_rest()
-    if stage == "half planned":  # one group computed, one planned and pending, the rest not planned
-        tasks = planner.extend({k: v[:2] for k, v in probed.items()}, written=False)
-        write_task_plan(cache, tasks[0])
-        run_group(tasks[0])
-    else:  # the probe tasks wrote every row; the driver planned none
-        counts, _ = plan_clips(probed, TINY)
-        write_probed(cache, range(6), {"path": planner.paths, "label": planner.labels, **probed}, counts)
-    planned = plan_state(Cache.open(out))[0].planned
-    assert is_planning(Cache.open(out)) and planned == (2 if stage == "half planned" else 6)
+    ref, out, planned = stopped_while_planning(tiny_dataset, tmp_path, stage)
     before = cache_arrays(out)
     capsys.readouterr()
     assert cache_main(["verify", out, "--json"]) == 0
@@ -174,4 +183,27 @@ def test_verify_of_a_cache_stopped_while_planning_says_so_and_fix_leaves_the_pla
         np.testing.assert_array_equal(after[name], before[name], err_msg=name)
     report = build_cache(str(tiny_dataset), out, TINY, resume=True, progress=False)
     assert report.n_done == 6 and not is_planning(Cache.open(out))
+    assert_same_cache(ref, out)
+
+
+@pytest.mark.parametrize("stage", ["half planned", "every video probed"])
+def test_gc_refuses_a_cache_stopped_while_planning_and_leaves_it(tiny_dataset, tmp_path, stage, capsys):
+    """gc reads the whole video table: the rows not planned yet (no status) would be dropped as not done and the plan
+    lost. It refuses, as a dry run too (exit 3, like its other refusals), naming the cache and --resume, and writes
+    nothing; --resume then finishes to the arrays of an uninterrupted build."""
+    ref, out, planned = stopped_while_planning(tiny_dataset, tmp_path, stage)
+    before = cache_arrays(out)
+    capsys.readouterr()
+    for argv in (["gc", out, "--dry-run"], ["gc", out], ["gc", out, "--json"]):
+        assert cache_main(argv) == 3, argv
+        said = capsys.readouterr()
+        assert "drop" not in said.out, said.out
+        assert re.search(rf"{re.escape(out)}: still being planned.*stopped while planning.*{planned} of 6", said.err)
+        assert f"`fame-pipeline build --out {out} --resume` finishes it" in said.err, said.err
+    after = cache_arrays(out)
+    assert sorted(after) == sorted(before)
+    for name in before:
+        np.testing.assert_array_equal(after[name], before[name], err_msg=name)
+    assert not list(tmp_path.glob("*.gc-*"))
+    build_cache(str(tiny_dataset), out, TINY, resume=True, progress=False)
     assert_same_cache(ref, out)
