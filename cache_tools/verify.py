@@ -17,9 +17,9 @@ by design: they are not planned yet. That is not damage: only the planned rows a
 them, and the report says how far the plan got (`plan_in_progress`); `--resume` plans on from there.
 
 Fixing rewrites damaged metadata files from their definition (the data chunks are untouched), rebuilds the clip-to-
-video column from the video table, and marks the videos behind every other problem `pending` (status and error
-columns, in one go), so a later `fame-pipeline build SRC --out CACHE --resume` recomputes exactly their groups,
-writing their shards whole.
+video column from the video table (in a cache still being planned, from the planned rows alone), and marks the videos
+behind every other problem `pending` (status and error columns, in one go), so a later `fame-pipeline build SRC --out
+CACHE --resume` recomputes exactly their groups, writing their shards whole.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from tqdm import tqdm
 from pipeline.cache import DONE, PENDING, STATUSES, Cache
 from pipeline.cache.fingerprint import source_changes
 from pipeline.cache.layout import MetadataError, check_metadata, rewrite_metadata
-from pipeline.cache.planning import is_planning
+from pipeline.cache.planning import is_planning, plan_state
 from pipeline.cache.unfinished import UnfinishedAppend, drop_unfinished_append, find_unfinished_append
 from pipeline.signals import deferred
 from pipeline.video import NO_INDEX, FrameIndex
@@ -281,13 +281,27 @@ def repair_metadata(cache: Cache, problems: Iterable[Problem]) -> list[str]:
     return files
 
 
-def repair_clip_video(cache: Cache) -> None:
-    """Rewrite clips/video from the video table (first clip and clip count of each video), the data it derives from."""
-    first, count = cache.videos("first_clip"), cache.videos("n_clips")
-    clip_video = np.full(cache.n_slots, -1, np.int32)
+def clip_video_of(cache: Cache) -> np.ndarray:
+    """clips/video as the video table gives it (first clip and clip count of each video, the data it derives from).
+    In a cache still being planned only the planned rows count, at the slots the plan gives them (`plan_state`, what
+    their group's share of the plan writes to `first_clip`): a planned row whose share is not written yet reads first
+    clip 0 (the fill value), and a row not planned may hold a clip count already, so either would claim the slots
+    from 0 on, another video's."""
+    n_slots = cache.n_slots
+    if is_planning(cache):
+        state, first = plan_state(cache)
+        count = cache.videos("n_clips")[: state.planned]
+    else:
+        first, count = cache.videos("first_clip"), cache.videos("n_clips")
+    clip_video = np.full(n_slots, -1, np.int32)
     for v in range(len(first)):
-        clip_video[int(first[v]) : int(first[v]) + int(count[v])] = v
-    cache.root["clips/video"][:] = clip_video
+        clip_video[min(int(first[v]), n_slots) : min(int(first[v]) + int(count[v]), n_slots)] = v
+    return clip_video
+
+
+def repair_clip_video(cache: Cache) -> None:
+    """Rewrite clips/video from the video table (`clip_video_of`)."""
+    cache.root["clips/video"][:] = clip_video_of(cache)
 
 
 @dataclass

@@ -207,3 +207,29 @@ def test_gc_refuses_a_cache_stopped_while_planning_and_leaves_it(tiny_dataset, t
     assert not list(tmp_path.glob("*.gc-*"))
     build_cache(str(tiny_dataset), out, TINY, resume=True, progress=False)
     assert_same_cache(ref, out)
+
+
+def test_verify_fix_rebuilds_the_clip_table_of_a_cache_stopped_while_planning_from_planned_rows(
+    tiny_dataset, tmp_path, capsys
+):
+    """A damaged clips/video chunk (video 0's slots) in a cache stopped while planning: --fix rebuilds the column from
+    the planned rows at their planned slots. Video 1 is planned but its group's share of the plan is not written (its
+    first clip reads 0), and rows not planned may hold clip counts (a probe task killed before their status): neither
+    may claim video 0's slots. --resume then finishes to the arrays of an uninterrupted build."""
+    ref, out, planned = stopped_while_planning(tiny_dataset, tmp_path, "half planned")
+    cache = Cache.open(out, mode="r+")
+    assert list(cache.videos("first_clip")[:2]) == [0, 0] and list(cache.videos("n_clips")[:2]) == [2, 2]
+    cache.root["videos/n_clips"][planned:] = np.full(6 - planned, 2, np.int32)  # probed, no status yet
+    chunk = tmp_path / "planning.zarr" / "clips" / "video" / "c" / "0"  # absent when it held the fill value (0, 0)
+    chunk.parent.mkdir(exist_ok=True)
+    chunk.write_bytes(b"not a chunk")
+    capsys.readouterr()
+    assert cache_main(["verify", out, "--fix", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert {p["kind"] for p in report["problems"]} == {"clip-table", "layout"} and report["fixed"] == [0]
+    slots = Cache.open(out).n_slots
+    fixed, whole = Cache.open(out).root["clips/video"][:], Cache.open(ref).root["clips/video"][:slots]
+    np.testing.assert_array_equal(fixed, whole)  # video 0's slots are its own; video 1's where its plan puts them
+    assert cache_main(["verify", out]) == 0 and "2 of 6 videos planned" in capsys.readouterr().out
+    build_cache(str(tiny_dataset), out, TINY, resume=True, progress=False)
+    assert_same_cache(ref, out)
