@@ -4,6 +4,8 @@ Clips are matched by (video path, source frame numbers), so caches built with ot
 where they cover the same frames. Agreement is the IoU of the binary masks (>= 128); masks of another size are
 resized (nearest) to the first cache's size. Caches of different sources (other source roots, or a video of the same
 path whose file had another size) would be compared as if of the same videos, so they are refused unless asked for.
+Both are read as committed (`Cache.committed`): an append growing a cache, or stopped before its status, is no part
+of it, neither of its clips nor of its sources.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.cache import Cache
+from pipeline.cache import Cache, Committed
 from pipeline.params import FOREGROUND_THRESHOLD
 
 
@@ -31,23 +33,25 @@ def _resize_masks(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.stack([cv2.resize(m, (size[1], size[0]), interpolation=cv2.INTER_NEAREST) for m in masks])
 
 
-def _clip_keys(cache: Cache) -> dict[tuple[str, tuple[int, ...]], int]:
-    """(video path, frame numbers) -> clip index, over readable clips."""
-    clip_video, frames = cache.clip_table()
-    paths = cache.videos("path")
-    return {(str(paths[clip_video[c]]), tuple(frames[c].tolist())): int(c) for c in cache.readable_clips()}
+def _clip_keys(view: Committed) -> dict[tuple[str, tuple[int, ...]], int]:
+    """(video path, frame numbers) -> clip index, over the readable clips of a committed cache."""
+    paths = view.table["path"]
+    return {(str(paths[view.clip_video[c]]), tuple(view.frames[c].tolist())): int(c) for c in view.readable}
 
 
-def source_differences(a: Cache, b: Cache) -> list[str]:
+def source_differences(a: Cache, b: Cache, seen: tuple[Committed, Committed] | None = None) -> list[str]:
     """Why two caches look built from different videos: other source roots, or videos of the same path whose files
-    had other sizes at build time. [] when nothing says so."""
+    had other sizes at build time. [] when nothing says so. Only the committed rows count (`Cache.committed`; `seen`:
+    a's and b's, if already read): an append that has not written its status is no part of either cache, so the
+    paths and sizes of its rows make no difference."""
+    rows_a, rows_b = seen or (a.committed(), b.committed())
     notes = []
     if a.source_root != b.source_root:
         notes.append(f"source roots differ: {a.source_root} vs {b.source_root}")
-    sizes = {str(p): int(n) for p, n in zip(b.videos("path"), b.videos("bytes"), strict=True)}
+    sizes = {str(p): int(n) for p, n in zip(rows_b.table["path"], rows_b.table["bytes"], strict=True)}
     other = [
         str(p)
-        for p, n in zip(a.videos("path"), a.videos("bytes"), strict=True)
+        for p, n in zip(rows_a.table["path"], rows_a.table["bytes"], strict=True)
         if int(n) and sizes.get(str(p)) and sizes[str(p)] != int(n)
     ]
     if other:
@@ -58,14 +62,15 @@ def source_differences(a: Cache, b: Cache) -> list[str]:
 def diff_caches(a: Cache, b: Cache, worst: int = 5, progress: bool = False, any_source: bool = False) -> dict[str, Any]:
     """Parameter differences and mask agreement (mean IoU over matched clips, per-video means, worst videos).
     Raises ValueError for caches of different sources (`source_differences`) unless any_source."""
-    sources = source_differences(a, b)
+    seen = a.committed(), b.committed()  # what a reader may read: an append not committed is no part of it
+    sources = source_differences(a, b, seen)
     if sources and not any_source:
         raise ValueError(
             f"{a.url} and {b.url} were built from different sources ({'; '.join(sources)}): their masks would be "
             "compared as if of the same videos; pass --any-source to compare them anyway"
         )
     params = {k: list(v) for k, v in a.params.differences(b.params).items()}
-    keys_a, keys_b = _clip_keys(a), _clip_keys(b)
+    keys_a, keys_b = _clip_keys(seen[0]), _clip_keys(seen[1])
     common = sorted(set(keys_a) & set(keys_b))
     per_video: dict[str, list[float]] = {}
     for key in tqdm(common, desc="diff", unit="clip", disable=not progress, leave=False):

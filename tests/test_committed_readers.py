@@ -14,10 +14,12 @@ from helpers import make_cache, pipeline_killed_at
 
 from cache_tools.api import is_readable, open_cache
 from cache_tools.cli import main as cache_main
+from cache_tools.diff import source_differences
 from cache_tools.find import list_caches
 from cache_tools.info import cache_info, format_info
 from cache_tools.show import load_view, pick_clip, sheet_clips
 from pipeline.cache import Cache
+from pipeline.cli import main as pipeline_main
 from pipeline.swap import draw_swaps
 
 NEW = ("class_new/new 4.mp4", "class_new/new 5.mp4")  # the videos the killed append was adding
@@ -136,3 +138,29 @@ def test_gc_refuses_a_cache_with_an_unfinished_append_and_points_at_verify_fix(s
     capsys.readouterr()
     assert cache_main(["gc", copy, "--dry-run"]) == 0
     assert "would keep 4 video(s), drop 0" in capsys.readouterr().out
+
+
+def test_diff_compares_the_sources_of_the_committed_caches(stopped, tmp_path, capsys):
+    """The rows of an append not committed are no source of the cache: another cache of the same source root, whose
+    own append of the same paths was finished while one of them was another file, differs from the stopped cache in
+    no committed row, so diff compares them without a 'different sources' note (either way round)."""
+    url, _ = stopped
+    root = Path(url).parent
+    other = str(tmp_path / "other.zarr")
+    shutil.copytree(url, other)
+    new, kept = root / NEW[0], (root / NEW[0]).read_bytes()
+    shutil.copyfile(root / "class_1" / "video 1.mp4", new)  # another file under the same path
+    try:
+        assert new.stat().st_size != len(kept)
+        with pytest.warns(UserWarning, match="taking over a stale writer lock"):  # the killed append's
+            assert pipeline_main(append_argv(root, other)) == 0  # the append finished there, with that file
+    finally:
+        new.write_bytes(kept)
+    assert open_cache(other).committed_videos() == 6
+    a, b = open_cache(url), open_cache(other)
+    assert source_differences(a, b) == [] and source_differences(b, a) == []
+    capsys.readouterr()
+    for first, second in ((url, other), (other, url)):
+        assert cache_main(["diff", first, second, "--quiet"]) == 0
+        said = capsys.readouterr().out
+        assert "note" not in said and "clips       8 matched" in said, said
