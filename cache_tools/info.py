@@ -8,13 +8,18 @@ import numpy as np
 
 from cache_tools.api import disk_bytes
 from cache_tools.find import cache_sources
+from cache_tools.verify import resume_command
 from pipeline.cache import DONE, FAILED, PENDING, Cache, Committed
+from pipeline.cache.planning import is_planning
 from pipeline.params import FOREGROUND_THRESHOLD
 
 
 def cache_info(cache: Cache, with_bytes: bool = True) -> dict[str, Any]:
     """Parameters, counts, failures and sizes of the committed cache (`Cache.committed`: an append growing it, or
-    stopped before its status, is not part of it). Keys are documented in the README (`info --json`)."""
+    stopped before its status, is not part of it). Keys are documented in the README (`info --json`). In a cache a
+    Ray build is still planning, or was stopped while planning, the committed rows are the planned ones: `planning`
+    says how many of how many ({planned, videos}; None once the plan is finished), so the counts are not taken for
+    the whole cache's."""
     view = cache.committed()
     attrs, table = view.attrs, view.table
     status, errors, paths = table["status"], table["error"], table["path"]
@@ -34,6 +39,7 @@ def cache_info(cache: Cache, with_bytes: bool = True) -> dict[str, Any]:
         "sources": cache_sources(cache, view),
         "fingerprints": "fingerprint" in cache.video_fields,
         "layout": attrs.get("layout", {}),
+        "planning": {"planned": view.n_videos, "videos": cache.n_videos} if is_planning(cache) else None,
         "videos": {
             "total": len(status),
             "done": int((status == DONE).sum()),
@@ -129,6 +135,18 @@ def human_bytes(n: float | None) -> str:
     return f"{n}"
 
 
+def format_planning(info: dict[str, Any]) -> list[str]:
+    """`info`'s line on a plan not finished (none once it is): the counts above are the planned videos' only."""
+    plan = info.get("planning")
+    if not plan:
+        return []
+    return [
+        f"planning     unfinished: {plan['planned']} of {plan['videos']} videos planned (a Ray build is planning the "
+        "cache, or was stopped while planning; the counts are the planned videos'): once no build is running, "
+        f"`{resume_command(info['url'])}` plans the rest"
+    ]
+
+
 def format_info(info: dict[str, Any], max_failures: int = 20) -> str:
     v, c, b = info["videos"], info["clips"], info["bytes"]
     p = info["params"]
@@ -145,6 +163,7 @@ def format_info(info: dict[str, Any], max_failures: int = 20) -> str:
         + ("" if info["fingerprints"] else " (built before content fingerprints: checked by size alone)"),
         *(f"  from       {describe_source(record)}" for record in info["sources"]),
         f"videos       {v['total']} total: {v['done']} done, {v['failed']} failed, {v['pending']} pending",
+        *format_planning(info),
         f"clip count   {c['readable']} readable of {c['planned']} planned ({c['slots']} slots)",
         f"bytes        {human_bytes(b['on_disk'])} on disk, source {human_bytes(b['source'])}{ratio}",
     ]

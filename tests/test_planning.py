@@ -233,3 +233,22 @@ def test_verify_fix_rebuilds_the_clip_table_of_a_cache_stopped_while_planning_fr
     assert cache_main(["verify", out]) == 0 and "2 of 6 videos planned" in capsys.readouterr().out
     build_cache(str(tiny_dataset), out, TINY, resume=True, progress=False)
     assert_same_cache(ref, out)
+
+
+def test_info_of_a_cache_stopped_while_planning_says_the_plan_is_unfinished(tiny_dataset, tmp_path, capsys):
+    """info counts the planned rows only; a line (and `planning` in the JSON) says the plan is unfinished and how far
+    it got, so those counts are not taken for the whole cache's. A finished cache has neither."""
+    ref, out, planned = stopped_while_planning(tiny_dataset, tmp_path, "half planned")
+    capsys.readouterr()
+    assert cache_main(["info", out]) == 0
+    said = capsys.readouterr().out
+    assert "videos       2 total" in said
+    line = next((x for x in said.splitlines() if x.startswith("planning ")), "")
+    assert re.search(r"unfinished: 2 of 6 videos planned.*stopped while planning", line), said
+    assert f"fame-pipeline build --out {out} --resume" in line
+    assert cache_main(["info", out, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["planning"] == {"planned": planned, "videos": 6} and info["videos"]["total"] == planned
+    assert cache_main(["info", ref, "--json"]) == 0 and json.loads(capsys.readouterr().out)["planning"] is None
+    assert cache_main(["info", ref]) == 0
+    assert not [x for x in capsys.readouterr().out.splitlines() if x.startswith("planning ")]
