@@ -157,3 +157,28 @@ def test_pretrain_goes_past_damaged_clips_and_says_how_many_it_left_out(clean, t
     with pytest.warns(UserWarning, match="is damaged; left out"):
         pretrain(config, progress=False)
     assert "damaged clip(s) or undecodable video(s); `fame-cache verify" in capsys.readouterr().err
+
+
+def test_a_stand_in_for_a_damaged_sample_never_brings_its_partners_video(clean, tmp_path):
+    """A sample left out is replaced by one of a later batch: its video is none of its batch's others, so no query
+    is merged over a plate of its own video (with the next sample standing in, a batch of 2 paired a video with
+    itself)."""
+    _, _, url, _ = clean
+    copy = str(tmp_path / "c.zarr")
+    shutil.copytree(url, copy)
+    for shard in faults._shards(copy, "masks")[:3]:
+        shard.unlink()
+    with pytest.warns(UserWarning, match="is damaged; left out"):
+        for seed in range(3):
+            loader = FameLoader(copy, batch_size=2, params=LoaderParams(crop=16, num_workers=0), seed=seed)
+            for batch in loader:
+                assert (batch["video"] != batch["partner_video"]).all(), f"seed {seed}: {batch['video'].tolist()}"
+            assert loader.skipped
+
+
+def test_stand_ins_come_from_other_batches_first():
+    from pipeline.loader.external_source import stand_ins
+
+    assert list(stand_ins(1, 2, 6)) == [1, 3, 5, 2, 4]  # the same slot of the next batches, never batch 0's other
+    assert list(stand_ins(7, 4, 6)) == [1, 3, 2]  # a padded batch wraps: positions 4, 5, 0, 1 are its own
+    assert list(stand_ins(1, 4, 3)) == [1, 2, 0]  # one batch in the epoch: only its others are left

@@ -14,7 +14,9 @@ reported in the sample's `skipped_video`/`skipped_clip`, or it stops the loader
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 import cv2
@@ -42,6 +44,21 @@ GPU_OUTPUTS = ("enc_a", "frames_a", "alpha", "plate", "enc_b", "frames_b")
 PARAM_OUTPUTS = ("rois", "flips", "colour", "fame", "partner_slot", "meta")
 PLACEHOLDER_PLATE = np.zeros((1, 1, 3), np.uint8)  # shapes the plate output of samples that merge no plate
 MAX_SUBSTITUTES = 8  # unusable samples in a row before the loader gives up on the cache
+
+
+def stand_ins(position: int, batch_size: int, n: int) -> Iterator[int]:
+    """Positions in an epoch's order of `n` samples that may take the place of the one at `position`, in turn: itself,
+    then the same slot of the following batches (wrapping), then any other position outside its batch, and only when
+    the epoch has no other batch, the others of its own. A stand-in from another batch brings a video that none of
+    this batch's samples has, so no sample is merged over a plate of its own video (any of the batch may be its
+    partner, or take it as theirs)."""
+    yield position % n
+    first = position - position % batch_size
+    batch = {(first + slot) % n for slot in range(batch_size)}
+    same_slot = ((position + k * batch_size) % n for k in range(1, n))
+    anywhere = ((position + k) % n for k in range(1, n))
+    outside = [p for p in dict.fromkeys([*same_slot, *anywhere]) if p not in batch]  # in order, each once
+    yield from outside if outside else ((position + k) % n for k in range(1, n))
 
 
 class UnusableClip(LoaderError):
@@ -141,9 +158,9 @@ class SampleSource:
         # A batch of one merges nothing (FameLoader refuses it with FAME): the sample stands in as its own partner.
         single = self.batch_size == 1
         partners = [0] if single else batch_partners(self.batch_size, self.seed, epoch, self.shard_id, batch)
-        own, skipped = position, None
-        for _ in range(MAX_SUBSTITUTES + 1):
-            draw = self._draw(epoch, int(order[own % len(order)]))
+        skipped = None
+        for own in islice(stand_ins(position, self.batch_size, len(order)), MAX_SUBSTITUTES + 1):
+            draw = self._draw(epoch, int(order[own]))
             try:
                 if self.decode_only:
                     return tuple(self._decode(draw))
@@ -152,8 +169,7 @@ class SampleSource:
             except UnusableClip as exc:
                 if self.params.on_damage == "stop":
                     raise UnusableClip(exc.video, exc.clip, f"{exc} (on_damage='stop')") from exc
-                skipped = skipped or exc
-                own += 1  # another video of the epoch stands in
+                skipped = skipped or exc  # the next of `stand_ins` stands in
         else:
             raise UnusableClip(
                 skipped.video,
