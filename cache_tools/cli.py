@@ -163,6 +163,11 @@ def _print_ls(root: str, entries: list) -> None:
             f"{e.params_hash}  {e.method:<6}  {p['size'][0]}x{p['size'][1]}  T={p['clip_len']}  stride={p['stride']}  "
             f"clips/video={p['clips_per_video'] or 'all'}  {e.n_done}/{e.n_videos} videos  {e.n_clips} clips  {e.url}"
         )
+        if e.planning:  # the counts above are the planned rows'
+            print(
+                f"    planning unfinished: {e.planning['planned']} of {e.planning['videos']} videos planned; "
+                f"`fame-pipeline build --out {e.url} --resume` plans the rest"
+            )
         for record in e.sources:  # what the cache covers: each build or append
             print(f"    from {describe_source(record)}")
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.cache import DONE, Cache, CacheError, Committed, cache_urls
+from pipeline.cache.planning import is_planning
 from pipeline.cache.store import source_records
 
 
@@ -24,6 +25,9 @@ class CacheEntry:
     problem: str = ""  # why the entry cannot be read (a half-made or damaged cache); "" when it can
     # What the cache covers: one record per build or append (source, split, videos_root, videos, first_video, added)
     sources: list[dict[str, Any]] = field(default_factory=list)
+    # A cache a Ray build is planning, or was stopped while planning: {planned, videos}; the counts above are the
+    # planned rows'. None once every video is planned.
+    planning: dict[str, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -51,6 +55,7 @@ def _entry(url: str) -> CacheEntry:
         n_clips=len(view.readable),
         created=str(cache.attrs.get("created", "")),
         sources=cache_sources(cache, view),
+        planning={"planned": view.n_videos, "videos": cache.n_videos} if is_planning(cache) else None,
     )
 
 

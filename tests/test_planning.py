@@ -252,3 +252,17 @@ def test_info_of_a_cache_stopped_while_planning_says_the_plan_is_unfinished(tiny
     assert cache_main(["info", ref, "--json"]) == 0 and json.loads(capsys.readouterr().out)["planning"] is None
     assert cache_main(["info", ref]) == 0
     assert not [x for x in capsys.readouterr().out.splitlines() if x.startswith("planning ")]
+
+
+def test_ls_says_which_caches_are_still_being_planned(tiny_dataset, tmp_path, capsys):
+    """ls counts a planning cache's planned rows, like info, and says under it that the plan is unfinished."""
+    ref, out, planned = stopped_while_planning(tiny_dataset, tmp_path, "half planned")
+    capsys.readouterr()
+    assert cache_main(["ls", str(tmp_path), "--json"]) == 0
+    entries = {e["url"].rstrip("/"): e for e in json.loads(capsys.readouterr().out)}
+    assert entries[out]["planning"] == {"planned": planned, "videos": 6}
+    assert entries[ref]["planning"] is None
+    assert cache_main(["ls", str(tmp_path)]) == 0
+    said = capsys.readouterr().out
+    assert f"planning unfinished: {planned} of 6 videos planned; `fame-pipeline build --out" in said
+    assert said.count("planning unfinished") == 1, said
