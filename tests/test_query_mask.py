@@ -5,12 +5,14 @@ functions say, and no merged frame falls below the floor."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from helpers import make_cache
 
 from pipeline.loader import FameLoader, LoaderParams
-from pipeline.loader.query_mask import centre_on_mask, crop_mask, query_alpha, top_fraction
+from pipeline.loader.query_mask import at_least, centre_on_mask, crop_mask, query_alpha, top_fraction
 from pipeline.loader.sampling import ClipIndex, draw_sample, key_clip_frames
 
 WHOLE = np.array([0.0, 0.0, 1.0, 1.0], np.float32)
@@ -83,6 +85,27 @@ def test_top_fraction_exact_counts():
     for fraction in (0.01, 0.37, 0.99):
         kept = top_fraction(mask, fraction)
         assert np.all(kept.reshape(5, -1).sum(axis=1) == round(fraction * 17 * 23))
+
+
+def test_the_floor_keeps_at_least_its_fraction_in_one_blob_at_a_quarter_of_the_work():
+    """at_least ranks 2x2 blocks: never under the fraction, at most 3 pixels over, the same blob a full ranking
+    keeps around the mover; an odd-sized crop is ranked whole, exactly."""
+    rng = np.random.default_rng(2)
+    mask = np.zeros((4, 40, 40), np.uint8)
+    mask[:, 12:18, 20:27] = 200  # a small mover
+    mask[1] = 0  # a still frame
+    mask[2] = (rng.integers(0, 6, (40, 40)) * 51).astype(np.uint8)
+    for fraction in (0.05, 0.3, 0.61):
+        kept = at_least(mask, fraction).reshape(4, -1).sum(axis=1)
+        need = math.ceil(fraction * 40 * 40)
+        assert np.all(kept >= need) and np.all(kept <= need + 3), (fraction, kept, need)
+    blob = at_least(mask, 0.3)[0]
+    assert blob[12:18, 20:27].all(), "the mover itself is kept"
+    assert np.abs(blob.astype(int) - top_fraction(mask, 0.3)[0]).sum() < 0.1 * blob.sum(), (
+        "where the full ranking keeps"
+    )
+    odd = mask[:, :39, :39]
+    np.testing.assert_array_equal(at_least(odd, 0.3), top_fraction(odd, 0.3))
 
 
 @pytest.fixture(scope="module")
