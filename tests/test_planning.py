@@ -112,23 +112,12 @@ def test_build_stopped_half_way_through_its_plan_resumes(tiny_dataset, tmp_path)
     assert_same_cache(ref, out)
 
 
-@pytest.mark.parametrize("extended", [False, True], ids=["probed", "planned"])
-def test_build_stopped_after_probing_every_video_resumes(tiny_dataset, tmp_path, extended):
+@pytest.mark.parametrize("stage", ["every video probed", "every video planned"])
+def test_build_stopped_after_probing_every_video_resumes(tiny_dataset, tmp_path, stage):
     """Stopped after the probe tasks wrote every row, before the driver planned them (no slots yet) or after it did
     (no group's share of the plan written yet): --resume plans on, in-process, to the arrays of an uninterrupted
     build."""
-    ref, out = str(tmp_path / "ref.zarr"), str(tmp_path / "probed.zarr")
-    build_cache(str(tiny_dataset), ref, TINY, progress=False)
-    source = list_source(str(tiny_dataset))
-    cache = create_cache(out, source, TINY, progress=False, unplanned=True)
-    planner = Planner(cache, source, TINY)
-    probed = planner.probe_rest()
-    counts, _ = plan_clips(probed, TINY)
-    names = {"path": planner.paths, "label": planner.labels}
-    write_probed(cache, range(6), {**names, **probed}, counts)  # as the probe tasks do
-    if extended:
-        planner.extend(probed)  # the driver planned every row; no group task started
-    assert is_planning(Cache.open(out)) and plan_state(Cache.open(out))[0].planned == 6
+    ref, out, _ = stopped_while_planning(tiny_dataset, tmp_path, stage)
     report = build_cache(str(tiny_dataset), out, TINY, resume=True, progress=False)
     assert (report.n_done, report.n_computed) == (6, 6)
     assert not is_planning(Cache.open(out))
@@ -139,7 +128,7 @@ def stopped_while_planning(tiny_dataset, tmp_path, stage: str) -> tuple[str, str
     """(an uninterrupted build's cache, a cache of the same videos stopped while planning, its rows planned). Stages:
     'half planned': one group (video 0) computed, one (video 1) planned and pending with its share of the plan not
     written yet (its first clip reads 0), the rest not planned; 'every video probed': the probe tasks wrote every row,
-    the driver planned none."""
+    the driver planned none; 'every video planned': the driver planned them too, and no group task started."""
     ref, out = str(tmp_path / "ref.zarr"), str(tmp_path / "planning.zarr")
     build_cache(str(tiny_dataset), ref, TINY, progress=False)
     source = list_source(str(tiny_dataset))
@@ -153,6 +142,8 @@ def stopped_while_planning(tiny_dataset, tmp_path, stage: str) -> tuple[str, str
     else:
         counts, _ = plan_clips(probed, TINY)
         write_probed(cache, range(6), {"path": planner.paths, "label": planner.labels, **probed}, counts)
+        if stage == "every video planned":
+            planner.extend(probed)
     planned = plan_state(Cache.open(out))[0].planned
     assert is_planning(Cache.open(out)) and planned == (2 if stage == "half planned" else 6)
     return ref, out, planned
