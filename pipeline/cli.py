@@ -106,8 +106,8 @@ def _add_build_parser(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=1,
         metavar="N",
-        help="Ray tasks run at once, each decoding and computing one group of videos; 1 runs in this process "
-        "without Ray (default %(default)s)",
+        help="Ray tasks run at once, each decoding and computing one group of videos; 1, or a small local job "
+        "(see --ray), runs in this process without Ray (default %(default)s)",
     )
     p.add_argument(
         "--ray",
