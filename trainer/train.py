@@ -172,7 +172,7 @@ def _setup_distributed(device: torch.device) -> tuple[int, int]:
 
 
 def make_optimizer(config: TrainConfig, parameters: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    """SGD with momentum (MoCo's), or AdamW, which gets further in a short budget; the schedule sets the rate."""
+    """SGD with momentum (MoCo's), or AdamW; either follows the run's warm-up and cosine schedule of `lr`."""
     parameters = list(parameters)
     if config.optimizer == "adamw":
         return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import chain, islice
 from typing import Any
 
 import cv2
@@ -54,11 +54,16 @@ def stand_ins(position: int, batch_size: int, n: int) -> Iterator[int]:
     partner, or take it as theirs)."""
     yield position % n
     first = position - position % batch_size
-    batch = {(first + slot) % n for slot in range(batch_size)}
+    seen = {(first + slot) % n for slot in range(batch_size)}  # this batch's positions
+    if len(seen) == n:  # the epoch is this one batch
+        yield from ((position + k) % n for k in range(1, n))
+        return
     same_slot = ((position + k * batch_size) % n for k in range(1, n))
     anywhere = ((position + k) % n for k in range(1, n))
-    outside = [p for p in dict.fromkeys([*same_slot, *anywhere]) if p not in batch]  # in order, each once
-    yield from outside if outside else ((position + k) % n for k in range(1, n))
+    for candidate in chain(same_slot, anywhere):  # drawn lazily: a damaged sample needs only the first few
+        if candidate not in seen:
+            seen.add(candidate)
+            yield candidate
 
 
 class UnusableClip(LoaderError):
