@@ -206,6 +206,11 @@ def _optional(field: str) -> bool:
     return f"videos/{field}" in OPTIONAL_NODES
 
 
+def _column(values: Any, dtype: Any) -> np.ndarray:
+    """Values as a video column's array: strings as objects, as Zarr's string arrays take them."""
+    return np.asarray(values, dtype=object if dtype is str else dtype)
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
@@ -256,7 +261,7 @@ def _video_columns(
     for name, dtype in VIDEO_FIELDS.items():
         data = table.get(name)
         data = np.zeros(n_videos, dtype=dtype) if data is None else data
-        columns[f"videos/{name}"] = np.asarray(data, dtype=object if dtype is str else dtype)
+        columns[f"videos/{name}"] = _column(data, dtype)
     return columns
 
 
@@ -420,7 +425,11 @@ class Cache:
     @functools.cached_property
     def video_fields(self) -> dict[str, Any]:
         """The video columns this cache has: all of VIDEO_FIELDS, less an optional one it was built without."""
-        present = set(self.root["videos"].array_keys())
+        optional = [name for name in VIDEO_FIELDS if _optional(name)]
+        # By their metadata documents, not a listing: listing opens every column (milliseconds per writer group).
+        store, base = self.root.store, f"{self.root.path}/" if self.root.path else ""
+        found = together(*(store.exists(f"{base}videos/{name}/zarr.json") for name in optional))
+        present = {name for name, exists in zip(optional, found, strict=True) if exists}
         return {name: dtype for name, dtype in VIDEO_FIELDS.items() if name in present or not _optional(name)}
 
     def videos(self, field: str) -> np.ndarray:
@@ -617,13 +626,16 @@ class Cache:
         )
         self._drop_chunks(group.clips)
         clip_arrays = [("masks", masks), ("plates", plates), ("clips/frames", frames), ("clips/checksum", checksums)]
-        write_arrays(self.root, [(name, sl, values) for name, values in clip_arrays])
         vs = slice(group.videos.start, group.videos.stop)
         fields = self.video_fields
-        columns = {name: v for name, v in video_updates.items() if name in fields and name not in ("status", "error")}
-        write_arrays(self.root, [(f"videos/{k}", vs, np.asarray(v, dtype=fields[k])) for k, v in columns.items()])
-        states = zip(video_updates["status"], video_updates["error"], strict=True)
-        self.mark({group.videos.start + i: (str(st), str(er)) for i, (st, er) in enumerate(states)}, group.videos)
+        columns = {name: v for name, v in video_updates.items() if name in fields and name != "status"}
+        # Two round trips: everything but the status side by side (a reader goes by the status alone), then the status.
+        write_arrays(
+            self.root,
+            [(name, sl, values) for name, values in clip_arrays]
+            + [(f"videos/{k}", vs, _column(v, fields[k])) for k, v in columns.items()],
+        )
+        write_arrays(self.root, [("videos/status", vs, _column(video_updates["status"], str))])
 
     def _drop_chunks(self, clips: range) -> None:
         """Delete the stored chunks of a clip range's whole shards in every clip array, so the write that follows
