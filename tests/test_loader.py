@@ -3,6 +3,8 @@ sharding, resume, and the refusals. Caches here are written with known masks, so
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 import warnings
 
 import cv2
@@ -251,3 +253,30 @@ def test_wide_blur_of_the_tie_break_is_opencvs_blur():
         fast = _blur_wide(frames, sigma)
         assert fast.shape == full.shape and fast.dtype == np.float32
         np.testing.assert_allclose(fast, full, rtol=0, atol=1e-4 * full.max())
+
+
+def test_samples_are_checked_against_the_checksums_the_catalog_read(cache_url, tmp_path):
+    """The catalog reads the clips' checksums once; a sample then reads its mask and plate alone (the checksum
+    column is not read again: a third fewer requests per sample on an object store), and is still checked."""
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(cache_url, copy)
+    loader = FameLoader(str(copy), 6, params=quick(augment=False, on_damage="stop"), seed=6)
+    np.testing.assert_array_equal(loader.catalog.checksums, Cache.open(str(copy)).root["clips/checksum"][:])
+    shutil.rmtree(copy / "clips" / "checksum" / "c")  # read per sample, the column would now give 0 for every clip
+    assert len(loader.debug_batch()["clip_a"]) == 6
+    loader.catalog = dataclasses.replace(loader.catalog, checksums=loader.catalog.checksums ^ 1)
+    with pytest.raises(Exception, match=r"does not match its checksum.*on_damage='stop'"):
+        loader.debug_batch()
+
+
+def test_a_checksum_column_that_does_not_read_whole_leaves_each_clip_to_its_own(cache_url, tmp_path):
+    """Damage to the checksum column does not stop the catalog: each clip's checksum is then read with the clip, so
+    the damage is that of the clips whose checksums it held."""
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(cache_url, copy)
+    chunk = next(p for p in (copy / "clips" / "checksum" / "c").rglob("*") if p.is_file())
+    chunk.write_bytes(b"not a chunk")
+    loader = FameLoader(str(copy), 6, params=quick(augment=False, on_damage="stop"), seed=6)
+    assert loader.catalog.checksums is None
+    with pytest.raises(Exception, match=r"cannot be read.*on_damage='stop'"):
+        loader.debug_batch()

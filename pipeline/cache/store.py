@@ -587,13 +587,17 @@ class Cache:
         stored = int(self.root["clips/checksum"][clip])
         return stored == self.checksum(self.mask(clip), self.plate(clip), self.root["clips/frames"][clip])
 
-    def read_clip(self, clip: int, frames: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def read_clip(
+        self, clip: int, frames: np.ndarray | None = None, stored: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(mask, plate) of a committed clip, checked against its checksum (with `frames`, the frame numbers the
-        reader will decode, else the stored ones). Raises ClipDamaged: a missing shard reads as Zarr's fill value
-        and a damaged one may decode to other bytes, and neither may pass for the clip."""
+        reader will decode, else the stored ones; with `stored`, the checksum as the reader read it before, else
+        read now). Raises ClipDamaged: a missing shard reads as Zarr's fill value and a damaged one may decode to
+        other bytes, and neither may pass for the clip."""
         try:
             mask, plate = self.mask(clip), self.plate(clip)
-            stored = int(self._clip_array("clips/checksum", clip)[clip])
+            if stored is None:
+                stored = int(self._clip_array("clips/checksum", clip)[clip])
             frames = self._clip_array("clips/frames", clip)[clip] if frames is None else frames
         except Exception as exc:  # a codec, a shard index, a store: anything that stops the bytes coming back
             raise ClipDamaged(f"{self.url}: clip {clip} cannot be read ({type(exc).__name__}: {exc})") from exc

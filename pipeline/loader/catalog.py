@@ -41,6 +41,12 @@ class Catalog:
     n_frames: np.ndarray  # (V,) frames a key clip may start in (decoded count when built)
     cache_url: str | None  # None: no cache, masks are computed per sample
     frame_index: np.ndarray | None = None  # (V,) str, each video's stored FrameIndex text; None: no cache has one
+    checksums: np.ndarray | None = None  # (N,) uint32 stored clip checksums; None: each read with its clip
+
+    def stored_checksum(self, clip: int) -> int | None:
+        """The clip's checksum as the catalog read it, so a sample reads two arrays of the cache (mask and plate),
+        not three (on an object store, a third of its requests); None when the catalog has none."""
+        return None if self.checksums is None else int(self.checksums[clip])
 
     @property
     def span(self) -> int:
@@ -100,6 +106,16 @@ def _key_range(n_frames: np.ndarray, clip_video: np.ndarray, frames: np.ndarray)
     return np.where(n_frames > 0, n_frames.astype(np.int64), planned)
 
 
+def _stored_checksums(cache: Cache, n_slots: int) -> np.ndarray | None:
+    """The clips' stored checksums, read once for every worker; None when the column does not read whole (each clip's
+    own is then read with it, so a damaged chunk is the damage of its own clips alone)."""
+    try:
+        checksums = cache.root["clips/checksum"][:n_slots]
+    except Exception:  # a codec or a store error: `Cache.read_clip` reports the clips it affects
+        return None
+    return checksums if len(checksums) == n_slots else None
+
+
 def _check_metadata(cache: Cache) -> None:
     """Refuse a cache whose metadata was damaged or edited: every read would go through it."""
     problem = metadata_summary(cache.url, cache.attrs)
@@ -147,6 +163,7 @@ def from_cache(url: str, params: LoaderParams, videos_root: str | None = None) -
         _key_range(table["n_frames"], clip_video, frames),
         url,
         table.get("frame_index"),
+        _stored_checksums(cache, len(clip_video)),
     )
 
 

@@ -116,7 +116,9 @@ class SampleSource:
     def _read_clip(self, draw: SampleDraw) -> tuple[np.ndarray, np.ndarray]:
         """(mask, plate) of the draw's clip a, checked against its checksum and the frame numbers the loader uses."""
         try:
-            return self._store().read_clip(draw.clip_a, self.catalog.clip_frames[draw.clip_a])
+            catalog = self.catalog
+            frames, stored = catalog.clip_frames[draw.clip_a], catalog.stored_checksum(draw.clip_a)
+            return self._store().read_clip(draw.clip_a, frames, stored)
         except ClipDamaged as exc:
             raise UnusableClip(draw.video, draw.clip_a, str(exc)) from exc
 
