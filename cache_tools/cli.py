@@ -102,7 +102,8 @@ def _show(args: argparse.Namespace) -> int:
     if args.sheet is not None:
         return _sheet(args)
     cache = open_cache(args.cache)
-    view = load_view(cache, pick_clip(cache, args.clip, args.video))
+    committed = cache.committed()  # read once: the clip is picked from it and its partner drawn from it
+    view = load_view(cache, pick_clip(cache, args.clip, args.video, committed), committed)
     render_png(cache, view, args.out, max_frames=args.max_frames)
     written = [args.out]
     stem = args.out[:-4] if args.out.lower().endswith(".png") else args.out

@@ -41,6 +41,12 @@ def cache_sources(cache: Cache, committed: Committed | None = None) -> list[dict
     return source_records(committed.attrs, committed.n_videos)
 
 
+def planning_record(cache: Cache, committed: Committed) -> dict[str, int] | None:
+    """{planned, videos} of a cache a Ray build is planning, or was stopped while planning (its committed rows are the
+    planned ones); None once every video is planned."""
+    return {"planned": committed.n_videos, "videos": cache.n_videos} if is_planning(cache) else None
+
+
 def _entry(url: str) -> CacheEntry:
     cache = Cache.open(url)
     view = cache.committed()  # an append growing the cache, or stopped before its status, is not part of it
@@ -55,7 +61,7 @@ def _entry(url: str) -> CacheEntry:
         n_clips=len(view.readable),
         created=str(cache.attrs.get("created", "")),
         sources=cache_sources(cache, view),
-        planning={"planned": view.n_videos, "videos": cache.n_videos} if is_planning(cache) else None,
+        planning=planning_record(cache, view),
     )
 
 

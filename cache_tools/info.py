@@ -7,10 +7,9 @@ from typing import Any
 import numpy as np
 
 from cache_tools.api import disk_bytes
-from cache_tools.find import cache_sources
+from cache_tools.find import cache_sources, planning_record
 from cache_tools.verify import resume_command
 from pipeline.cache import DONE, FAILED, PENDING, Cache, Committed
-from pipeline.cache.planning import is_planning
 from pipeline.params import FOREGROUND_THRESHOLD
 
 
@@ -39,7 +38,7 @@ def cache_info(cache: Cache, with_bytes: bool = True) -> dict[str, Any]:
         "sources": cache_sources(cache, view),
         "fingerprints": "fingerprint" in cache.video_fields,
         "layout": attrs.get("layout", {}),
-        "planning": {"planned": view.n_videos, "videos": cache.n_videos} if is_planning(cache) else None,
+        "planning": planning_record(cache, view),
         "videos": {
             "total": len(status),
             "done": int((status == DONE).sum()),

@@ -53,10 +53,12 @@ def merge(frame: np.ndarray, mask: np.ndarray, background: np.ndarray) -> np.nda
     return (frame.astype(np.float32) * m + background.astype(np.float32) * (1 - m)).round().astype(np.uint8)
 
 
-def pick_clip(cache: Cache, clip: int | None = None, video: str | None = None) -> int:
+def pick_clip(
+    cache: Cache, clip: int | None = None, video: str | None = None, committed: Committed | None = None
+) -> int:
     """The clip to show: --clip N, the first clip of --video PATH, or the first readable clip, of the committed
-    cache (`Cache.committed`: an append growing it, or stopped before its status, is not part of it)."""
-    view = cache.committed()
+    cache (`Cache.committed`, if not given: an append growing it, or stopped before its status, is not part of it)."""
+    view = committed or cache.committed()
     if clip is not None:
         if not 0 <= clip < view.n_slots:  # a bad value, not a damaged cache: a usage error (exit 2)
             raise ValueError(
@@ -87,8 +89,9 @@ def _partner(view: Committed, clip: int) -> int:
     return int(after[0] if len(after) else others[0])
 
 
-def load_view(cache: Cache, clip: int) -> ClipView:
-    """What the picture of a readable clip shows, its partner drawn from the committed cache's readable clips."""
+def load_view(cache: Cache, clip: int, committed: Committed | None = None) -> ClipView:
+    """What the picture of a readable clip shows, its partner drawn from the committed cache's readable clips
+    (`Cache.committed`, if not given)."""
     v = int(cache.root["clips/video"][clip])
     frame_numbers = [int(f) for f in cache.root["clips/frames"][clip]]
     masks = cache.mask(clip)
@@ -98,7 +101,7 @@ def load_view(cache: Cache, clip: int) -> ClipView:
     except (VideoError, OSError):
         frames = np.full((*masks.shape, 3), 96, np.uint8)
         ok = False
-    partner = _partner(cache.committed(), clip)
+    partner = _partner(committed or cache.committed(), clip)
     pv = int(cache.root["clips/video"][partner])
     return ClipView(
         clip=clip,
