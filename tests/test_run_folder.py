@@ -76,6 +76,18 @@ def test_resume_reads_config_json_and_refuses_other_settings(cache, tmp_path, ca
     assert {"pretrain/lr", "pretrain/clips_per_s", "pretrain/data_wait"} <= set(scalars[6])
 
 
+def test_resumed_tensorboard_run_purges_the_steps_it_takes_again(cache, tmp_path):
+    """A resumed run's event file opens with TensorBoard's purge mark at the first step it takes: whatever the
+    stopped run logged from there on (steps after its last checkpoint) is hidden, as log.jsonl drops it."""
+    run = tmp_path / "run"
+    first = ["pretrain", "--cache", cache, "--out", str(run), *TINY, "--epochs", "2", "--tensorboard", "--quiet"]
+    assert train_main([*first, "--max-steps", "2"]) == 0
+    assert train_main(["pretrain", "--out", str(run), "--resume", "--quiet"]) == 0
+    old, new = sorted((run / "tensorboard").glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime_ns)
+    assert purge_marks(old) == [] and purge_marks(new) == [3]
+    assert sorted(read_events(new)) == [3, 4]
+
+
 # --- reading TensorBoard's files: the TFRecord framing and CRC-32C checked bit by bit, Event parsed by protobuf ------
 
 
@@ -112,8 +124,24 @@ def read_events(path: Path) -> dict[int, dict[str, float]]:
             first = False
             continue
         assert event.wall_time > 1e9
-        out.setdefault(event.step, {}).update({v.tag: v.simple_value for v in event.summary.value})
+        if event.summary.value:  # a purge mark (see purge_marks) has none
+            out.setdefault(event.step, {}).update({v.tag: v.simple_value for v in event.summary.value})
     return out
+
+
+def purge_marks(path: Path) -> list[int]:
+    """The steps of an event file's purge marks (SessionLog START events: TensorBoard hides earlier files' records
+    from that step on)."""
+    from tensorboardX.proto.event_pb2 import Event, SessionLog
+
+    data, at, marks = path.read_bytes(), 0, []
+    while at < len(data):
+        (length,) = struct.unpack("<Q", data[at : at + 8])
+        event = Event.FromString(data[at + 12 : at + 12 + length])
+        at += 16 + length
+        if event.HasField("session_log") and event.session_log.status == SessionLog.START:
+            marks.append(event.step)
+    return marks
 
 
 # --- eval's metrics.json, the verify --fix resume command -------------------------------------------------------------

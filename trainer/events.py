@@ -10,11 +10,14 @@ from tensorboardX import SummaryWriter
 
 
 class EventWriter:
-    """Scalar events of a run, flushed after every step, so TensorBoard shows a live run; a resumed run starts
-    another event file in the same folder."""
+    """Scalar events of a run, flushed after every step, so TensorBoard shows a live run. A resumed run starts
+    another event file in the same folder, opened with a purge mark at `first_step`: the steps a stopped run logged
+    after its last checkpoint are taken again, and TensorBoard hides the earlier file's records of them, as the
+    run's log.jsonl drops them."""
 
-    def __init__(self, folder: str | Path) -> None:
-        self._writer = SummaryWriter(logdir=str(folder), flush_secs=1)
+    def __init__(self, folder: str | Path, first_step: int = 1) -> None:
+        purge = first_step if first_step > 1 else None
+        self._writer = SummaryWriter(logdir=str(folder), flush_secs=1, purge_step=purge)
         self.path = Path(self._writer.file_writer.get_logdir())
 
     def scalars(self, step: int, values: dict[str, float]) -> None:

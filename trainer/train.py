@@ -232,7 +232,7 @@ def _train(run: Run, stop: int, progress: bool) -> float | None:
     raised."""
     last = None
     log = open(run.out / "log.jsonl", "a") if run.rank == 0 else None  # noqa: SIM115 - kept open for the run
-    events = EventWriter(run.out / "tensorboard") if run.rank == 0 and run.config.tensorboard else None
+    events = EventWriter(run.out / "tensorboard", run.step + 1) if run.rank == 0 and run.config.tensorboard else None
     # The bar counts to where this run stops (--max-steps), from where it starts (--resume).
     bar = tqdm(total=stop, initial=run.step, desc="pretrain", unit="step", disable=not progress or run.rank != 0)
     run.model.train()
