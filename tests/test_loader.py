@@ -14,7 +14,7 @@ from helpers import SIZE, T, make_cache
 
 from pipeline.cache import Cache
 from pipeline.loader import FameLoader, LoaderError, LoaderParams
-from pipeline.loader.graph import MEAN, STD
+from pipeline.loader.graph import MEAN, STD, compose
 from pipeline.loader.query_mask import _blur_wide
 from pipeline.loader.sampling import NO_BLUR, ClipIndex, batch_partners, draw_sample, shard_order
 from pipeline.video import decode_clips
@@ -51,6 +51,40 @@ def test_compose_matches_numpy_reference(cache_url):
     m = debug["mask"].astype(np.float64) / 255.0
     expected = m * debug["clip"] + (1.0 - m) * debug["background"]
     np.testing.assert_array_equal(debug["merged"], np.floor(expected + 0.5))  # rounded to nearest, exactly
+
+
+@pytest.mark.parametrize("background_frames", [1, 4], ids=["plate", "frames"])
+def test_binary_compose_equals_the_float_blend(background_frames):
+    """The uint8 blend of 0/255 alphas gives the float blend's bytes: own pixels from the clip, the rest from the
+    background (a plate broadcast over the frames, or frames), and a sample not merged (fame 0) its clip whole."""
+    import nvidia.dali.fn as fn
+    from nvidia.dali import pipeline_def
+
+    rng = np.random.default_rng(0)
+    batch, shape = 4, (4, 6, 5)
+    inputs = {
+        "clip": [rng.integers(0, 256, (*shape, 3), dtype=np.uint8) for _ in range(batch)],
+        "alpha": [np.where(rng.random((*shape, 1)) < 0.4, 255, 0).astype(np.uint8) for _ in range(batch)],
+        "background": [rng.integers(0, 256, (background_frames, *shape[1:], 3), np.uint8) for _ in range(batch)],
+        "fame": [np.float32(i % 2) for i in range(batch)],
+    }
+
+    def run(binary: bool) -> list[np.ndarray]:
+        @pipeline_def(batch_size=batch, num_threads=1, device_id=None)
+        def pipe():
+            fed = {k: fn.external_source(source=[v]) for k, v in inputs.items()}  # one batch
+            return compose(fed["clip"], fed["alpha"], fed["background"], fed["fame"], binary=binary)
+
+        built = pipe()
+        built.build()
+        (out,) = built.run()
+        return [np.asarray(out[i]) for i in range(batch)]
+
+    binary, blended = run(True), run(False)
+    for i in range(batch):
+        own = inputs["alpha"][i] == 255 if inputs["fame"][i] else np.ones((*shape, 1), bool)
+        np.testing.assert_array_equal(binary[i], np.where(own, inputs["clip"][i], inputs["background"][i]))
+        np.testing.assert_array_equal(binary[i], blended[i])
 
 
 def test_plain_query_is_the_cropped_clip(cache_url):

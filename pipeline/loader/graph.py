@@ -46,12 +46,18 @@ def over_time(background, clip):
     return fn.cast(repeated, dtype=types.UINT8)
 
 
-def compose(clip, alpha, background, fame):
+def compose(clip, alpha, background, fame, binary: bool = False):
     """query = m * clip + (1 - m) * background, m = alpha / 255 (the source made the alpha from the mask inside the
     query's crop: `pipeline.loader.query_mask`); m is 1 everywhere when this sample is not merged.
 
     background is (T, H, W, C) frames or a (1, H, W, C) plate, which DALI's arithmetic broadcasts over the frames:
-    a plate is cropped and blended once, not once per frame."""
+    a plate is cropped and blended once, not once per frame. A `binary` alpha (0 or 255: every mask mode but
+    "soft") blends in uint8, each pixel taken whole from one side: the same bytes as the float blend at less than
+    half its cost."""
+    if binary:
+        one = types.Constant(1, dtype=types.UINT8)
+        keep = (alpha & one) | (fn.cast(fame, dtype=types.UINT8) ^ one)  # 1: own pixel, or a sample not merged
+        return clip * keep + background * (keep ^ one)  # one term is 0 at every pixel: no overflow
     m = 1.0 - fame * (1.0 - alpha * (1.0 / 255.0))  # uint8 times a float is float: no cast of the frames first
     merged = m * clip + (1.0 - m) * background  # one arithmetic operator: DALI fuses the expression
     return fn.cast(merged, dtype=types.UINT8)  # DALI rounds to nearest when casting to an integer
@@ -163,7 +169,7 @@ def build_pipeline(source: SampleSource, batch_size: int, device_id: int | None,
             if plates:
                 bg = crop_flip(fn.permute_batch(plate, indices=partner_slot), rois[0], flips[0], crop)
             fame = data["fame"].gpu() if gpu else data["fame"]  # per-sample scalars join GPU arithmetic on the GPU
-            merged = compose(a, m, bg, fame)
+            merged = compose(a, m, bg, fame, binary=params.mask_mode != "soft")
         else:  # no query is ever merged (plain MoCo): the cropped clip is the query, without a blend
             merged = a
         key = crop_flip(clip_b, rois[1], flips[1], crop)
