@@ -11,9 +11,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from typing import Any
 
 import cv2
@@ -43,8 +45,8 @@ class RayRunner:
     """Ray tasks, one per group, streamed back as they finish. Starts a quiet local Ray, or joins the cluster at
     `address` (shipping this package: `cluster_runtime_env`), unless this process already joined one.
 
-    `close` cancels the tasks not finished (a cancelled group is not committed, or committed whole: status goes
-    last) and shuts down the Ray it started, workers included; from a cluster it only disconnects."""
+    `close` shuts down the Ray it started, workers and unfinished tasks included; from a cluster it cancels the
+    tasks not finished and disconnects (a stopped group is not committed, or committed whole: status goes last)."""
 
     def __init__(self, workers: int, address: str | None = None) -> None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -98,7 +100,10 @@ class RayRunner:
                 yield self.result(ref)
 
     def close(self) -> None:
-        if self.pending and self.ray.is_initialized():
+        # A Ray this runner started is shut down below, its workers with it: its tasks are not cancelled first.
+        # Cancelling there raced the tasks' replies in Ray's task manager, which then aborted this process ("Tried
+        # to complete task that was not pending": exit status 1, a stack trace, the node's agents left running).
+        if self.pending and not self.local and self.ray.is_initialized():
             for ref in self.pending:
                 self.ray.cancel(ref)
         self.pending = {}
@@ -109,11 +114,27 @@ class RayRunner:
             return
         # Ray's node: raylet, workers and the agents the raylet starts (nothing this process had before).
         helpers = {pid for pid in descendants(os.getpid()) if pid not in self.others}
-        self.ray.shutdown()
+        with _stderr_silenced():  # Ray's core logs an error for each task it ends unfinished: not the user's news
+            self.ray.shutdown()
         # Agents the raylet started after that look, now orphans: still in this process group.
         helpers |= {pid for pid in process_group(os.getpgid(0)) if pid not in self.others}
         helpers.discard(os.getpid())
         reap(sorted(helpers))  # the agents only notice the raylet's end on a timer
+
+
+@contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """This process's file descriptor 2 on /dev/null inside the block: what native code writes there (Ray's C++
+    core logs to it directly) goes nowhere. Python's own stderr is flushed first, and the descriptor put back after."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 class InProcessRunner:

@@ -28,6 +28,7 @@ from synthetic import write_dataset
 REPO = Path(__file__).resolve().parents[1]
 STOP_SECONDS = 10  # from the signal to the exit, on a loaded 2-core machine; a few seconds on an idle one
 BUILD_PARAMS = BuildParams(size=(48, 64), clip_len=8, stride=2, clips_per_video=2)
+BUILD_VIDEOS = 32
 REFERENCE_STEPS = 16  # of the uninterrupted run the resumed ones are compared with
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # on 2 cores torch's threads spin against the DALI worker
 
@@ -97,10 +98,11 @@ def stop(proc: subprocess.Popen, signum: int, stderr: Path, group: bool = False)
 
 @pytest.fixture(scope="module")
 def build_source(tmp_path_factory) -> tuple[Path, str]:
-    """16 videos (16 writer groups) and their cache built without interruption: enough work that a loaded machine
-    still sees the first group committed well before the last (the signal must land mid-build)."""
+    """BUILD_VIDEOS videos (as many writer groups) and their cache built without interruption: enough work that a
+    loaded machine still sees the first group committed well before the last (the signal must land mid-build; a
+    local Ray's running tasks may commit their groups while it shuts down)."""
     root = tmp_path_factory.mktemp("signal_build")
-    write_dataset(root / "videos", n_classes=2, videos_per_class=8, n_frames=60, seed=3)
+    write_dataset(root / "videos", n_classes=2, videos_per_class=BUILD_VIDEOS // 2, n_frames=60, seed=3)
     build_cache(str(root / "videos"), str(root / "ref.zarr"), BUILD_PARAMS, progress=False)
     return root / "videos", str(root / "ref.zarr")
 
@@ -135,7 +137,7 @@ def test_build_signal_stops_and_resumes_to_clean_bytes(build_source, tmp_path, s
     assert not (Path(out) / "writer.lock").exists()
 
     report = build_cache(str(src), out, BUILD_PARAMS, resume=True, progress=False)
-    assert report.n_done == 16 and 0 < report.n_computed < 16
+    assert report.n_done == BUILD_VIDEOS and 0 < report.n_computed < BUILD_VIDEOS
     assert_same_cache(ref, out)
 
 
