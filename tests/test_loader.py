@@ -262,6 +262,18 @@ def test_each_sample_reads_one_clip_and_merges_its_partners_plate(cache_url, mon
     np.testing.assert_array_equal(debug["partner_clip"], debug["clip_a"][partners])
 
 
+def test_same_key_start_keys_the_query_clip(cache_url):
+    """key_start="same": the key is the query's own clip (its frames decoded again), "cached" another clip of the
+    video."""
+    same = FameLoader(cache_url, 2, params=quick(fame_p=0.0, key_start="same"), seed=3)
+    batch = next(iter(same))
+    np.testing.assert_array_equal(batch["clip_b"], batch["clip_a"])
+    clips_a, clips_b = (np.array(out.as_tensor()) for out in same.decode_floor().run())
+    np.testing.assert_array_equal(clips_a, clips_b)
+    cached = next(iter(FameLoader(cache_url, 2, params=quick(fame_p=0.0, key_start="cached"), seed=3)))
+    assert (cached["clip_b"] != cached["clip_a"]).all()
+
+
 def test_decode_floor_decodes_the_samples_clips_and_nothing_else(cache_url):
     """The benchmark's floor: the loader's own workers decoding each sample's clip a and key clip, as they are."""
     loader = FameLoader(cache_url, 2, params=quick(fame_p=0.0, key_start="cached"), seed=3)

@@ -81,7 +81,10 @@ HELP = {
     "threshold": "mask value (0-255) at or above which a pixel is foreground, for --mask-mode threshold",
     "beta": "fraction of the crop's pixels kept from the query's own clip, for --mask-mode area",
     "own_floor": "least fraction of every merged frame taken from its own clip (0: off)",
-    "key_start": "where the key clip starts: any frame of the video, or one of the cache's clips (cached)",
+    "key_start": (
+        "where the key clip starts: any frame of the video, another of the cache's clips (cached), "
+        "or the query's own clip (same)"
+    ),
     "on_damage": "a damaged cached clip or undecodable video: skip it (counted, warned once) or stop",
     "use_cache": "read cached masks and plates (--no-use-cache: compute fame masks per sample, as the original code)",
     "augment": "MoCo v2 colour augmentations (jitter, grayscale, blur)",

@@ -10,7 +10,7 @@ from pipeline.params import FOREGROUND_THRESHOLD
 
 BACKGROUNDS = ("plate", "frames")
 MASK_MODES = ("soft", "threshold", "area")
-KEY_STARTS = ("any", "cached")
+KEY_STARTS = ("any", "cached", "same")
 ON_DAMAGE = ("skip", "stop")
 QUERY_CROPS = ("random", "mover")
 
@@ -38,7 +38,8 @@ class LoaderParams:
     beta: float = 0.5  # own-pixel fraction of the crop, for mask_mode="area"
     own_floor: float = 0.3  # every merged frame keeps at least this fraction of its crop from its own clip (0: off)
     # Where the key clip starts: anywhere in the video ("any", drawn per epoch: more temporal variety, the key needs
-    # no mask) or at one of the cache's clip positions ("cached").
+    # no mask), at another of the cache's clip positions ("cached"), or on the query's own clip ("same": the same
+    # frames, so the two views share the mover's exact path and differ in crop, flip, colours and background).
     key_start: str = "any"
     # A damaged cache clip or a video that no longer decodes: left out, another sample standing in, and counted
     # ("skip"), or the end of the run ("stop").

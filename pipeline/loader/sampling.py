@@ -145,6 +145,8 @@ def draw_sample(
         a, b = rng.choice(len(clips), size=2, replace=False)
     else:
         a = b = 0
+    if params.key_start == "same":
+        b = a
     h, w = size
     fame = bool(rng.random() < params.fame_p)
     crop_a, crop_b = _crop_window(rng, params, h, w, params.query_crop_scale), _crop_window(rng, params, h, w)
