@@ -125,9 +125,15 @@ class RayRunner:
 @contextmanager
 def _stderr_silenced() -> Iterator[None]:
     """This process's file descriptor 2 on /dev/null inside the block: what native code writes there (Ray's C++
-    core logs to it directly) goes nowhere. Python's own stderr is flushed first, and the descriptor put back after."""
-    sys.stderr.flush()
-    saved = os.dup(2)
+    core logs to it directly) goes nowhere. Python's own stderr is flushed first, and the descriptor put back after.
+    A process without a descriptor 2 (started with it closed) has nothing to silence."""
+    if sys.stderr is not None:
+        sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
     try:
         with open(os.devnull, "w") as null:
             os.dup2(null.fileno(), 2)

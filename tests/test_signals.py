@@ -245,3 +245,18 @@ def test_verify_fix_writes_status_whole_when_signalled(tmp_path, monkeypatch):
     assert written[-2:] == ["videos/error", "videos/status"]
     status = Cache.open(url).videos("status")
     assert list(np.flatnonzero(status == PENDING)) == [1, 4]
+
+
+def test_stderr_silenced_drops_native_writes_and_puts_fd_2_back(capfd):
+    """What Ray's C++ core writes to descriptor 2 while a local Ray shuts down goes nowhere; the descriptor is put
+    back after, and a process started with it closed is let through."""
+    from pipeline.runners import _stderr_silenced
+
+    with _stderr_silenced():
+        os.write(2, b"inside\n")
+    os.write(2, b"after\n")
+    assert capfd.readouterr().err == "after\n"
+    code = "import os; os.close(2)\nfrom pipeline.runners import _stderr_silenced\n"
+    code += "with _stderr_silenced(): pass\nprint('ok')"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "ok", done
