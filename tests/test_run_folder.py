@@ -105,12 +105,12 @@ def masked(data: bytes) -> int:
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
-def read_events(path: Path) -> dict[int, dict[str, float]]:
-    """{step: {tag: value}} of an event file, every record's length and checksums checked."""
+def events_in(path: Path) -> list:
+    """The Event records of an event file after its version record, every record's length and checksums checked."""
     from tensorboardX.proto.event_pb2 import Event
 
     assert crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
-    data, at, out, first = path.read_bytes(), 0, {}, True
+    data, at, events = path.read_bytes(), 0, []
     while at < len(data):
         header = data[at : at + 8]
         (length,) = struct.unpack("<Q", header)
@@ -118,12 +118,17 @@ def read_events(path: Path) -> dict[int, dict[str, float]]:
         body = data[at + 12 : at + 12 + length]
         assert struct.unpack("<I", data[at + 12 + length : at + 16 + length])[0] == masked(body)
         at += 16 + length
-        event = Event.FromString(body)
-        if first:
-            assert event.file_version == "brain.Event:2"
-            first = False
-            continue
+        events.append(Event.FromString(body))
+    assert events[0].file_version == "brain.Event:2"
+    for event in events[1:]:
         assert event.wall_time > 1e9
+    return events[1:]
+
+
+def read_events(path: Path) -> dict[int, dict[str, float]]:
+    """{step: {tag: value}} of an event file's scalars."""
+    out = {}
+    for event in events_in(path):
         if event.summary.value:  # a purge mark (see purge_marks) has none
             out.setdefault(event.step, {}).update({v.tag: v.simple_value for v in event.summary.value})
     return out
@@ -132,16 +137,13 @@ def read_events(path: Path) -> dict[int, dict[str, float]]:
 def purge_marks(path: Path) -> list[int]:
     """The steps of an event file's purge marks (SessionLog START events: TensorBoard hides earlier files' records
     from that step on)."""
-    from tensorboardX.proto.event_pb2 import Event, SessionLog
+    from tensorboardX.proto.event_pb2 import SessionLog
 
-    data, at, marks = path.read_bytes(), 0, []
-    while at < len(data):
-        (length,) = struct.unpack("<Q", data[at : at + 8])
-        event = Event.FromString(data[at + 12 : at + 12 + length])
-        at += 16 + length
-        if event.HasField("session_log") and event.session_log.status == SessionLog.START:
-            marks.append(event.step)
-    return marks
+    return [
+        event.step
+        for event in events_in(path)
+        if event.HasField("session_log") and event.session_log.status == SessionLog.START
+    ]
 
 
 # --- eval's metrics.json, the verify --fix resume command -------------------------------------------------------------
