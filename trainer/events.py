@@ -13,11 +13,17 @@ class EventWriter:
     """Scalar events of a run, flushed after every step, so TensorBoard shows a live run. A resumed run starts
     another event file in the same folder, opened with a purge mark at `first_step`: the steps a stopped run logged
     after its last checkpoint are taken again, and TensorBoard hides the earlier file's records of them, as the
-    run's log.jsonl drops them."""
+    run's log.jsonl drops them. The resumed file's name ends with its first step: event files are named by the
+    second they were opened in, and a run resumed within the same second would otherwise overwrite the first."""
 
     def __init__(self, folder: str | Path, first_step: int = 1) -> None:
-        purge = first_step if first_step > 1 else None
-        self._writer = SummaryWriter(logdir=str(folder), flush_secs=1, purge_step=purge)
+        resumed = first_step > 1
+        self._writer = SummaryWriter(
+            logdir=str(folder),
+            flush_secs=1,
+            purge_step=first_step if resumed else None,
+            filename_suffix=f".from-step-{first_step}" if resumed else "",
+        )
         self.path = Path(self._writer.file_writer.get_logdir())
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
