@@ -28,7 +28,7 @@ from pipeline.signals import descendants, keep_handlers, process_group, reap
 TASK_RETRIES = 3  # a task whose worker dies (killed, out of memory, node lost) runs again; video errors never do
 # Group tasks handed to Ray at once, per CPU of the cluster; the rest wait in the runner's own queue. Enough to keep
 # every worker fed, and few enough that the driver's `ray.wait` over the unfinished tasks stays cheap: that call is
-# linear in the tasks passed, so handing Ray all of a Kinetics-size build's ~80,000 groups at once made the driver's
+# linear in the tasks passed, so handing Ray all of a Kinetics-size build's ~10,000 groups at once made the driver's
 # time quadratic in the groups (measured on 2 CPUs: 8,000 tasks 16.4 s of driver CPU all at once, 5.5 s bounded).
 TASKS_PER_CPU = 2
 CPU_RECHECK_SECONDS = 10.0  # how long a count of the cluster's CPUs is trusted (nodes may join or leave)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -15,7 +16,14 @@ import pytest
 import zarr
 from helpers import assert_same_cache, cache_arrays
 
-from pipeline.build import BuildError, build_cache, runs_on_ray
+from pipeline.build import (
+    MAX_VIDEOS_PER_GROUP,
+    TABLE_CHUNKS,
+    BuildError,
+    build_cache,
+    runs_on_ray,
+    videos_per_group,
+)
 from pipeline.cache import DONE, Cache
 from pipeline.cli import main
 from pipeline.masks import get_method
@@ -126,6 +134,19 @@ def test_two_ray_workers_same_bytes_as_one(tiny_dataset, tmp_path):
     assert (r1.mode, r2.mode) == ("in-process", "ray")
     assert r2.n_done == 6
     assert_same_cache(one, two)
+
+
+def test_writer_groups_grow_with_the_source_so_table_columns_stay_few_chunks():
+    """Small sources: many small groups (parallelism); from 32,768 videos on, a column of the video table (one chunk
+    per group) stays near TABLE_CHUNKS chunks, up to MAX_VIDEOS_PER_GROUP videos a group."""
+    assert [videos_per_group(n) for n in (1, 63, 64, 255, 256, 32_768)] == [1, 1, 2, 7, 8, 8]
+    assert videos_per_group(32_769) == 9
+    assert videos_per_group(100_000) == 25
+    assert videos_per_group(300_000) == MAX_VIDEOS_PER_GROUP  # Kinetics-400
+    assert videos_per_group(650_000) == MAX_VIDEOS_PER_GROUP  # Kinetics-700: 10,157 chunks a column, not 81,250
+    sizes = [videos_per_group(n) for n in range(1, 400_000, 997)]
+    assert sizes == sorted(sizes)  # never smaller for a larger source
+    assert all(math.ceil(n / videos_per_group(n)) <= TABLE_CHUNKS for n in range(32_768, 262_145, 4099))
 
 
 def test_small_local_jobs_run_in_process_and_a_cluster_or_ray_forced_always_on_ray():
