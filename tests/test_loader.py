@@ -274,6 +274,24 @@ def test_same_key_start_keys_the_query_clip(cache_url):
     assert (cached["clip_b"] != cached["clip_a"]).all()
 
 
+def test_merged_key_keeps_its_own_mover_over_its_partners_partner(cache_url):
+    """key_merge: the key's own pixels are the plain key's, the rest another video's (its partner's partner's clip
+    a, with background="frames"), so the two views share their mover and no background."""
+    same = {"augment": False, "key_start": "same", "background": "frames"}
+    plain = FameLoader(cache_url, 3, params=quick(**same), seed=4).debug_batch()
+    merged = FameLoader(cache_url, 3, params=quick(**same, key_merge=True), seed=4).debug_batch()
+    np.testing.assert_array_equal(merged["merged"], plain["merged"])  # the query as before
+    partners = batch_partners(3, 4, 0, 0, 0)
+    second = partners[partners]
+    assert (second != np.arange(3)).all() and (second != partners).all()
+    own = merged["key"] == plain["key"]
+    other = merged["key"] == plain["clip"][second]
+    assert (own | other).all(), "each key pixel is its own or its partner's partner's"
+    assert own.mean() < 0.9 and other.mean() > 0.1, (own.mean(), other.mean())
+    with pytest.raises(ValueError, match="key_merge needs key_start='same'"):
+        LoaderParams(key_merge=True, key_start="any")
+
+
 def test_decode_floor_decodes_the_samples_clips_and_nothing_else(cache_url):
     """The benchmark's floor: the loader's own workers decoding each sample's clip a and key clip, as they are."""
     loader = FameLoader(cache_url, 2, params=quick(fame_p=0.0, key_start="cached"), seed=3)

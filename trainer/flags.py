@@ -85,6 +85,7 @@ HELP = {
         "where the key clip starts: any frame of the video, another of the cache's clips (cached), "
         "or the query's own clip (same)"
     ),
+    "key_merge": "merge the key too (needs --key-start same): its mover over a third video's background",
     "on_damage": "a damaged cached clip or undecodable video: skip it (counted, warned once) or stop",
     "use_cache": "read cached masks and plates (--no-use-cache: compute fame masks per sample, as the original code)",
     "augment": "MoCo v2 colour augmentations (jitter, grayscale, blur)",

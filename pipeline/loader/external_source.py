@@ -39,10 +39,11 @@ from pipeline.loader.sampling import (
 from pipeline.video import VideoError, decode_clips
 
 # Output order of the callable; the pipeline definition reads the same list.
-CPU_OUTPUTS = ("clip_a", "alpha", "plate", "clip_b")
-GPU_OUTPUTS = ("enc_a", "frames_a", "alpha", "plate", "enc_b", "frames_b")
+CPU_OUTPUTS = ("clip_a", "alpha", "plate", "clip_b", "alpha_b")
+GPU_OUTPUTS = ("enc_a", "frames_a", "alpha", "plate", "enc_b", "frames_b", "alpha_b")
 PARAM_OUTPUTS = ("rois", "flips", "colour", "fame", "partner_slot", "meta")
 PLACEHOLDER_PLATE = np.zeros((1, 1, 3), np.uint8)  # shapes the plate output of samples that merge no plate
+PLACEHOLDER_ALPHA = np.zeros((1, 1, 1, 1), np.uint8)  # the key's alpha output when keys are not merged
 MAX_SUBSTITUTES = 8  # unusable samples in a row before the loader gives up on the cache
 
 
@@ -210,45 +211,48 @@ class SampleSource:
         """Whether the background is the partner's cached plate (otherwise its frames, taken from the batch)."""
         return self.params.use_cache and self.params.background == "plate"
 
-    def _alpha(self, draw: SampleDraw, mask: np.ndarray | None) -> np.ndarray:
-        """(T, crop, crop, 1) uint8 alpha of the query's own clip inside its crop, flipped as the query is (zeros
-        when not merged: the graph then keeps the clip whole). Flipped here, a copy of a small array, rather than
-        by an operator of the graph."""
+    def _alpha(self, draw: SampleDraw, mask: np.ndarray | None, view: int = 0) -> np.ndarray:
+        """(T, crop, crop, 1) uint8 alpha of the clip's own pixels inside the crop of `view` (0: the query, 1: a
+        merged key), flipped as that view is (zeros when not merged: the graph then keeps the clip whole). Flipped
+        here, a copy of a small array, rather than by an operator of the graph."""
         crop = self.params.crop
         if not draw.fame or mask is None:
             return np.zeros((self.catalog.clip_len, crop, crop, 1), np.uint8)
-        alpha = query_alpha(mask, draw.crop_a, self.params)
-        return np.ascontiguousarray(alpha[:, :, ::-1] if draw.flip[0] else alpha)[..., None]
+        alpha = query_alpha(mask, draw.crop_b if view else draw.crop_a, self.params)
+        return np.ascontiguousarray(alpha[:, :, ::-1] if draw.flip[view] else alpha)[..., None]
 
-    def _cached_alpha_and_plate(self, draw: SampleDraw) -> tuple[np.ndarray, np.ndarray]:
-        """Clip a's alpha from its cached mask, and its own plate: the sample whose partner this one is merges
-        that plate (the graph takes it from the batch), so each sample reads one clip of the cache, checked, not
-        two. Nothing is read when no sample merges a plate or this one is not merged."""
+    def _alphas(self, draw: SampleDraw, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """The query's alpha (its window first centred on the mover, with `query_crop="mover"`) and the key's
+        (`key_merge`: the same clip's mask inside the key's window; a placeholder otherwise)."""
+        if mask is not None and self.params.query_crop == "mover":
+            draw.crop_a[:] = centre_on_mask(draw.crop_a, mask)  # the draw's window: the graph crops the clip there
+        key = self._alpha(draw, mask, view=1) if self.params.key_merge else PLACEHOLDER_ALPHA
+        return self._alpha(draw, mask), key
+
+    def _cached_alphas_and_plate(self, draw: SampleDraw) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Clip a's alphas from its cached mask (`_alphas`), and its own plate: the sample whose partner this one is
+        merges that plate (the graph takes it from the batch), so each sample reads one clip of the cache, checked,
+        not two. Nothing is read when no sample merges a plate or this one is not merged."""
         plates = self.merges_plates and self.params.fame_p > 0
         mask, plate = self._read_clip(draw) if draw.fame or plates else (None, None)
         if not draw.fame:
             mask = None
-        if mask is not None and self.params.query_crop == "mover":
-            draw.crop_a[:] = centre_on_mask(draw.crop_a, mask)  # the draw's window: the graph crops the clip there
-        return self._alpha(draw, mask), (plate if plates else PLACEHOLDER_PLATE)[None]
+        return *self._alphas(draw, mask), (plate if plates else PLACEHOLDER_PLATE)[None]
 
     def _cpu_outputs(self, draw: SampleDraw) -> tuple[np.ndarray, ...]:
         clip_a, clip_b = self._decode(draw)
         if self.params.use_cache:
-            alpha, plate = self._cached_alpha_and_plate(draw)
+            alpha, alpha_b, plate = self._cached_alphas_and_plate(draw)
         else:  # the original code's way: the mask from the decoded clip, every time
             from pipeline.masks import get_method
 
-            mask = get_method("fame")(clip_a) if draw.fame else None
-            if mask is not None and self.params.query_crop == "mover":
-                draw.crop_a[:] = centre_on_mask(draw.crop_a, mask)
-            alpha = self._alpha(draw, mask)
+            alpha, alpha_b = self._alphas(draw, get_method("fame")(clip_a) if draw.fame else None)
             plate = PLACEHOLDER_PLATE[None]
-        return clip_a, alpha, plate, clip_b
+        return clip_a, alpha, plate, clip_b, alpha_b
 
     def _gpu_outputs(self, draw: SampleDraw) -> tuple[np.ndarray, ...]:
         if not self.params.use_cache:
             raise ValueError("the GPU path reads masks from a cache; use device='cpu' for use_cache=False")
         encoded, (frames_a, frames_b) = self._encoded(draw)
-        alpha, plate = self._cached_alpha_and_plate(draw)
-        return encoded, frames_a, alpha, plate, encoded, frames_b
+        alpha, alpha_b, plate = self._cached_alphas_and_plate(draw)
+        return encoded, frames_a, alpha, plate, encoded, frames_b, alpha_b

@@ -24,7 +24,7 @@ from pipeline.signals import quiet_children
 
 MEAN = [m * 255 for m in IMAGENET_MEAN]  # DALI normalises 0..255 pixels
 STD = [s * 255 for s in IMAGENET_STD]
-VIDEO_LAYOUTS = {name: "FHWC" for name in ("clip_a", "alpha", "plate", "clip_b")}
+VIDEO_LAYOUTS = {name: "FHWC" for name in ("clip_a", "alpha", "plate", "clip_b", "alpha_b")}
 
 
 def crop_flip(frames, roi, flip, crop: int):
@@ -154,9 +154,10 @@ def build_pipeline(source: SampleSource, batch_size: int, device_id: int | None,
         if gpu:
             clip_a = _decode_gpu(data["enc_a"], data["frames_a"], size)
             clip_b = _decode_gpu(data["enc_b"], data["frames_b"], size)
-            alpha, plate = data["alpha"].gpu(), data["plate"].gpu()
+            alpha, plate, alpha_b = data["alpha"].gpu(), data["plate"].gpu(), data["alpha_b"].gpu()
         else:
             clip_a, alpha, plate, clip_b = data["clip_a"], data["alpha"], data["plate"], data["clip_b"]
+            alpha_b = data["alpha_b"]
         crop = params.crop
         a = crop_flip(clip_a, rois[0], flips[0], crop)
         m = alpha  # the alpha arrives cropped to the query's window and flipped as its view is
@@ -165,14 +166,22 @@ def build_pipeline(source: SampleSource, batch_size: int, device_id: int | None,
         needs_partner = not plates or params.return_partner
         partner = fn.permute_batch(a, indices=partner_slot) if needs_partner else None
         bg = partner
+        binary = params.mask_mode != "soft"
+        fame = data["fame"].gpu() if gpu else data["fame"]  # per-sample scalars join GPU arithmetic on the GPU
         if params.fame_p > 0 or params.return_background or debug_outputs:
             if plates:
                 bg = crop_flip(fn.permute_batch(plate, indices=partner_slot), rois[0], flips[0], crop)
-            fame = data["fame"].gpu() if gpu else data["fame"]  # per-sample scalars join GPU arithmetic on the GPU
-            merged = compose(a, m, bg, fame, binary=params.mask_mode != "soft")
+            merged = compose(a, m, bg, fame, binary=binary)
         else:  # no query is ever merged (plain MoCo): the cropped clip is the query, without a blend
             merged = a
         key = crop_flip(clip_b, rois[1], flips[1], crop)
+        if params.key_merge:  # over its partner's partner (the partners form one cycle: another video again)
+            second = fn.permute_batch(partner_slot, indices=partner_slot)
+            if plates:
+                key_bg = crop_flip(fn.permute_batch(plate, indices=second), rois[1], flips[1], crop)
+            else:  # that video's clip a as cropped for its own query
+                key_bg = fn.permute_batch(a, indices=second)
+            key = compose(key, alpha_b, key_bg, fame, binary=binary)
         meta = partner_meta(data["meta"], partner_slot)
         outputs = [normalise(augment(merged, colour[0])), normalise(augment(key, colour[1])), meta]
         if params.return_partner:  # the extra views in `LoaderParams.extra_views` order

@@ -41,6 +41,10 @@ class LoaderParams:
     # no mask), at another of the cache's clip positions ("cached"), or on the query's own clip ("same": the same
     # frames, so the two views share the mover's exact path and differ in crop, flip, colours and background).
     key_start: str = "any"
+    # The key merged too (key_start "same" only: its alpha is the query clip's cached mask inside the key's crop):
+    # its own foreground over the plate (or frames) of its partner's partner, another video than the query's
+    # background. Both views then share the mover and its path, and neither shares a background with the other.
+    key_merge: bool = False
     # A damaged cache clip or a video that no longer decodes: left out, another sample standing in, and counted
     # ("skip"), or the end of the run ("stop").
     on_damage: str = "skip"
@@ -76,6 +80,10 @@ class LoaderParams:
             raise ValueError(f"own_floor must be in [0, 1), got {self.own_floor}")
         if self.key_start not in KEY_STARTS:
             raise ValueError(f"key_start must be one of {', '.join(KEY_STARTS)}, got {self.key_start!r}")
+        if self.key_merge and self.key_start != "same":
+            raise ValueError(
+                f"key_merge needs key_start='same' (the key's alpha is the query clip's mask), got {self.key_start!r}"
+            )
         if self.query_crop not in QUERY_CROPS:
             raise ValueError(f"query_crop must be one of {', '.join(QUERY_CROPS)}, got {self.query_crop!r}")
         if self.query_crop_scale is not None and not 0 < self.query_crop_scale[0] <= self.query_crop_scale[1] <= 1:
