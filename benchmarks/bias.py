@@ -111,6 +111,9 @@ ARMS: dict[str, dict[str, Any]] = {
     "fame+semi+micro": {"semi_negatives": True, "micro": True, "micro_weight": 0.5},
     "fame+bgneg": {"background_negatives": True},
     "fame+still": {"still_negatives": True},
+    # Both views merged on the query's own frames, over two other videos' plates, keeping at least 60% of each crop
+    # from the clip: the pair shares the mover, its path and the scene around it, and no background.
+    "fame+keymerge": {"loader": {"key_start": "same", "key_merge": True, "own_floor": 0.6}},
     # Not pretraining: the ceiling. The same backbone, merged views and budget, told the class.
     "supervised": {"supervised": True},
 }
