@@ -119,6 +119,23 @@ def quiet_children() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+PARENT_POLL_SECONDS = 1.0
+
+
+def exit_with_parent(poll: float = PARENT_POLL_SECONDS) -> None:
+    """End this process once its parent is gone. A loader's decoding workers start with SIGINT and SIGTERM blocked
+    (`quiet_children`: their parent stops them), so a parent killed outright (SIGKILL, the out-of-memory killer)
+    left them running as orphans, decoding for no one. A daemon thread watches the parent's pid."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 @contextmanager
 def keep_handlers() -> Iterator[None]:
     """Put back the SIGINT and SIGTERM handlers a library call replaced (ray.init makes SIGTERM exit with status 15)."""

@@ -215,6 +215,44 @@ def test_pretrain_signal_stops_workers_and_resumes_without_gaps(train_cache, ref
     assert log(run, "loss") == reference_losses[:n]
 
 
+LOADER_HOLDER = """
+import sys, time
+from pipeline.loader import FameLoader
+from pipeline.loader.params import LoaderParams
+loader = FameLoader(sys.argv[1], 2, params=LoaderParams(crop=24, num_workers=1), seed=0)
+next(iter(loader))
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def test_loader_workers_end_with_a_parent_killed_outright(train_cache):
+    """SIGKILL (the out-of-memory killer) gives the loader no chance to stop its decoding workers, which block
+    SIGTERM: they see their parent gone and end within seconds instead of decoding on as orphans."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LOADER_HOLDER, train_cache],
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=ONE_THREAD,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        assert len(group_members(proc.pid)) >= 2, "the loader runs a worker process"
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + STOP_SECONDS
+    while group_members(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = group_members(proc.pid)
+    if left:
+        os.killpg(proc.pid, signal.SIGKILL)
+    assert not left, f"orphaned after their parent's SIGKILL: {left}"
+
+
 def test_verify_fix_writes_status_whole_when_signalled(tmp_path, monkeypatch):
     """A SIGTERM that lands between the error column and the status column waits for the status column."""
     from cache_tools.verify import Problem, fix_cache

@@ -36,6 +36,7 @@ from pipeline.loader.sampling import (
     key_clip_frames,
     shard_order,
 )
+from pipeline.signals import exit_with_parent
 from pipeline.video import VideoError, decode_clips
 
 # Output order of the callable; the pipeline definition reads the same list.
@@ -156,6 +157,7 @@ class SampleSource:
         """One sample; raises StopIteration at the end of this shard's epoch (DALI's end-of-epoch signal)."""
         if self.params.num_workers > 0 and not self._in_worker:  # a worker process of its own: one OpenCV thread
             cv2.setNumThreads(1)  # (as its decoder and BLAS have), not a pool per worker fighting for the cores
+            exit_with_parent()  # deaf to SIGTERM: it ends with the process it decodes for, however that ends
             self._in_worker = True
         epoch = self.first_epoch + info.epoch_idx
         position = info.idx_in_epoch + (self.skip_samples if info.epoch_idx == 0 else 0)
