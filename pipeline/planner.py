@@ -220,7 +220,7 @@ class Planner:
         todo = deque(self.batches())
         in_flight: dict[object, range] = {}
         ready: dict[int, tuple[range, dict[str, np.ndarray]]] = {}  # first row -> (rows, probed columns)
-        runner.pending, runner.queued = {}, deque()
+        runner.forget_tasks()
         runner.submit(self.planned_tasks(), planned)
         last = 0.0
         self.stats.driver_seconds += time.perf_counter() - t0

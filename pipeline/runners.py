@@ -69,8 +69,9 @@ class RayRunner:
         self.started = False  # this runner called ray.init (and so shuts it down)
         self.local = False  # ...and that started a local Ray whose processes are ours to end
         self.others: set[int] = set()
-        self.pending: dict[object, GroupTask] = {}  # ref -> task, of the tasks handed to Ray and not finished
-        self.queued: deque[tuple[GroupTask, Any]] = deque()  # (task, remote) submitted, not yet handed to Ray
+        self.pending: dict[object, GroupTask]  # ref -> task, of the tasks handed to Ray and not finished
+        self.queued: deque[tuple[GroupTask, Any]]  # (task, remote) submitted, not yet handed to Ray
+        self.forget_tasks()
         self._cpus, self._cpus_at = 1, -CPU_RECHECK_SECONDS
         self.nodes: dict[int, str] = {}  # group index -> the node that ran it
         if not ray.is_initialized():
@@ -85,6 +86,10 @@ class RayRunner:
                     ray.init(num_cpus=workers, include_dashboard=False, object_store_memory=memory, **quiet)
             self.started, self.local = True, not address
         self.remote = ray.remote(num_cpus=1, max_retries=TASK_RETRIES, retry_exceptions=False)(_run_on_node)
+
+    def forget_tasks(self) -> None:
+        """Drop the tasks of an earlier run: those Ray holds (`pending`) and those not handed over yet (`queued`)."""
+        self.pending, self.queued = {}, deque()
 
     @property
     def in_flight_limit(self) -> int:
@@ -128,7 +133,7 @@ class RayRunner:
         self, tasks: Sequence[GroupTask], remote: Any = None
     ) -> Iterator[tuple[GroupTask, GroupResult | BaseException]]:
         """Outcomes of `tasks` (run as `remote`, see `submit`) as they finish."""
-        self.pending, self.queued = {}, deque()
+        self.forget_tasks()
         self.submit(tasks, remote)
         while self.pending:
             done, _ = self.ray.wait(list(self.pending), num_returns=1)
@@ -142,7 +147,7 @@ class RayRunner:
         if self.pending and not self.local and self.ray.is_initialized():
             for ref in self.pending:
                 self.ray.cancel(ref)
-        self.pending, self.queued = {}, deque()  # a queued task never reached Ray: nothing of it to stop
+        self.forget_tasks()  # a queued task never reached Ray: nothing of it to stop
         if not self.started:
             return
         if not self.local:  # a cluster's processes are not ours: disconnect only

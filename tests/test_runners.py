@@ -4,7 +4,6 @@ build must not make the driver wait on every one of its groups at each step."""
 from __future__ import annotations
 
 import time
-from collections import deque
 
 import numpy as np
 import pytest
@@ -59,7 +58,7 @@ def test_ray_holds_a_bounded_number_of_tasks_and_every_task_runs_once(runner, ec
     limit = TASKS_PER_CPU * 1  # the local Ray has one CPU
     assert runner.in_flight_limit == limit
     tasks = [_task(i, cost=float(i % 7)) for i in range(12)]
-    runner.pending, runner.queued = {}, deque()
+    runner.forget_tasks()
     runner.submit(tasks, echo)
     assert (len(runner.pending), len(runner.queued)) == (limit, len(tasks) - limit)
     assert sorted(task.cost for task in runner.pending.values()) == [5.0, 6.0]  # the biggest first
