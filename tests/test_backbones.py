@@ -412,6 +412,29 @@ def test_small_backbone_keeps_its_layout():
         build_backbone("small", num_classes=10)
 
 
+def test_small_backbone_stays_channels_last_and_computes_what_the_default_layout_does():
+    """Its speed comes from channels-last weights: they must survive loading a contiguous state dict, MoCo's copy
+    for the key encoder and an SGD step, and change nothing but the memory layout."""
+    cl = torch.channels_last_3d
+    torch.manual_seed(0)
+    net = build_backbone("small")
+    contiguous_copy = build_backbone("small").to(memory_format=torch.contiguous_format)
+    contiguous_copy.load_state_dict({k: v.contiguous() for k, v in net.state_dict().items()})
+    reloaded = build_backbone("small")
+    reloaded.load_state_dict({k: v.contiguous() for k, v in net.state_dict().items()})
+    model = _model(TrainConfig(backbone="small", queue_size=64))
+    optimizer = torch.optim.SGD(model.encoder_q.parameters(), lr=0.1, momentum=0.9)
+    model.encoder_q(torch.randn(2, 3, 4, 32, 32)).sum().backward()
+    optimizer.step()
+    for module in (net, reloaded, model.encoder_q[0], model.encoder_k[0]):
+        convs = [m.weight for m in module.modules() if isinstance(m, nn.Conv3d) and m.kernel_size != (1, 1, 1)]
+        assert convs and all(w.is_contiguous(memory_format=cl) and not w.is_contiguous() for w in convs)
+    x = torch.randn(2, 3, 8, 40, 40)
+    net.eval(), contiguous_copy.eval()
+    assert torch.allclose(net(x), contiguous_copy(x), atol=1e-5)
+    assert net.forward_blocks(x)[1].is_contiguous(memory_format=cl)
+
+
 def fake_checkpoint(path, backbone: nn.Module, name: str, old_layout: bool = False) -> None:
     """A checkpoint as pretrain saves it, holding only what eval and export read (the query backbone)."""
     model = {f"encoder_q.0.{k}": v for k, v in backbone.state_dict().items()}

@@ -72,6 +72,24 @@ def test_floor_keeps_own_pixels_even_for_empty_masks(mode):
     assert np.all(np.abs(own_fraction(none) - expected) <= 1 / (32 * 32))
 
 
+def test_margin_keeps_each_frames_mask_share_plus_the_margin_around_the_mover():
+    """Per frame: a mover of 4% keeps 4% + margin, one of 25% keeps 25% + margin, a still frame the margin; the
+    mover itself always stays and the extra pixels lie next to it."""
+    mask = np.zeros((3, 40, 40), np.uint8)
+    mask[0, 4:12, 4:12] = 255  # 4% of the crop
+    mask[1, 10:30, 10:30] = 255  # 25%
+    alpha = query_alpha(mask, WHOLE, params(crop=40, mask_mode="threshold", own_margin=0.2))
+    share = np.array([0.04, 0.25, 0.0])
+    assert np.all(own_fraction(alpha) >= share + 0.2 - 1e-9) and np.all(own_fraction(alpha) <= share + 0.2 + 4 / 1600)
+    assert np.all(alpha[mask == 255] == 255), "the mover itself stays"
+    assert alpha[0, 30:, 30:].sum() == 0, "the small mover's context is around it, not in the far corner"
+    floor_wins = query_alpha(mask, WHOLE, params(crop=40, mask_mode="threshold", own_margin=0.1, own_floor=0.3))
+    assert np.all(own_fraction(floor_wins) >= np.maximum(0.3, share + 0.1) - 1e-9)
+    assert own_fraction(floor_wins)[1] < 0.36, "above the floor, the margin decides"
+    whole = query_alpha(mask, WHOLE, params(crop=40, mask_mode="threshold", own_margin=0.9))
+    assert own_fraction(whole)[1] == 1.0, "never more than the whole crop"
+
+
 def test_threshold_above_the_floor_is_untouched():
     mask = np.zeros((2, 32, 32), np.uint8)
     mask[:, :, :20] = 180

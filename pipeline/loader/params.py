@@ -37,6 +37,9 @@ class LoaderParams:
     threshold: int = FOREGROUND_THRESHOLD  # on the 0..255 mask scale, for mask_mode="threshold"
     beta: float = 0.5  # own-pixel fraction of the crop, for mask_mode="area"
     own_floor: float = 0.3  # every merged frame keeps at least this fraction of its crop from its own clip (0: off)
+    # ... and at least its mask's share of the crop plus this fraction (0: off): the mover and some of its own scene
+    # around it, more for a large mover than for a small one.
+    own_margin: float = 0.0
     # Where the key clip starts: anywhere in the video ("any", drawn per epoch: more temporal variety, the key needs
     # no mask), at another of the cache's clip positions ("cached"), or on the query's own clip ("same": the same
     # frames, so the two views share the mover's exact path and differ in crop, flip, colours and background).
@@ -78,6 +81,8 @@ class LoaderParams:
             raise ValueError(f"beta must be in (0, 1), got {self.beta}")
         if not 0.0 <= self.own_floor < 1.0:
             raise ValueError(f"own_floor must be in [0, 1), got {self.own_floor}")
+        if not 0.0 <= self.own_margin < 1.0:
+            raise ValueError(f"own_margin must be in [0, 1), got {self.own_margin}")
         if self.key_start not in KEY_STARTS:
             raise ValueError(f"key_start must be one of {', '.join(KEY_STARTS)}, got {self.key_start!r}")
         if self.key_merge and self.key_start != "same":

@@ -190,6 +190,12 @@ def add_preview_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--own-floor", type=float, default=d.own_floor, help="least own-pixel fraction of a merged frame (%(default)s)"
     )
+    p.add_argument(
+        "--own-margin",
+        type=float,
+        default=d.own_margin,
+        help="a merged frame keeps at least its mask's share plus this fraction (%(default)s)",
+    )
     p.add_argument("--fame-p", type=float, default=1.0, help="probability a query is merged (%(default)s here)")
     p.set_defaults(func=run_preview, subparser=p)
 
@@ -217,6 +223,7 @@ def run_preview(args: argparse.Namespace) -> int:
             threshold=args.threshold,
             beta=args.beta,
             own_floor=args.own_floor,
+            own_margin=args.own_margin,
             fame_p=args.fame_p,
             num_workers=0,
         )

@@ -5,7 +5,9 @@ mask is cropped with the query's window first and binarised there: by a fixed th
 (the top `beta` of the crop's pixels, as the authors' code ranks the soft mask of the crop it merges). A floor then
 keeps at least `own_floor` of every frame of the crop from the clip itself (ranked on the mask at half resolution,
 `at_least`): a tight mask of a small mover, or the empty mask of a still clip, would otherwise leave a query made
-(almost) wholly of another video's background, a positive pair that shares nothing.
+(almost) wholly of another video's background, a positive pair that shares nothing. A margin (`own_margin`) keeps
+the frame's mask share plus that much of the crop, the mover and some of its own scene around it, so a large mover
+keeps more context than a small one.
 
 Ranking uses a tie-break: masks are quantised (and a still clip's is all zero), so many pixels share the cut value.
 Among equal values, pixels nearer the mask's mass come first, then pixels nearer the crop's centre, so the kept
@@ -15,7 +17,6 @@ area is one blob around the mover rather than scattered pixels.
 from __future__ import annotations
 
 import functools
-import math
 
 import cv2
 import numpy as np
@@ -91,19 +92,24 @@ def _tie_break(mask: np.ndarray) -> np.ndarray:
     return (0.9 * near_mass + 0.09 * _near_centre(h, w)[None]).astype(np.float32)
 
 
-def top_fraction(mask: np.ndarray, fraction: float) -> np.ndarray:
+def top_fraction(mask: np.ndarray, fraction: float | np.ndarray) -> np.ndarray:
     """(T, H, W) bool: exactly round(fraction x H x W) pixels of each frame, those of highest mask value (ties
-    broken by `_tie_break`)."""
+    broken by `_tie_break`); `fraction` is one for all frames or (T,) one per frame."""
     t, h, w = mask.shape
-    k = min(h * w, max(1, round(fraction * h * w)))
     score = (mask.astype(np.float32) + _tie_break(mask)).reshape(t, -1)
-    keep = np.zeros(score.shape, bool)
-    if k == h * w:
-        keep[:] = True
-    else:
-        top = np.argpartition(-score, k - 1, axis=1)[:, :k]
-        np.put_along_axis(keep, top, True, axis=1)
-    return keep.reshape(t, h, w)
+    if np.ndim(fraction) == 0:
+        k = min(h * w, max(1, round(float(fraction) * h * w)))
+        keep = np.zeros(score.shape, bool)
+        if k == h * w:
+            keep[:] = True
+        else:
+            top = np.argpartition(-score, k - 1, axis=1)[:, :k]
+            np.put_along_axis(keep, top, True, axis=1)
+        return keep.reshape(t, h, w)
+    k = np.clip(np.rint(np.asarray(fraction, np.float64) * h * w), 1, h * w).astype(np.int64)
+    rank = np.empty(score.shape, np.int64)
+    np.put_along_axis(rank, np.argsort(-score, axis=1, kind="stable"), np.arange(h * w)[None], axis=1)
+    return (rank < k[:, None]).reshape(t, h, w)
 
 
 def query_alpha(mask: np.ndarray, roi: np.ndarray, params: LoaderParams) -> np.ndarray:
@@ -115,25 +121,27 @@ def query_alpha(mask: np.ndarray, roi: np.ndarray, params: LoaderParams) -> np.n
         alpha = np.where(cropped >= params.threshold, OWN, 0).astype(np.uint8)
     else:  # "area": the paper's top-beta of the crop
         alpha = np.where(top_fraction(cropped, params.beta), OWN, 0).astype(np.uint8)
-    if params.own_floor > 0:
+    if params.own_floor > 0 or params.own_margin > 0:
         own = alpha.reshape(len(alpha), -1).mean(axis=1) / OWN
-        short = own < params.own_floor
+        target = np.maximum(params.own_floor, np.minimum(1.0, own + params.own_margin))
+        short = own < target
         if short.any():
-            floor = np.where(at_least(cropped[short], params.own_floor), OWN, 0).astype(np.uint8)
+            floor = np.where(at_least(cropped[short], target[short]), OWN, 0).astype(np.uint8)
             alpha[short] = np.maximum(alpha[short], floor)
     return alpha
 
 
-def at_least(mask: np.ndarray, fraction: float) -> np.ndarray:
-    """(T, H, W) bool: at least `fraction` of each frame's pixels, those of highest mask value, as `top_fraction`
-    ranks them but on the mask at half resolution (2x2 means), each pixel kept there a 2x2 block here: a quarter of
-    the ranking's work, for the own-pixel floor, which needs a lower bound and a blob, not an exact count. It keeps
-    at most 3 pixels more than the floor per frame. Frames of odd size are ranked whole."""
+def at_least(mask: np.ndarray, fraction: float | np.ndarray) -> np.ndarray:
+    """(T, H, W) bool: at least `fraction` (one, or one per frame) of each frame's pixels, those of highest mask
+    value, as `top_fraction` ranks them but on the mask at half resolution (2x2 means), each pixel kept there a 2x2
+    block here: a quarter of the ranking's work, for the own-pixel floor, which needs a lower bound and a blob, not
+    an exact count. It keeps at most 3 pixels more than the floor per frame. Frames of odd size are ranked whole."""
     t, h, w = mask.shape
     if h % 2 or w % 2:
         return top_fraction(mask, fraction)
     half = cv2.resize(np.ascontiguousarray(mask.transpose(1, 2, 0)), (w // 2, h // 2), interpolation=cv2.INTER_AREA)
     half = half.reshape(h // 2, w // 2, t).transpose(2, 0, 1)
-    blocks = -(-math.ceil(fraction * h * w) // 4)  # whole 2x2 blocks enough for the floor's pixel count
+    need = np.ceil(np.asarray(fraction, np.float64) * h * w)
+    blocks = -(-need // 4)  # whole 2x2 blocks enough for the floor's pixel count
     keep = top_fraction(half, blocks / half[0].size)
     return keep.repeat(2, axis=1).repeat(2, axis=2)
