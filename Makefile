@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO := out/demo
 REAL_VIDEOS := ../shared/data/real_videos
 
-.PHONY: setup test lint format demo bench bench-preprocess bench-masks bench-loader bench-bias bench-bias-quick bench-faults bench-wait bench-scale gpu-check clean
+.PHONY: setup test lint format demo bench bench-preprocess bench-masks bench-loader bench-bias bench-bias-quick bench-bias-long bench-faults bench-wait bench-scale gpu-check clean
 
 setup: $(STAMP)
 
@@ -82,6 +82,10 @@ bench-bias: $(STAMP)
 
 bench-bias-quick: $(STAMP)
 	$(PY) benchmarks/bias.py --quick --json benchmarks/results/bias_quick.json
+
+# What decides between the defaults and plain MoCo: nine times the steps, shared looks (about 100 min on 2 cores).
+bench-bias-long: $(STAMP)
+	$(PY) benchmarks/bias.py --looks 1 --epochs 108 --arms moco fame fame_query_only --json benchmarks/results/bias_long.json
 
 # Every kind of cache damage: detected, never read silently, repaired to a clean build's bytes.
 bench-faults: $(STAMP)

@@ -11,13 +11,17 @@ For each mover size the train and test sets are generated once, cached with `bui
 probe and kNN are fitted on the training videos and scored on the swapped test. Arms:
 
 - moco: plain MoCo (no merged query).
-- fame_paper: FAME as published: `fame`-method masks, top-beta (0.5) area rule per crop, no own-pixel floor, the
-  partner's raw frames as background.
-- fame: FAME with the project's defaults (`motion` masks, default LoaderParams).
+- fame_paper: FAME as published: `fame`-method masks, top-beta (0.5) area rule per crop, no own-pixel floor or
+  margin, the partner's raw frames as background, the key a plain clip from any start.
+- fame: FAME with the project's defaults (`motion` masks, default LoaderParams: both views the same clip, each merged
+  over another video's plate, keeping the mover and a margin of 0.3 of the crop around it).
+- fame_query_only: the defaults before the key was merged (the query alone merged, floor 0.3, the key a plain clip
+  from any start; named, not run by default).
 - fame+semi: defaults + semi-negatives.
 - fame+semi+micro: defaults + semi-negatives + the micro-bias term (weight 0.5).
 - fame+bgneg: defaults + the merged query's own background as an extra negative (named, not run by default).
 - fame+still: defaults + each view frozen at its middle frame as an extra negative (named, not run by default).
+- fame+keymerge: both views merged with a fixed floor of 0.6 of the crop and no margin (named, not run by default).
 - supervised: not pretraining but the budget's ceiling: the same backbone, merged query views and steps, trained with
   the class. If it cannot follow the motion, no self-supervised arm can be expected to at this budget.
 
@@ -100,20 +104,32 @@ DEFAULT_ARMS = ("moco", "fame_paper", "fame", "fame+semi", "fame+semi+micro", "s
 CACHE_SWAP_KEYS = ("swapped_top1", "swapped_bg_top1", "background_only_top1")
 
 
-# The paper's merge: the top-beta (0.5) area rule inside the crop, the partner's raw frames, and no own-pixel floor
-# (the paper keeps whatever the area rule keeps).
-PAPER_LOADER = {"mask_mode": "area", "beta": 0.5, "background": "frames", "own_floor": 0.0}
+# The paper's merge: the top-beta (0.5) area rule inside the crop, the partner's raw frames, no own-pixel floor or
+# margin (the paper keeps whatever the area rule keeps), the key a plain clip from any start.
+PAPER_LOADER = {
+    "mask_mode": "area",
+    "beta": 0.5,
+    "background": "frames",
+    "own_floor": 0.0,
+    "own_margin": 0.0,
+    "key_start": "any",
+    "key_merge": False,
+}
+# The project's defaults before both views were merged: the query merged by threshold with a floor of 0.3, the key
+# a plain clip from any start.
+QUERY_ONLY_LOADER = {"own_margin": 0.0, "key_start": "any", "key_merge": False}
 ARMS: dict[str, dict[str, Any]] = {
     "moco": {"fame": False},
     "fame_paper": {"method": "fame", "loader": PAPER_LOADER},
     "fame": {},
+    "fame_query_only": {"loader": QUERY_ONLY_LOADER},
     "fame+semi": {"semi_negatives": True},
     "fame+semi+micro": {"semi_negatives": True, "micro": True, "micro_weight": 0.5},
     "fame+bgneg": {"background_negatives": True},
     "fame+still": {"still_negatives": True},
     # Both views merged on the query's own frames, over two other videos' plates, keeping at least 60% of each crop
     # from the clip: the pair shares the mover, its path and the scene around it, and no background.
-    "fame+keymerge": {"loader": {"key_start": "same", "key_merge": True, "own_floor": 0.6}},
+    "fame+keymerge": {"loader": {"key_start": "same", "key_merge": True, "own_floor": 0.6, "own_margin": 0.0}},
     # Not pretraining: the ceiling. The same backbone, merged views and budget, told the class.
     "supervised": {"supervised": True},
 }

@@ -98,7 +98,7 @@ def without_index(url: str, dest: Path) -> str:
 
 
 def batches(url: str, n: int = 2) -> list[dict[str, np.ndarray]]:
-    params = LoaderParams(crop=24, num_workers=0, fame_p=1.0, own_floor=0.0, mask_mode="threshold")
+    params = LoaderParams(crop=24, num_workers=0, fame_p=1.0, own_floor=0.0, own_margin=0.0, mask_mode="threshold")
     loader = iter(FameLoader(url, 2, params=params, seed=5))
     return [{k: v.numpy() for k, v in next(loader).items()} for _ in range(n)]
 

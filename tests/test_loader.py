@@ -26,7 +26,7 @@ def cache_url(tmp_path_factory) -> str:
 
 
 def quick(**overrides) -> LoaderParams:
-    base = {"crop": 24, "num_workers": 0, "fame_p": 1.0, "own_floor": 0.0, "mask_mode": "threshold"}
+    base = {"crop": 24, "num_workers": 0, "fame_p": 1.0, "own_floor": 0.0, "own_margin": 0.0, "mask_mode": "threshold"}
     base.update(overrides)
     return LoaderParams(**base)
 
@@ -278,7 +278,7 @@ def test_merged_key_keeps_its_own_mover_over_its_partners_partner(cache_url):
     """key_merge: the key's own pixels are the plain key's, the rest another video's (its partner's partner's clip
     a, with background="frames"), so the two views share their mover and no background."""
     same = {"augment": False, "key_start": "same", "background": "frames"}
-    plain = FameLoader(cache_url, 3, params=quick(**same), seed=4).debug_batch()
+    plain = FameLoader(cache_url, 3, params=quick(**same, key_merge=False), seed=4).debug_batch()
     merged = FameLoader(cache_url, 3, params=quick(**same, key_merge=True), seed=4).debug_batch()
     np.testing.assert_array_equal(merged["merged"], plain["merged"])  # the query as before
     partners = batch_partners(3, 4, 0, 0, 0)
@@ -288,8 +288,20 @@ def test_merged_key_keeps_its_own_mover_over_its_partners_partner(cache_url):
     other = merged["key"] == plain["clip"][second]
     assert (own | other).all(), "each key pixel is its own or its partner's partner's"
     assert own.mean() < 0.9 and other.mean() > 0.1, (own.mean(), other.mean())
-    with pytest.raises(ValueError, match="key_merge needs key_start='same'"):
-        LoaderParams(key_merge=True, key_start="any")
+    assert not LoaderParams(key_merge=True, key_start="any").merges_key, "keys of other clips are never merged"
+
+
+def test_auto_key_start_is_the_same_clip_for_fame_and_any_start_for_plain_moco(cache_url):
+    """The default: with FAME both views are the query's clip and the key is merged; plain MoCo (fame_p 0) keys
+    start anywhere, unmerged, as MoCo's two clips of a video do."""
+    fame = LoaderParams()
+    assert (fame.key_start, fame.resolved_key_start, fame.merges_key) == ("auto", "same", True)
+    moco = LoaderParams(fame_p=0.0)
+    assert (moco.resolved_key_start, moco.merges_key) == ("any", False)
+    batch = next(iter(FameLoader(cache_url, 2, params=quick(), seed=3)))
+    np.testing.assert_array_equal(batch["clip_b"], batch["clip_a"])
+    plain = next(iter(FameLoader(cache_url, 2, params=quick(fame_p=0.0), seed=3)))
+    assert (plain["clip_b"] == -1).all() and (plain["key_start"] >= 0).all()
 
 
 def test_decode_floor_decodes_the_samples_clips_and_nothing_else(cache_url):

@@ -20,7 +20,7 @@ RIGHT_HALF = np.array([0.0, 0.5, 1.0, 1.0], np.float32)
 
 
 def params(**overrides) -> LoaderParams:
-    base = {"crop": 32, "own_floor": 0.0}
+    base = {"crop": 32, "own_floor": 0.0, "own_margin": 0.0}
     base.update(overrides)
     return LoaderParams(**base)
 
@@ -141,14 +141,15 @@ def test_loader_merges_with_the_alpha_and_the_floor(cache_url):
     assert own.min() >= 0.4 - 1 / 24**2
     expected = np.where(alpha[..., None] == 255, debug["clip"], debug["background"])
     assert np.mean(np.abs(debug["merged"].astype(int) - expected) <= 1) > 0.999
-    area = FameLoader(cache_url, 4, params=LoaderParams(crop=24, num_workers=0, mask_mode="area", beta=0.5), seed=1)
+    only_area = LoaderParams(crop=24, num_workers=0, mask_mode="area", beta=0.5, own_margin=0.0)
+    area = FameLoader(cache_url, 4, params=only_area, seed=1)
     alpha = area.debug_batch()["mask"][..., 0]
     own = (alpha == 255).reshape(4, alpha.shape[1], -1).mean(axis=2)
     assert np.all(np.abs(own - 0.5) <= 1 / 24**2)
 
 
 def test_key_starts_cover_the_whole_video(cache_url):
-    loader = FameLoader(cache_url, 2, params=LoaderParams(crop=24, num_workers=0), seed=3)
+    loader = FameLoader(cache_url, 2, params=LoaderParams(crop=24, num_workers=0, key_start="any"), seed=3)
     catalog = loader.catalog
     index = ClipIndex.from_table(catalog.clip_video, catalog.readable, catalog.labels, catalog.n_frames)
     span = catalog.span
@@ -193,7 +194,14 @@ def test_centre_on_mask_moves_the_window_to_the_mass_and_keeps_its_size():
 
 def test_mover_crops_centre_the_query_on_its_mask(cache_url):
     """With query_crop="mover" the query's alpha (its mask inside the crop) is centred in the view."""
-    settings = {"crop": 24, "num_workers": 0, "augment": False, "own_floor": 0.0, "query_crop_scale": (0.2, 0.3)}
+    settings = {
+        "crop": 24,
+        "num_workers": 0,
+        "augment": False,
+        "own_floor": 0.0,
+        "own_margin": 0.0,
+        "query_crop_scale": (0.2, 0.3),
+    }
     offsets = {}
     for mode in ("random", "mover"):
         loader = FameLoader(cache_url, 4, params=LoaderParams(query_crop=mode, **settings), seed=3)

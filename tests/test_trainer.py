@@ -152,6 +152,19 @@ def test_flat_configs_of_older_checkpoints_still_load():
     assert config.loader.fame_p == 0.5
 
 
+def test_saved_configs_without_newer_loader_options_load_as_they_were_trained():
+    """A config.json saved before `own_margin` and `key_merge` existed (and with them today's defaults) must not
+    resume with a margin and a merged key it never had; a fresh config has both."""
+    saved = TrainConfig(cache="c").to_dict()
+    for name in ("own_margin", "key_merge"):
+        del saved["loader"][name]
+    saved["loader"]["key_start"] = "any"
+    old = TrainConfig.from_dict(json.loads(json.dumps(saved))).loader
+    assert (old.own_margin, old.key_merge, old.key_start, old.own_floor) == (0.0, False, "any", 0.3)
+    new = TrainConfig(cache="c").loader
+    assert (new.own_margin, new.key_merge, new.key_start) == (0.3, True, "auto")
+
+
 def test_curves_mark_epochs_smooth_the_loss_and_name_the_run(tmp_path):
     from trainer.plot import curves_figure, plot_run, smooth
 

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.loader.params import LoaderParams
+from pipeline.loader.params import BEFORE_ADDED, LoaderParams
 from trainer.backbones import BACKBONES
 
 # Loader options that older checkpoints stored flat on TrainConfig, by their LoaderParams name.
@@ -101,13 +101,15 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """From `to_dict`'s output, or from an older flat config (loader options on the top level)."""
+        """From `to_dict`'s output, or from an older one: a flat config (loader options on the top level), or one
+        saved before some loader options existed (those read as the run was trained: `BEFORE_ADDED`)."""
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
         loader = dict(data.get("loader") or {})
         for old, new in _FLAT_LOADER_KEYS.items():
             if old in data and new not in loader:
                 loader[new] = data[old]
+        loader = {**BEFORE_ADDED, **loader}
         values["loader"] = LoaderParams.from_dict(loader)
         return cls(**values)
 

@@ -84,9 +84,9 @@ HELP = {
     "own_margin": "every merged frame keeps at least its mask's share of the crop plus this fraction (0: off)",
     "key_start": (
         "where the key clip starts: any frame of the video, another of the cache's clips (cached), "
-        "or the query's own clip (same)"
+        "the query's own clip (same), or auto: same with FAME, any for plain MoCo"
     ),
-    "key_merge": "merge the key too (needs --key-start same): its mover over a third video's background",
+    "key_merge": "merge the key too when it starts on the query's clip: its mover over a third video's background",
     "on_damage": "a damaged cached clip or undecodable video: skip it (counted, warned once) or stop",
     "use_cache": "read cached masks and plates (--no-use-cache: compute fame masks per sample, as the original code)",
     "augment": "MoCo v2 colour augmentations (jitter, grayscale, blur)",

@@ -225,10 +225,10 @@ class SampleSource:
 
     def _alphas(self, draw: SampleDraw, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """The query's alpha (its window first centred on the mover, with `query_crop="mover"`) and the key's
-        (`key_merge`: the same clip's mask inside the key's window; a placeholder otherwise)."""
+        (`merges_key`: the same clip's mask inside the key's window; a placeholder otherwise)."""
         if mask is not None and self.params.query_crop == "mover":
             draw.crop_a[:] = centre_on_mask(draw.crop_a, mask)  # the draw's window: the graph crops the clip there
-        key = self._alpha(draw, mask, view=1) if self.params.key_merge else PLACEHOLDER_ALPHA
+        key = self._alpha(draw, mask, view=1) if self.params.merges_key else PLACEHOLDER_ALPHA
         return self._alpha(draw, mask), key
 
     def _cached_alphas_and_plate(self, draw: SampleDraw) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -175,7 +175,7 @@ def build_pipeline(source: SampleSource, batch_size: int, device_id: int | None,
         else:  # no query is ever merged (plain MoCo): the cropped clip is the query, without a blend
             merged = a
         key = crop_flip(clip_b, rois[1], flips[1], crop)
-        if params.key_merge:  # over its partner's partner (the partners form one cycle: another video again)
+        if params.merges_key:  # over its partner's partner (the partners form one cycle: another video again)
             second = fn.permute_batch(partner_slot, indices=partner_slot)
             if plates:
                 key_bg = crop_flip(fn.permute_batch(plate, indices=second), rois[1], flips[1], crop)

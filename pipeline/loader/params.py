@@ -10,12 +10,16 @@ from pipeline.params import FOREGROUND_THRESHOLD
 
 BACKGROUNDS = ("plate", "frames")
 MASK_MODES = ("soft", "threshold", "area")
-KEY_STARTS = ("any", "cached", "same")
+KEY_STARTS = ("auto", "any", "cached", "same")
 ON_DAMAGE = ("skip", "stop")
 QUERY_CROPS = ("random", "mover")
 
 
 BLUR_REFERENCE_CROP = 224  # the crop size `blur_sigma` is given at
+
+# Options added after runs were first saved, with what the loader did before each existed: a saved run's options
+# that lack one (an older config.json or checkpoint) read as the run was trained, not as today's default.
+BEFORE_ADDED: dict[str, Any] = {"own_floor": 0.0, "key_start": "cached", "key_merge": False, "own_margin": 0.0}
 
 
 @dataclass(frozen=True)
@@ -39,15 +43,17 @@ class LoaderParams:
     own_floor: float = 0.3  # every merged frame keeps at least this fraction of its crop from its own clip (0: off)
     # ... and at least its mask's share of the crop plus this fraction (0: off): the mover and some of its own scene
     # around it, more for a large mover than for a small one.
-    own_margin: float = 0.0
+    own_margin: float = 0.3
     # Where the key clip starts: anywhere in the video ("any", drawn per epoch: more temporal variety, the key needs
     # no mask), at another of the cache's clip positions ("cached"), or on the query's own clip ("same": the same
     # frames, so the two views share the mover's exact path and differ in crop, flip, colours and background).
-    key_start: str = "any"
-    # The key merged too (key_start "same" only: its alpha is the query clip's cached mask inside the key's crop):
-    # its own foreground over the plate (or frames) of its partner's partner, another video than the query's
-    # background. Both views then share the mover and its path, and neither shares a background with the other.
-    key_merge: bool = False
+    # "auto": "same" when queries are merged (fame_p > 0), "any" for plain MoCo, whose views are two clips.
+    key_start: str = "auto"
+    # The key merged too when it starts on the query's own clip (`resolved_key_start` "same") and the query is
+    # merged: its alpha is the query clip's cached mask inside the key's crop, its own foreground over the plate (or
+    # frames) of its partner's partner, another video than the query's background. Both views then share the mover
+    # and its path, and neither shares a background with the other. Ignored for keys from other clips.
+    key_merge: bool = True
     # A damaged cache clip or a video that no longer decodes: left out, another sample standing in, and counted
     # ("skip"), or the end of the run ("stop").
     on_damage: str = "skip"
@@ -85,10 +91,6 @@ class LoaderParams:
             raise ValueError(f"own_margin must be in [0, 1), got {self.own_margin}")
         if self.key_start not in KEY_STARTS:
             raise ValueError(f"key_start must be one of {', '.join(KEY_STARTS)}, got {self.key_start!r}")
-        if self.key_merge and self.key_start != "same":
-            raise ValueError(
-                f"key_merge needs key_start='same' (the key's alpha is the query clip's mask), got {self.key_start!r}"
-            )
         if self.query_crop not in QUERY_CROPS:
             raise ValueError(f"query_crop must be one of {', '.join(QUERY_CROPS)}, got {self.query_crop!r}")
         if self.query_crop_scale is not None and not 0 < self.query_crop_scale[0] <= self.query_crop_scale[1] <= 1:
@@ -99,6 +101,18 @@ class LoaderParams:
             raise ValueError(f"threshold must be in [0, 255], got {self.threshold}")
         if self.num_workers < 0 or self.prefetch < 1:
             raise ValueError("num_workers must be >= 0 and prefetch >= 1")
+
+    @property
+    def resolved_key_start(self) -> str:
+        """Where keys start in fact: `key_start`, with "auto" made "same" for FAME and "any" for plain MoCo."""
+        if self.key_start != "auto":
+            return self.key_start
+        return "same" if self.fame_p > 0 else "any"
+
+    @property
+    def merges_key(self) -> bool:
+        """Whether merged samples merge their key too: `key_merge`, for keys on the query's own clip."""
+        return self.key_merge and self.fame_p > 0 and self.resolved_key_start == "same"
 
     @property
     def extra_views(self) -> tuple[str, ...]:

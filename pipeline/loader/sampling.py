@@ -145,14 +145,15 @@ def draw_sample(
         a, b = rng.choice(len(clips), size=2, replace=False)
     else:
         a = b = 0
-    if params.key_start == "same":
+    key_start = params.resolved_key_start
+    if key_start == "same":
         b = a
     h, w = size
     fame = bool(rng.random() < params.fame_p)
     crop_a, crop_b = _crop_window(rng, params, h, w, params.query_crop_scale), _crop_window(rng, params, h, w)
     flip = (rng.random(2) < 0.5).astype(np.int32)
     colour = np.stack([_colour(rng, params) for _ in range(3)])
-    anywhere = params.key_start == "any"
+    anywhere = key_start == "any"
     start = -1
     if anywhere:  # a stream of its own: the other draws (some conditional on options) do not move it
         key_rng = np.random.default_rng([seed, epoch, video_pos, 0x4E7])
