@@ -114,10 +114,11 @@ PAPER_LOADER = {
     "own_margin": 0.0,
     "key_start": "any",
     "key_merge": False,
+    "query_crop": "random",
 }
 # The project's defaults before both views were merged: the query merged by threshold with a floor of 0.3, the key
 # a plain clip from any start.
-QUERY_ONLY_LOADER = {"own_margin": 0.0, "key_start": "any", "key_merge": False}
+QUERY_ONLY_LOADER = {"own_margin": 0.0, "key_start": "any", "key_merge": False, "query_crop": "random"}
 ARMS: dict[str, dict[str, Any]] = {
     "moco": {"fame": False},
     "fame_paper": {"method": "fame", "loader": PAPER_LOADER},
@@ -129,7 +130,9 @@ ARMS: dict[str, dict[str, Any]] = {
     "fame+still": {"still_negatives": True},
     # Both views merged on the query's own frames, over two other videos' plates, keeping at least 60% of each crop
     # from the clip: the pair shares the mover, its path and the scene around it, and no background.
-    "fame+keymerge": {"loader": {"key_start": "same", "key_merge": True, "own_floor": 0.6, "own_margin": 0.0}},
+    "fame+keymerge": {
+        "loader": {"key_start": "same", "key_merge": True, "own_floor": 0.6, "own_margin": 0.0, "query_crop": "random"}
+    },
     # Not pretraining: the ceiling. The same backbone, merged views and budget, told the class.
     "supervised": {"supervised": True},
 }

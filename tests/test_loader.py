@@ -302,6 +302,9 @@ def test_auto_key_start_is_the_same_clip_for_fame_and_any_start_for_plain_moco(c
     np.testing.assert_array_equal(batch["clip_b"], batch["clip_a"])
     plain = next(iter(FameLoader(cache_url, 2, params=quick(fame_p=0.0), seed=3)))
     assert (plain["clip_b"] == -1).all() and (plain["key_start"] >= 0).all()
+    anywhere = next(iter(FameLoader(cache_url, 2, params=quick(fame_p=0.0, query_crop="random"), seed=3)))
+    assert LoaderParams().query_crop == "mover"
+    np.testing.assert_array_equal(plain["query"].numpy(), anywhere["query"].numpy())  # unmerged: never centred
 
 
 def test_decode_floor_decodes_the_samples_clips_and_nothing_else(cache_url):

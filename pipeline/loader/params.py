@@ -19,7 +19,13 @@ BLUR_REFERENCE_CROP = 224  # the crop size `blur_sigma` is given at
 
 # Options added after runs were first saved, with what the loader did before each existed: a saved run's options
 # that lack one (an older config.json or checkpoint) read as the run was trained, not as today's default.
-BEFORE_ADDED: dict[str, Any] = {"own_floor": 0.0, "key_start": "cached", "key_merge": False, "own_margin": 0.0}
+BEFORE_ADDED: dict[str, Any] = {
+    "own_floor": 0.0,
+    "key_start": "cached",
+    "key_merge": False,
+    "own_margin": 0.0,
+    "query_crop": "random",
+}
 
 
 @dataclass(frozen=True)
@@ -28,8 +34,9 @@ class LoaderParams:
     crop_scale: tuple[float, float] = (0.2, 1.0)  # area fraction of the random resized crop (MoCo v2)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     # Where the query's crop lies: anywhere ("random", MoCo's rule), or centred on its clip's moving foreground
-    # ("mover": the mask's mass, so a small mover fills more of the view), with its own area range (None: crop_scale).
-    query_crop: str = "random"
+    # ("mover": the mask's mass, so a small mover fills more of the view and keeps its margin of own scene in it),
+    # with its own area range (None: crop_scale). Unmerged queries (plain MoCo) crop anywhere.
+    query_crop: str = "mover"
     query_crop_scale: tuple[float, float] | None = None
     # Probability that the query view is a FAME view: 1.0 as in the original code (Mark12Ding/FAME, train.py),
     # which merges every query; lower values keep some queries plain.
