@@ -104,21 +104,12 @@ DEFAULT_ARMS = ("moco", "fame_paper", "fame", "fame+semi", "fame+semi+micro", "s
 CACHE_SWAP_KEYS = ("swapped_top1", "swapped_bg_top1", "background_only_top1")
 
 
-# The paper's merge: the top-beta (0.5) area rule inside the crop, the partner's raw frames, no own-pixel floor or
-# margin (the paper keeps whatever the area rule keeps), the key a plain clip from any start.
-PAPER_LOADER = {
-    "mask_mode": "area",
-    "beta": 0.5,
-    "background": "frames",
-    "own_floor": 0.0,
-    "own_margin": 0.0,
-    "key_start": "any",
-    "key_merge": False,
-    "query_crop": "random",
-}
 # The project's defaults before both views were merged: the query merged by threshold with a floor of 0.3, the key
-# a plain clip from any start.
+# a plain clip from any start, the query's crop anywhere.
 QUERY_ONLY_LOADER = {"own_margin": 0.0, "key_start": "any", "key_merge": False, "query_crop": "random"}
+# The paper's merge, on the query alone as above: the top-beta (0.5) area rule inside the crop, the partner's raw
+# frames, no own-pixel floor (the paper keeps whatever the area rule keeps).
+PAPER_LOADER = {**QUERY_ONLY_LOADER, "mask_mode": "area", "beta": 0.5, "background": "frames", "own_floor": 0.0}
 ARMS: dict[str, dict[str, Any]] = {
     "moco": {"fame": False},
     "fame_paper": {"method": "fame", "loader": PAPER_LOADER},

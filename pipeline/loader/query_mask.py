@@ -97,19 +97,14 @@ def top_fraction(mask: np.ndarray, fraction: float | np.ndarray) -> np.ndarray:
     broken by `_tie_break`); `fraction` is one for all frames or (T,) one per frame."""
     t, h, w = mask.shape
     score = (mask.astype(np.float32) + _tie_break(mask)).reshape(t, -1)
-    if np.ndim(fraction) == 0:
-        k = min(h * w, max(1, round(float(fraction) * h * w)))
-        keep = np.zeros(score.shape, bool)
+    counts = np.clip(np.rint(np.broadcast_to(np.asarray(fraction, np.float64), (t,)) * h * w), 1, h * w)
+    keep = np.zeros(score.shape, bool)
+    for row, frame_score, k in zip(keep, score, counts.astype(np.int64), strict=True):
         if k == h * w:
-            keep[:] = True
+            row[:] = True
         else:
-            top = np.argpartition(-score, k - 1, axis=1)[:, :k]
-            np.put_along_axis(keep, top, True, axis=1)
-        return keep.reshape(t, h, w)
-    k = np.clip(np.rint(np.asarray(fraction, np.float64) * h * w), 1, h * w).astype(np.int64)
-    rank = np.empty(score.shape, np.int64)
-    np.put_along_axis(rank, np.argsort(-score, axis=1, kind="stable"), np.arange(h * w)[None], axis=1)
-    return (rank < k[:, None]).reshape(t, h, w)
+            row[np.argpartition(-frame_score, k - 1)[:k]] = True
+    return keep.reshape(t, h, w)
 
 
 def query_alpha(mask: np.ndarray, roi: np.ndarray, params: LoaderParams) -> np.ndarray:
