@@ -33,7 +33,7 @@ sys.path.insert(0, str(HERE.parent))
 import nvidia.dali.fn as fn  # noqa: E402
 from nvidia.dali import pipeline_def  # noqa: E402
 
-from benchmarks.loader import BENCH_SIZE, build_bench_cache  # noqa: E402
+from benchmarks.loader import BENCH_SIZE, TWO_CLIPS, build_bench_cache  # noqa: E402
 from benchmarks.targets import print_table, write_results  # noqa: E402
 from pipeline.loader import FameLoader, LoaderParams  # noqa: E402
 from pipeline.loader.external_source import CPU_OUTPUTS, PARAM_OUTPUTS  # noqa: E402
@@ -171,7 +171,7 @@ def main() -> None:
     parser.add_argument("--generated", type=int, default=16, help="generated videos added to the real ones")
     parser.add_argument("--workdir", help="build the videos and cache here, or reuse the ones a run left there")
     args = parser.parse_args()
-    params = LoaderParams(num_workers=0, num_threads=args.threads, fame_p=1.0)
+    params = LoaderParams(num_workers=0, num_threads=args.threads, fame_p=1.0, **TWO_CLIPS)
     with tempfile.TemporaryDirectory(prefix="fame-loader-profile-") as tmp:
         root = Path(args.workdir or tmp)
         cache = str(root / "cache.zarr")
