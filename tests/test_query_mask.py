@@ -46,6 +46,17 @@ def test_area_keeps_beta_of_the_crop_not_of_the_clip():
     assert cropped[alpha == 255].min() >= cropped[alpha == 0].max()
 
 
+def test_area_keeps_beta_whatever_the_margin():
+    """The area rule's share is beta, asked for outright: the default margin does not add to it (the floor still
+    binds where it is above beta)."""
+    rng = np.random.default_rng(1)
+    mask = rng.integers(0, 256, (3, 40, 60)).astype(np.uint8)
+    alpha = query_alpha(mask, RIGHT_HALF, params(mask_mode="area", beta=0.5, own_margin=0.3))
+    assert np.all(np.abs(own_fraction(alpha) - 0.5) <= 1 / (32 * 32))
+    alpha = query_alpha(mask, RIGHT_HALF, params(mask_mode="area", beta=0.2, own_margin=0.3, own_floor=0.4))
+    assert np.all(own_fraction(alpha) >= 0.4 - 1 / (32 * 32))
+
+
 def test_area_ties_grow_one_blob_around_the_mask():
     """A quantised mask covering 25% of the crop: beta 0.5 keeps all of it and fills the rest next to it."""
     mask = np.zeros((2, 32, 32), np.uint8)

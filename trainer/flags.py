@@ -81,7 +81,10 @@ HELP = {
     "threshold": "mask value (0-255) at or above which a pixel is foreground, for --mask-mode threshold",
     "beta": "fraction of the crop's pixels kept from the query's own clip, for --mask-mode area",
     "own_floor": "least fraction of every merged frame taken from its own clip (0: off)",
-    "own_margin": "every merged frame keeps at least its mask's share of the crop plus this fraction (0: off)",
+    "own_margin": (
+        "every merged frame keeps at least its mask's share of the crop plus this fraction "
+        "(0: off; not with --mask-mode area, whose share is --beta)"
+    ),
     "key_start": (
         "where the key clip starts: any frame of the video, another of the cache's clips (cached), "
         "the query's own clip (same), or auto: same with FAME, any for plain MoCo"

@@ -49,7 +49,7 @@ class LoaderParams:
     beta: float = 0.5  # own-pixel fraction of the crop, for mask_mode="area"
     own_floor: float = 0.3  # every merged frame keeps at least this fraction of its crop from its own clip (0: off)
     # ... and at least its mask's share of the crop plus this fraction (0: off): the mover and some of its own scene
-    # around it, more for a large mover than for a small one.
+    # around it, more for a large mover than for a small one. Not with mask_mode="area", whose share is beta.
     own_margin: float = 0.3
     # Where the key clip starts: anywhere in the video ("any", drawn per epoch: more temporal variety, the key needs
     # no mask), at another of the cache's clip positions ("cached"), or on the query's own clip ("same": the same

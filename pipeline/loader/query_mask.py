@@ -7,7 +7,7 @@ keeps at least `own_floor` of every frame of the crop from the clip itself (rank
 `at_least`): a tight mask of a small mover, or the empty mask of a still clip, would otherwise leave a query made
 (almost) wholly of another video's background, a positive pair that shares nothing. A margin (`own_margin`) keeps
 the frame's mask share plus that much of the crop, the mover and some of its own scene around it, so a large mover
-keeps more context than a small one.
+keeps more context than a small one; the area rule keeps its beta (a share chosen outright), margin or not.
 
 Ranking uses a tie-break: masks are quantised (and a still clip's is all zero), so many pixels share the cut value.
 Among equal values, pixels nearer the mask's mass come first, then pixels nearer the crop's centre, so the kept
@@ -116,9 +116,10 @@ def query_alpha(mask: np.ndarray, roi: np.ndarray, params: LoaderParams) -> np.n
         alpha = np.where(cropped >= params.threshold, OWN, 0).astype(np.uint8)
     else:  # "area": the paper's top-beta of the crop
         alpha = np.where(top_fraction(cropped, params.beta), OWN, 0).astype(np.uint8)
-    if params.own_floor > 0 or params.own_margin > 0:
+    margin = 0.0 if params.mask_mode == "area" else params.own_margin  # the area rule's share is beta, as asked
+    if params.own_floor > 0 or margin > 0:
         own = alpha.reshape(len(alpha), -1).mean(axis=1) / OWN
-        target = np.maximum(params.own_floor, np.minimum(1.0, own + params.own_margin))
+        target = np.maximum(params.own_floor, np.minimum(1.0, own + margin))
         short = own < target
         if short.any():
             floor = np.where(at_least(cropped[short], target[short]), OWN, 0).astype(np.uint8)
