@@ -22,6 +22,8 @@ probe and kNN are fitted on the training videos and scored on the swapped test. 
 - fame+bgneg: defaults + the merged query's own background as an extra negative (named, not run by default).
 - fame+still: defaults + each view frozen at its middle frame as an extra negative (named, not run by default).
 - fame+keymerge: both views merged with a fixed floor of 0.6 of the crop and no margin (named, not run by default).
+- untrained: not pretraining: the backbone as initialised (36 steps at lr 1e-9 fit its batch-norm statistics and
+  move no weight), the floor a pretraining must beat besides chance (named, not run by default).
 - supervised: not pretraining but the budget's ceiling: the same backbone, merged query views and steps, trained with
   the class. If it cannot follow the motion, no self-supervised arm can be expected to at this budget.
 
@@ -126,6 +128,9 @@ ARMS: dict[str, dict[str, Any]] = {
     },
     # Not pretraining: the ceiling. The same backbone, merged views and budget, told the class.
     "supervised": {"supervised": True},
+    # Not pretraining either: the backbone as initialised, its batch-norm statistics fitted to the data over a few
+    # steps at a learning rate that moves no weight. What a pretraining must beat besides chance.
+    "untrained": {"epochs": 4, "warmup_epochs": 0, "lr": 1e-9},
 }
 
 
