@@ -123,9 +123,11 @@ def test_cross_validated_decodability_tells_held_information_from_none():
     assert cv_top1(noise, labels) < 0.4  # chance is 0.2: nothing to decode, nothing decoded
 
 
-def test_bias_benchmark_runs_the_issue_arms_and_the_ceiling_by_default_and_named_extras_on_request():
+def test_bias_benchmark_runs_the_issue_arms_by_default_and_named_extras_on_request():
     from benchmarks.bias import DEFAULT_ARMS, QUICK_ARMS, parse_args, select_arms
 
     assert list(select_arms(parse_args([]))) == list(DEFAULT_ARMS)
+    assert {"moco", "fame_paper", "fame", "fame+semi", "fame+semi+micro"} <= set(DEFAULT_ARMS)
+    assert "supervised" in select_arms(parse_args(["--arms", "supervised"]))
     assert list(select_arms(parse_args(["--quick"]))) == list(QUICK_ARMS)
     assert select_arms(parse_args(["--arms", "moco", "fame+still"]))["fame+still"] == {"still_negatives": True}
