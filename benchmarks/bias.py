@@ -89,6 +89,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from benchmarks.bias_scenes import CLASSES, MOVER_AREAS, load_real_frames, write_bias_set  # noqa: E402
+from benchmarks.loader import TWO_CLIPS  # noqa: E402
 from pipeline.build import build_cache  # noqa: E402
 from pipeline.loader import FameLoader  # noqa: E402
 from pipeline.loader.params import LoaderParams  # noqa: E402
@@ -114,7 +115,8 @@ CACHE_SWAP_KEYS = ("swapped_top1", "swapped_bg_top1", "background_only_top1")
 
 # The project's defaults before both views were merged: the query merged by threshold with a floor of 0.3, the key
 # a plain clip from any start, the query's crop anywhere.
-QUERY_ONLY_LOADER = {"own_margin": 0.0, "key_start": "any", "key_merge": False, "query_crop": "random"}
+# (the loader benchmark's two-clip FAME arm).
+QUERY_ONLY_LOADER = TWO_CLIPS
 # The paper's merge, on the query alone as above: the top-beta (0.5) area rule inside the crop, the partner's raw
 # frames, no own-pixel floor (the paper keeps whatever the area rule keeps).
 PAPER_LOADER = {**QUERY_ONLY_LOADER, "mask_mode": "area", "beta": 0.5, "background": "frames", "own_floor": 0.0}
